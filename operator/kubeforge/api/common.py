@@ -1,0 +1,232 @@
+"""Types shared by the three kinds: metadata, scheduling fields, resources, conditions and status basics."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+_QUANTITY_RE = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def cel(rule: str, message: str) -> dict[str, str]:
+    """One CEL cross-field rule, as written into the CRD's `x-kubernetes-validations`."""
+    return {"rule": rule, "message": message}
+
+
+def cel_rules(*rules: dict[str, str]) -> ConfigDict:
+    """Model config carrying CEL rules; the CRD generator copies them and `kubeforge validate` evaluates them."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest (camelCase, unset optionals left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_quantity(value: int | float | str) -> int | float | str:
+    if isinstance(value, str) and not _QUANTITY_RE.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    if isinstance(value, (int, float)) and value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Quantity = Annotated[
+    int | float | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+        }
+    ),
+]
+"""A Kubernetes resource quantity such as `2`, `500m` or `4Gi`."""
+
+
+def _check_dns_label(value: str) -> str:
+    if len(value) > 63 or not _DNS_LABEL_RE.match(value):
+        raise ValueError(
+            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes object metadata kubeforge reads; other metadata fields pass through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: DnsLabel = Field(
+        description="Name of the resource; child objects are named after it."
+    )
+    namespace: str | None = Field(
+        default=None, description="Namespace of the resource."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels of the resource."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of the resource."
+    )
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration, passed through to the Ray pods."""
+
+    key: str | None = Field(
+        default=None, description="Taint key the toleration applies to."
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Exists or Equal."
+    )
+    value: str | None = Field(
+        default=None, description="Taint value to match when operator is Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="How long a NoExecute taint is tolerated, in seconds.",
+    )
+
+
+class CommonSpec(ApiModel):
+    """Scheduling and lifecycle fields every kind accepts."""
+
+    image: str | None = Field(
+        default=None,
+        description="Container image for the Ray pods; defaults to the operator's trainer image.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the Ray pods must match (e.g. a GPU node pool).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for the Ray pods."
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the Ray pods."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount of the Ray pods; defaults to the chart's workload account, "
+        "which may only patch the status of kubeforge resources.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue to admit the workload through (label kueue.x-k8s.io/queue-name).",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Suspend the workload: no Ray pods run while true; false resumes it.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds after a job finishes before its Ray cluster is deleted (jobs only; 0 deletes at once).",
+    )
+
+
+class WorkerResources(ApiModel):
+    """Size of each Ray worker."""
+
+    cpu: Quantity = Field(
+        default=1, description="CPU cores requested per worker (a Kubernetes quantity)."
+    )
+    memory: Quantity = Field(
+        default="2Gi",
+        description="Memory requested per worker (a Kubernetes quantity).",
+    )
+    gpu: int = Field(
+        default=0, ge=0, description="GPUs (nvidia.com/gpu) requested per worker."
+    )
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(
+        description="Type of the condition, e.g. Ready, Progressing, Failed, DataReady."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(
+        description="True, False or Unknown."
+    )
+    reason: str = Field(
+        default="",
+        description="Machine-readable CamelCase reason for the last transition.",
+    )
+    message: str = Field(
+        default="", description="Human-readable detail of the last transition."
+    )
+    last_transition_time: str | None = Field(
+        default=None, description="When the condition last changed status (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        description="The .metadata.generation the condition was set against.",
+    )
+
+
+Phase = Literal[
+    "Pending",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+    "Ready",
+    "Deploying",
+    "Degraded",
+]
+
+
+class CommonStatus(ApiModel):
+    """Status fields every kind reports."""
+
+    phase: Phase | None = Field(
+        default=None, description="Where the resource is in its life."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the operator last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Standard conditions."
+    )
+    start_time: str | None = Field(
+        default=None, description="When the workload started (RFC 3339)."
+    )
+    completion_time: str | None = Field(
+        default=None, description="When the workload finished (RFC 3339)."
+    )
+    message: str | None = Field(
+        default=None, description="Last human-readable status message."
+    )
+    child_name: str | None = Field(
+        default=None, description="Name of the child RayJob or RayService."
+    )
+    retries: int = Field(
+        default=0, ge=0, description="Times the workload was re-run after a failure."
+    )
+    last_progress_time: str | None = Field(
+        default=None, description="When the workload last reported progress (RFC 3339)."
+    )

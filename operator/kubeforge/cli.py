@@ -1,0 +1,115 @@
+"""The `kubeforge` command line: one sub-command per verb, each a small function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "kubeforge" / "crds")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate manifests; print one line per problem; exit 1 when any is invalid."""
+    from .validate import validate_paths
+
+    report = validate_paths(args.paths)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    for manifest in report.manifests:
+        if not args.quiet:
+            print(f"{manifest.source}: {manifest.kind}/{manifest.name}: valid")
+    if report.problems:
+        print(f"{len(report.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    """Generate the CRDs from the API models, or (--check) fail when the committed ones are stale."""
+    from .api.crdgen import stale_files, write_crds
+
+    dirs = (
+        [Path(d) for d in args.output]
+        if args.output
+        else [d for d in DEFAULT_CRD_DIRS if d.parent.exists()]
+    )
+    if args.check:
+        stale = [s for d in dirs for s in stale_files(d)]
+        for path in stale:
+            print(f"{path}: stale; run `kubeforge crds` to regenerate", file=sys.stderr)
+        return 1 if stale else 0
+    for d in dirs:
+        for path in write_crds(d):
+            print(f"wrote {path}")
+    return 0
+
+
+def build_parser(
+    commands: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]],
+) -> argparse.ArgumentParser:
+    """The argument parser for the given {name: (function, help, add_arguments)} commands."""
+    parser = argparse.ArgumentParser(
+        prog="kubeforge",
+        description="Data, training and serving on Kubernetes and Ray.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"kubeforge {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, help_text, add_arguments) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "paths", nargs="+", help="manifest files or directories (searched recursively)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+
+
+def _crds_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the generated CRDs differ from the files",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        action="append",
+        help="directory to write (default: crds/ and the chart's crds/)",
+    )
+
+
+COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "validate": (cmd_validate, "validate kubeforge manifests offline", _validate_args),
+    "crds": (
+        cmd_crds,
+        "generate the CustomResourceDefinitions from the API types",
+        _crds_args,
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `kubeforge` command."""
+    args = build_parser(COMMANDS).parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

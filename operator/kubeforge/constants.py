@@ -1,0 +1,39 @@
+"""Names shared by the operator, the builders, the workloads and the chart: the one place each is spelled."""
+
+GROUP = "kubeforge.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "kubeforge"
+
+# kind -> (plural, singular, short name)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "DataPipeline": ("datapipelines", "datapipeline", "dp"),
+    "TrainingJob": ("trainingjobs", "trainingjob", "tj"),
+    "ModelDeployment": ("modeldeployments", "modeldeployment", "md"),
+}
+
+RAY_GROUP = "ray.io"
+RAY_VERSION = "v1"
+RAY_API_VERSION = f"{RAY_GROUP}/{RAY_VERSION}"
+
+# Labels and annotations put on every child object.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "kubeforge"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+
+def owner_label(kind: str) -> str:
+    """The label naming the kubeforge resource that owns a child, e.g. `kubeforge.dev/trainingjob`."""
+    return f"{GROUP}/{kind.lower()}"
+
+
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+ANNOTATION_ATTEMPT = f"{GROUP}/attempt"
+FINALIZER = f"{GROUP}/finalizer"
+
+# Environment variables through which a workload learns which resource it reports progress to.
+ENV_RESOURCE_KIND = "KUBEFORGE_RESOURCE_KIND"
+ENV_RESOURCE_NAME = "KUBEFORGE_RESOURCE_NAME"
+ENV_RESOURCE_NAMESPACE = "KUBEFORGE_RESOURCE_NAMESPACE"
+ENV_STATUS_DIR = "KUBEFORGE_STATUS_DIR"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install kubeforge and its test tools into .venv. The one install script: the README's commands and CI use it.
+# Idempotent: it reinstalls only when pyproject.toml or constraints.txt changed since the last install.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${KUBEFORGE_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+stamp="$venv/.kubeforge-install-stamp"
+want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "kubeforge: installing into $venv (first run takes a few minutes)" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# PIP_CONSTRAINT also reaches build environments (deepspeed builds from source), so no step can pull CUDA torch.
+export PIP_CONSTRAINT="$root/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
+"$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+# torch first, from the pinned (CPU on CPU machines) build: deepspeed's build imports it.
+"$venv/bin/python" -m pip install -q "torch==$(sed -n 's/^torch==//p' "$root/constraints.txt")"
+"$venv/bin/python" -m pip install -q -e "$root[dev]"
+echo "$want" > "$stamp"
