@@ -35,11 +35,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
     """Generate the CRDs from the API models, or (--check) fail when the committed ones are stale."""
     from .api.crdgen import stale_files, write_crds
 
-    dirs = (
-        [Path(d) for d in args.output]
-        if args.output
-        else [d for d in DEFAULT_CRD_DIRS if d.parent.exists()]
-    )
+    dirs = [Path(d) for d in args.output] if args.output else [d for d in DEFAULT_CRD_DIRS if d.parent.exists()]
     if args.check:
         stale = [s for d in dirs for s in stale_files(d)]
         for path in stale:
@@ -59,9 +55,7 @@ def build_parser(
         prog="kubeforge",
         description="Data, training and serving on Kubernetes and Ray.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"kubeforge {__version__}"
-    )
+    parser.add_argument("--version", action="version", version=f"kubeforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, help_text, add_arguments) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -71,9 +65,7 @@ def build_parser(
 
 
 def _validate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "paths", nargs="+", help="manifest files or directories (searched recursively)"
-    )
+    p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
 
 

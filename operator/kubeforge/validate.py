@@ -73,11 +73,7 @@ def manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Proble
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-            )
+            found = sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
             if not found:
                 problems.append(
                     Problem(
@@ -110,11 +106,7 @@ def load_documents(path: Path) -> tuple[list[tuple[str, Any]], list[Problem]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         return [], [Problem(str(path), "", "", f"malformed YAML: {where}{problem}")]
-    numbered = [
-        (f"{path}" if len(docs) == 1 else f"{path}#{i + 1}", d)
-        for i, d in enumerate(docs)
-        if d is not None
-    ]
+    numbered = [(f"{path}" if len(docs) == 1 else f"{path}#{i + 1}", d) for i, d in enumerate(docs) if d is not None]
     if not numbered:
         return [], [Problem(str(path), "", "", "file holds no documents")]
     return numbered, []
@@ -131,9 +123,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (
-            part in {"int", "float", "str", "bool"} or "[" in part
-        ):
+        elif isinstance(part, str) and (part in {"int", "float", "str", "bool"} or "[" in part):
             continue  # pydantic's union-member tags, not part of the field path
         else:
             out += f".{part}" if out else part
@@ -185,9 +175,7 @@ def _cel_rules(kind: str) -> list[tuple[tuple[str, ...], str, str, Any]]:
     return rules
 
 
-def _values_at(
-    obj: Any, path: tuple[str, ...], shown: str = ""
-) -> Iterator[tuple[str, Any]]:
+def _values_at(obj: Any, path: tuple[str, ...], shown: str = "") -> Iterator[tuple[str, Any]]:
     if not path:
         yield shown, obj
         return
@@ -207,7 +195,7 @@ def cel_problems(kind: str, wire: dict[str, Any]) -> list[tuple[str, str]]:
         for shown, value in _values_at(wire, path):
             try:
                 ok = program.evaluate({"self": celpy.json_to_cel(value)})
-            except Exception as exc:  # noqa: BLE001 — a rule that cannot evaluate is reported, never raised
+            except Exception as exc:
                 found.append((shown, f"rule {rule!r} could not be evaluated: {exc}"))
                 continue
             if not bool(ok):
@@ -218,11 +206,7 @@ def cel_problems(kind: str, wire: dict[str, Any]) -> list[tuple[str, str]]:
 def validate_document(source: str, doc: Any) -> tuple[ApiModel | None, list[Problem]]:
     """Validate one parsed document; returns the typed resource when it is valid."""
     if not isinstance(doc, dict):
-        return None, [
-            Problem(
-                source, "", "", f"document is a {type(doc).__name__}, not a mapping"
-            )
-        ]
+        return None, [Problem(source, "", "", f"document is a {type(doc).__name__}, not a mapping")]
     label = _resource_label(doc)
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     if not kind:
@@ -238,26 +222,14 @@ def validate_document(source: str, doc: Any) -> tuple[ApiModel | None, list[Prob
             )
         ]
     if api_version != API_VERSION:
-        hint = (
-            f"{GROUP} serves {API_VERSION}"
-            if api_version
-            else "required field is missing"
-        )
-        return None, [
-            Problem(source, label, "apiVersion", f"got {api_version!r}; {hint}")
-        ]
+        hint = f"{GROUP} serves {API_VERSION}" if api_version else "required field is missing"
+        return None, [Problem(source, label, "apiVersion", f"got {api_version!r}; {hint}")]
     try:
         resource = RESOURCE_MODELS[kind].model_validate(doc)
     except ValidationError as exc:
-        problems = [
-            Problem(source, label, _format_loc(e["loc"]), _format_error(e))
-            for e in exc.errors()
-        ]
+        problems = [Problem(source, label, _format_loc(e["loc"]), _format_error(e)) for e in exc.errors()]
         return None, problems
-    problems = [
-        Problem(source, label, path, msg)
-        for path, msg in cel_problems(kind, resource.to_wire())
-    ]
+    problems = [Problem(source, label, path, msg) for path, msg in cel_problems(kind, resource.to_wire())]
     return (None, problems) if problems else (resource, [])
 
 
@@ -281,9 +253,7 @@ def validate_paths(paths: Iterable[str | Path]) -> Report:
             )
             if key in seen:
                 msg = f"duplicate {doc['kind']} named {key[2]!r} (also in {seen[key]})"
-                report.problems.append(
-                    Problem(source, _resource_label(doc), "metadata.name", msg)
-                )
+                report.problems.append(Problem(source, _resource_label(doc), "metadata.name", msg))
                 continue
             seen[key] = source
             report.manifests.append(Manifest(source, doc, resource))

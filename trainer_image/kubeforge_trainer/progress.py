@@ -104,10 +104,8 @@ class _ThrottledReporter:
         fields["lastProgressTime"] = now_rfc3339()
         try:
             self._send(fields)
-        except Exception as exc:  # noqa: BLE001 — progress must never kill the workload
-            log.warning(
-                "could not report progress of %s/%s: %s", self.kind, self.name, exc
-            )
+        except Exception as exc:
+            log.warning("could not report progress of %s/%s: %s", self.kind, self.name, exc)
             with self._lock:
                 self._pending = {**fields, **self._pending}
 
@@ -122,9 +120,7 @@ class _ThrottledReporter:
 class FileStatusReporter(_ThrottledReporter):
     """Writes status to ``<dir>/<Kind>/<name>.json`` (local runs), merging into what is there."""
 
-    def __init__(
-        self, kind: str, name: str, directory: str | Path, interval: float = 1.0
-    ) -> None:
+    def __init__(self, kind: str, name: str, directory: str | Path, interval: float = 1.0) -> None:
         super().__init__(kind, name, interval)
         self.path = Path(directory) / kind / f"{name}.json"
 

@@ -75,32 +75,18 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    name: DnsLabel = Field(
-        description="Name of the resource; child objects are named after it."
-    )
-    namespace: str | None = Field(
-        default=None, description="Namespace of the resource."
-    )
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels of the resource."
-    )
-    annotations: dict[str, str] = Field(
-        default_factory=dict, description="Annotations of the resource."
-    )
+    name: DnsLabel = Field(description="Name of the resource; child objects are named after it.")
+    namespace: str | None = Field(default=None, description="Namespace of the resource.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the resource.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the resource.")
 
 
 class Toleration(ApiModel):
     """A Kubernetes toleration, passed through to the Ray pods."""
 
-    key: str | None = Field(
-        default=None, description="Taint key the toleration applies to."
-    )
-    operator: Literal["Exists", "Equal"] = Field(
-        default="Equal", description="Exists or Equal."
-    )
-    value: str | None = Field(
-        default=None, description="Taint value to match when operator is Equal."
-    )
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -122,12 +108,8 @@ class CommonSpec(ApiModel):
         default_factory=dict,
         description="Node labels the Ray pods must match (e.g. a GPU node pool).",
     )
-    tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations for the Ray pods."
-    )
-    priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the Ray pods."
-    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the Ray pods.")
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the Ray pods.")
     service_account_name: str | None = Field(
         default=None,
         description="ServiceAccount of the Ray pods; defaults to the chart's workload account, "
@@ -151,34 +133,24 @@ class CommonSpec(ApiModel):
 class WorkerResources(ApiModel):
     """Size of each Ray worker."""
 
-    cpu: Quantity = Field(
-        default=1, description="CPU cores requested per worker (a Kubernetes quantity)."
-    )
+    cpu: Quantity = Field(default=1, description="CPU cores requested per worker (a Kubernetes quantity).")
     memory: Quantity = Field(
         default="2Gi",
         description="Memory requested per worker (a Kubernetes quantity).",
     )
-    gpu: int = Field(
-        default=0, ge=0, description="GPUs (nvidia.com/gpu) requested per worker."
-    )
+    gpu: int = Field(default=0, ge=0, description="GPUs (nvidia.com/gpu) requested per worker.")
 
 
 class Condition(ApiModel):
     """A standard Kubernetes condition (metav1.Condition)."""
 
-    type: str = Field(
-        description="Type of the condition, e.g. Ready, Progressing, Failed, DataReady."
-    )
-    status: Literal["True", "False", "Unknown"] = Field(
-        description="True, False or Unknown."
-    )
+    type: str = Field(description="Type of the condition, e.g. Ready, Progressing, Failed, DataReady.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
         default="",
         description="Machine-readable CamelCase reason for the last transition.",
     )
-    message: str = Field(
-        default="", description="Human-readable detail of the last transition."
-    )
+    message: str = Field(default="", description="Human-readable detail of the last transition.")
     last_transition_time: str | None = Field(
         default=None, description="When the condition last changed status (RFC 3339)."
     )
@@ -203,30 +175,16 @@ Phase = Literal[
 class CommonStatus(ApiModel):
     """Status fields every kind reports."""
 
-    phase: Phase | None = Field(
-        default=None, description="Where the resource is in its life."
-    )
+    phase: Phase | None = Field(default=None, description="Where the resource is in its life.")
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation the operator last acted on."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Standard conditions."
-    )
-    start_time: str | None = Field(
-        default=None, description="When the workload started (RFC 3339)."
-    )
-    completion_time: str | None = Field(
-        default=None, description="When the workload finished (RFC 3339)."
-    )
-    message: str | None = Field(
-        default=None, description="Last human-readable status message."
-    )
-    child_name: str | None = Field(
-        default=None, description="Name of the child RayJob or RayService."
-    )
-    retries: int = Field(
-        default=0, ge=0, description="Times the workload was re-run after a failure."
-    )
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    start_time: str | None = Field(default=None, description="When the workload started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the workload finished (RFC 3339).")
+    message: str | None = Field(default=None, description="Last human-readable status message.")
+    child_name: str | None = Field(default=None, description="Name of the child RayJob or RayService.")
+    retries: int = Field(default=0, ge=0, description="Times the workload was re-run after a failure.")
     last_progress_time: str | None = Field(
         default=None, description="When the workload last reported progress (RFC 3339)."
     )

@@ -11,7 +11,6 @@ from .common import (
     CommonSpec,
     CommonStatus,
     ObjectMeta,
-    Quantity,
     WorkerResources,
     cel,
     cel_rules,
@@ -35,9 +34,7 @@ class BuiltinCorpus(ApiModel):
         default="system-docs",
         description="system-docs: Python standard-library docstrings and the system's /usr/share/doc files.",
     )
-    max_documents: int = Field(
-        default=20000, ge=1, description="Stop after this many documents."
-    )
+    max_documents: int = Field(default=20000, ge=1, description="Stop after this many documents.")
 
 
 class SourceSpec(ApiModel):
@@ -55,9 +52,7 @@ class SourceSpec(ApiModel):
         max_length=10000,
         description="Files, directories or globs to read: file://, s3:// or gs:// URIs, or plain local paths.",
     )
-    pvc: PvcSource | None = Field(
-        default=None, description="Read from a PersistentVolumeClaim instead of URIs."
-    )
+    pvc: PvcSource | None = Field(default=None, description="Read from a PersistentVolumeClaim instead of URIs.")
     builtin: BuiltinCorpus | None = Field(
         default=None,
         description="Use a corpus built from local text (the quickstart's); format is ignored.",
@@ -69,19 +64,13 @@ class SourceSpec(ApiModel):
         default="line",
         description="For format text: one document per file, or one per line.",
     )
-    text_field: str = Field(
-        default="text", description="Column holding the document text."
-    )
-    label_field: str | None = Field(
-        default=None, description="Column holding an existing label, passed through."
-    )
+    text_field: str = Field(default="text", description="Column holding the document text.")
+    label_field: str | None = Field(default=None, description="Column holding an existing label, passed through.")
     key_field: str | None = Field(
         default=None,
         description="Column holding a stable document id (used by hash splits and reports).",
     )
-    time_field: str | None = Field(
-        default=None, description="Column holding a timestamp (used by time splits)."
-    )
+    time_field: str | None = Field(default=None, description="Column holding a timestamp (used by time splits).")
 
 
 class EmptyParams(ApiModel):
@@ -91,9 +80,7 @@ class EmptyParams(ApiModel):
 class UnicodeParams(ApiModel):
     """Unicode normalisation."""
 
-    form: Literal["NFKC", "NFC", "NFKD", "NFD"] = Field(
-        default="NFKC", description="Normalisation form."
-    )
+    form: Literal["NFKC", "NFC", "NFKD", "NFD"] = Field(default="NFKC", description="Normalisation form.")
 
 
 class LengthFilterParams(ApiModel):
@@ -101,12 +88,8 @@ class LengthFilterParams(ApiModel):
 
     min_chars: int | None = Field(default=None, ge=0, description="Minimum characters.")
     max_chars: int | None = Field(default=None, ge=1, description="Maximum characters.")
-    min_words: int | None = Field(
-        default=None, ge=0, description="Minimum whitespace-separated words."
-    )
-    max_words: int | None = Field(
-        default=None, ge=1, description="Maximum whitespace-separated words."
-    )
+    min_words: int | None = Field(default=None, ge=0, description="Minimum whitespace-separated words.")
+    max_words: int | None = Field(default=None, ge=1, description="Maximum whitespace-separated words.")
 
 
 class QualityFilterParams(ApiModel):
@@ -129,9 +112,9 @@ class QualityFilterParams(ApiModel):
 class ScriptFilterParams(ApiModel):
     """Keep documents mostly written in the allowed scripts."""
 
-    scripts: list[
-        Literal["latin", "cyrillic", "greek", "arabic", "hebrew", "cjk", "devanagari"]
-    ] = Field(default_factory=lambda: ["latin"], description="Unicode scripts to keep.")
+    scripts: list[Literal["latin", "cyrillic", "greek", "arabic", "hebrew", "cjk", "devanagari"]] = Field(
+        default_factory=lambda: ["latin"], description="Unicode scripts to keep."
+    )
     min_ratio: float = Field(
         default=0.8,
         ge=0,
@@ -145,9 +128,7 @@ class PiiMaskParams(ApiModel):
 
     emails: bool = Field(default=True, description="Mask e-mail addresses.")
     phone_numbers: bool = Field(default=True, description="Mask phone numbers.")
-    ip_addresses: bool = Field(
-        default=True, description="Mask IPv4 and IPv6 addresses."
-    )
+    ip_addresses: bool = Field(default=True, description="Mask IPv4 and IPv6 addresses.")
     replacement: str = Field(
         default="<{kind}>",
         description="Replacement; {kind} becomes EMAIL, PHONE or IP.",
@@ -176,15 +157,9 @@ class NearDedupParams(ApiModel):
         le=1,
         description="Estimated Jaccard similarity that counts as a duplicate.",
     )
-    num_perm: int = Field(
-        default=128, ge=8, le=1024, description="MinHash permutations."
-    )
-    bands: int = Field(
-        default=16, ge=1, description="LSH bands; numPerm/bands rows per band."
-    )
-    shingle_size: int = Field(
-        default=5, ge=1, le=32, description="Word n-gram size of the shingles."
-    )
+    num_perm: int = Field(default=128, ge=8, le=1024, description="MinHash permutations.")
+    bands: int = Field(default=16, ge=1, description="LSH bands; numPerm/bands rows per band.")
+    shingle_size: int = Field(default=5, ge=1, le=32, description="Word n-gram size of the shingles.")
     seed: int = Field(default=42, description="Seed of the hash permutations.")
 
 
@@ -192,9 +167,7 @@ class OutlierFilterParams(ApiModel):
     """Drop rows whose numeric column is an outlier (tabular data)."""
 
     column: str = Field(description="Numeric column to test.")
-    method: Literal["zscore", "iqr"] = Field(
-        default="zscore", description="z-score or interquartile range."
-    )
+    method: Literal["zscore", "iqr"] = Field(default="zscore", description="z-score or interquartile range.")
     threshold: float = Field(
         default=3.0,
         gt=0,
@@ -213,9 +186,7 @@ class LabelRule(ApiModel):
     )
 
     label: str = Field(description="Label given to matching documents.")
-    pattern: str | None = Field(
-        default=None, description="Regular expression searched in the text."
-    )
+    pattern: str | None = Field(default=None, description="Regular expression searched in the text.")
     keywords: list[str] = Field(
         default_factory=list,
         description="Any of these words (case-insensitive) matches.",
@@ -230,9 +201,7 @@ class LabelParams(ApiModel):
         default=None,
         description="Label for documents no rule matches; unset drops them.",
     )
-    overwrite: bool = Field(
-        default=False, description="Replace labels the source already has."
-    )
+    overwrite: bool = Field(default=False, description="Replace labels the source already has.")
 
 
 _STEP_MEMBERS = (
@@ -256,49 +225,25 @@ class CleaningStep(ApiModel):
 
     model_config = cel_rules(
         cel(
-            "["
-            + ", ".join(f"has(self.{m})" for m in _STEP_MEMBERS)
-            + "].exists_one(x, x)",
+            "[" + ", ".join(f"has(self.{m})" for m in _STEP_MEMBERS) + "].exists_one(x, x)",
             "a step sets exactly one operation",
         ),
     )
 
-    name: str | None = Field(
-        default=None, description="Name shown in statistics; defaults to the operation."
-    )
-    drop_empty: EmptyParams | None = Field(
-        default=None, description="Drop rows whose text is missing or blank."
-    )
-    strip_html: EmptyParams | None = Field(
-        default=None, description="Remove HTML tags and decode entities."
-    )
-    normalize_unicode: UnicodeParams | None = Field(
-        default=None, description="Unicode normalisation."
-    )
+    name: str | None = Field(default=None, description="Name shown in statistics; defaults to the operation.")
+    drop_empty: EmptyParams | None = Field(default=None, description="Drop rows whose text is missing or blank.")
+    strip_html: EmptyParams | None = Field(default=None, description="Remove HTML tags and decode entities.")
+    normalize_unicode: UnicodeParams | None = Field(default=None, description="Unicode normalisation.")
     collapse_whitespace: EmptyParams | None = Field(
         default=None, description="Collapse runs of spaces and blank lines."
     )
-    length_filter: LengthFilterParams | None = Field(
-        default=None, description="Filter by length."
-    )
-    quality_filter: QualityFilterParams | None = Field(
-        default=None, description="Filter by quality heuristics."
-    )
-    script_filter: ScriptFilterParams | None = Field(
-        default=None, description="Filter by writing system."
-    )
-    mask_pii: PiiMaskParams | None = Field(
-        default=None, description="Mask e-mails, phone numbers and IPs."
-    )
-    exact_dedup: ExactDedupParams | None = Field(
-        default=None, description="Global exact deduplication."
-    )
-    near_dedup: NearDedupParams | None = Field(
-        default=None, description="Global MinHash-LSH near-dedup."
-    )
-    outlier_filter: OutlierFilterParams | None = Field(
-        default=None, description="Numeric outlier filter."
-    )
+    length_filter: LengthFilterParams | None = Field(default=None, description="Filter by length.")
+    quality_filter: QualityFilterParams | None = Field(default=None, description="Filter by quality heuristics.")
+    script_filter: ScriptFilterParams | None = Field(default=None, description="Filter by writing system.")
+    mask_pii: PiiMaskParams | None = Field(default=None, description="Mask e-mails, phone numbers and IPs.")
+    exact_dedup: ExactDedupParams | None = Field(default=None, description="Global exact deduplication.")
+    near_dedup: NearDedupParams | None = Field(default=None, description="Global MinHash-LSH near-dedup.")
+    outlier_filter: OutlierFilterParams | None = Field(default=None, description="Numeric outlier filter.")
     label: LabelParams | None = Field(default=None, description="Rule-based labelling.")
 
     def operation(self) -> tuple[str, ApiModel]:
@@ -317,21 +262,15 @@ def _snake(camel: str) -> str:
 class TrainTokenizer(ApiModel):
     """Train a byte-level BPE tokenizer on the cleaned data."""
 
-    vocab_size: int = Field(
-        default=8192, ge=260, le=262144, description="Vocabulary size."
-    )
-    min_frequency: int = Field(
-        default=2, ge=1, description="Minimum pair frequency to merge."
-    )
+    vocab_size: int = Field(default=8192, ge=260, le=262144, description="Vocabulary size.")
+    min_frequency: int = Field(default=2, ge=1, description="Minimum pair frequency to merge.")
 
 
 class TokenizerSpec(ApiModel):
     """How documents become token ids."""
 
     model_config = cel_rules(
-        cel(
-            "!(has(self.path) && has(self.train))", "set either path or train, not both"
-        ),
+        cel("!(has(self.path) && has(self.train))", "set either path or train, not both"),
     )
 
     path: str | None = Field(
@@ -344,7 +283,8 @@ class TokenizerSpec(ApiModel):
     )
     task: Literal["languageModeling", "classification"] = Field(
         default="languageModeling",
-        description="languageModeling packs tokens into fixed-length sequences; classification keeps one row per document.",
+        description="languageModeling packs tokens into fixed-length sequences; "
+        "classification keeps one row per document.",
     )
     sequence_length: int = Field(
         default=256,
@@ -362,57 +302,42 @@ class SplitSpec(ApiModel):
             "self.train + self.validation + self.test >= 0.999 && self.train + self.validation + self.test <= 1.001",
             "split fractions train + validation + test must sum to 1",
         ),
-        cel(
-            "self.method != 'hash' || has(self.keyField)", "method hash needs keyField"
-        ),
+        cel("self.method != 'hash' || has(self.keyField)", "method hash needs keyField"),
         cel(
             "self.method != 'time' || has(self.keyField)",
             "method time needs keyField (the timestamp column)",
         ),
     )
 
-    train: float = Field(
-        default=0.9, gt=0, le=1, description="Fraction of documents for training."
-    )
-    validation: float = Field(
-        default=0.05, ge=0, lt=1, description="Fraction for validation."
-    )
-    test: float = Field(
-        default=0.05, ge=0, lt=1, description="Fraction for the final test."
-    )
+    train: float = Field(default=0.9, gt=0, le=1, description="Fraction of documents for training.")
+    validation: float = Field(default=0.05, ge=0, lt=1, description="Fraction for validation.")
+    test: float = Field(default=0.05, ge=0, lt=1, description="Fraction for the final test.")
     method: Literal["random", "hash", "stratified", "time"] = Field(
         default="random",
-        description="random (seeded), hash of keyField (stable across reruns), stratified by label, or time (oldest to train).",
+        description="random (seeded), hash of keyField (stable across reruns), stratified by label, "
+        "or time (oldest rows to train).",
     )
-    key_field: str | None = Field(
-        default=None, description="Column for hash or time splits."
-    )
+    key_field: str | None = Field(default=None, description="Column for hash or time splits.")
     seed: int = Field(default=42, description="Seed for random and stratified splits.")
 
 
 class OutputSpec(ApiModel):
     """Where the shards go."""
 
-    uri: str = Field(
-        description="Output directory: a local path, file://, s3:// or gs:// URI."
-    )
+    uri: str = Field(description="Output directory: a local path, file://, s3:// or gs:// URI.")
     target_shard_size_mb: float = Field(
         default=128,
         gt=0,
         alias="targetShardSizeMB",
         description="Target size of each Parquet shard, in MB.",
     )
-    compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
-        default="zstd", description="Parquet compression."
-    )
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field(default="zstd", description="Parquet compression.")
 
 
 class DataResources(WorkerResources):
     """Ray workers for the pipeline."""
 
-    workers: int = Field(
-        default=1, ge=1, le=1000, description="Number of Ray worker pods."
-    )
+    workers: int = Field(default=1, ge=1, le=1000, description="Number of Ray worker pods.")
 
 
 class DataPipelineSpec(CommonSpec):
@@ -424,16 +349,10 @@ class DataPipelineSpec(CommonSpec):
         max_length=64,
         description="Cleaning operations, applied in order.",
     )
-    tokenizer: TokenizerSpec = Field(
-        default_factory=TokenizerSpec, description="Tokenization."
-    )
-    split: SplitSpec = Field(
-        default_factory=SplitSpec, description="Train/validation/test split."
-    )
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenization.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation/test split.")
     output: OutputSpec = Field(description="Output location and shard size.")
-    resources: DataResources = Field(
-        default_factory=DataResources, description="Ray workers."
-    )
+    resources: DataResources = Field(default_factory=DataResources, description="Ray workers.")
     on_error: Literal["fail", "skip"] = Field(
         default="fail",
         description="On a bad row or file: fail the run, or count it as errored and go on.",
@@ -446,9 +365,7 @@ class OperationStats(ApiModel):
     name: str = Field(description="Operation name.")
     rows_in: int = Field(default=0, description="Rows that entered the operation.")
     rows_out: int = Field(default=0, description="Rows that left it.")
-    rows_errored: int = Field(
-        default=0, description="Rows it could not process (onError: skip)."
-    )
+    rows_errored: int = Field(default=0, description="Rows it could not process (onError: skip).")
 
 
 class SplitStats(ApiModel):
@@ -463,48 +380,24 @@ class DataPipelineStatus(CommonStatus):
     """Observed state of a DataPipeline."""
 
     rows_in: int | None = Field(default=None, description="Rows read from the source.")
-    rows_out: int | None = Field(
-        default=None, description="Documents that passed every operation."
-    )
-    rows_dropped: int | None = Field(
-        default=None, description="Documents dropped by operations."
-    )
-    rows_errored: int | None = Field(
-        default=None, description="Rows that could not be processed."
-    )
-    tokens: int | None = Field(
-        default=None, description="Tokens written, all splits together."
-    )
-    shards: int | None = Field(
-        default=None, description="Shards written, all splits together."
-    )
-    progress: str | None = Field(
-        default=None, description="Short progress text, e.g. 'nearDedup 3/7'."
-    )
-    operations: list[OperationStats] = Field(
-        default_factory=list, description="Rows in and out per operation."
-    )
-    splits: dict[str, SplitStats] = Field(
-        default_factory=dict, description="Rows, tokens and shards per split."
-    )
-    output_uri: str | None = Field(
-        default=None, description="Where the shards and _manifest.json were written."
-    )
+    rows_out: int | None = Field(default=None, description="Documents that passed every operation.")
+    rows_dropped: int | None = Field(default=None, description="Documents dropped by operations.")
+    rows_errored: int | None = Field(default=None, description="Rows that could not be processed.")
+    tokens: int | None = Field(default=None, description="Tokens written, all splits together.")
+    shards: int | None = Field(default=None, description="Shards written, all splits together.")
+    progress: str | None = Field(default=None, description="Short progress text, e.g. 'nearDedup 3/7'.")
+    operations: list[OperationStats] = Field(default_factory=list, description="Rows in and out per operation.")
+    splits: dict[str, SplitStats] = Field(default_factory=dict, description="Rows, tokens and shards per split.")
+    output_uri: str | None = Field(default=None, description="Where the shards and _manifest.json were written.")
     manifest_uri: str | None = Field(default=None, description="URI of _manifest.json.")
-    tokenizer_uri: str | None = Field(
-        default=None, description="URI of the tokenizer written with the data."
-    )
+    tokenizer_uri: str | None = Field(default=None, description="URI of the tokenizer written with the data.")
 
 
 class DataPipeline(ApiModel):
     """A DataPipeline custom resource."""
 
-    api_version: Literal["kubeforge.dev/v1alpha1"] = Field(
-        description="kubeforge.dev/v1alpha1."
-    )
+    api_version: Literal["kubeforge.dev/v1alpha1"] = Field(description="kubeforge.dev/v1alpha1.")
     kind: Literal["DataPipeline"] = Field(description="DataPipeline.")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: DataPipelineSpec = Field(description="Desired state.")
-    status: DataPipelineStatus | None = Field(
-        default=None, description="Observed state."
-    )
+    status: DataPipelineStatus | None = Field(default=None, description="Observed state.")

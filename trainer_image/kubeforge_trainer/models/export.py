@@ -68,16 +68,12 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / INFO_FILE).read_text())
 
 
-def load_model_dir(
-    directory: str | Path, device: str = "cpu"
-) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
+def load_model_dir(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
     """(model in eval mode, config, tokenizer) from a local model directory."""
     path = Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a kubeforge model directory: {name} is missing"
-            )
+            raise FileNotFoundError(f"{path} is not a kubeforge model directory: {name} is missing")
     config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
     model = build_model(config)
     load_model(model, str(path / WEIGHTS_FILE), device=device)

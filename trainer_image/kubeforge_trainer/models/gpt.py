@@ -43,18 +43,8 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """Parameters of the network (tied embeddings counted once)."""
         d, layer = self.d_model, 12 * self.d_model**2 + 13 * self.d_model
-        head = (
-            self.num_labels * d + self.num_labels
-            if self.task == "classification"
-            else 0
-        )
-        return (
-            self.vocab_size * d
-            + self.context_length * d
-            + self.n_layers * layer
-            + 2 * d
-            + head
-        )
+        head = self.num_labels * d + self.num_labels if self.task == "classification" else 0
+        return self.vocab_size * d + self.context_length * d + self.n_layers * layer + 2 * d + head
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), PaLM-style: 6N + 12·L·d·T."""
@@ -80,17 +70,13 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (
-            z.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for z in (q, k, v)
-        )
+        q, k, v = (z.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         drop = self.dropout if self.training else 0.0
         if mask is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=drop, is_causal=past is None and t > 1
-            )
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=past is None and t > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y = y.transpose(1, 2).contiguous().view(b, t, c)
@@ -152,26 +138,16 @@ class GPT(nn.Module):
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[
-                    :, past_len:
-                ]
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             else:
-                position_ids = torch.arange(
-                    past_len, past_len + t, device=input_ids.device
-                ).expand(b, t)
+                position_ids = torch.arange(past_len, past_len + t, device=input_ids.device).expand(b, t)
         if int(position_ids.max()) >= self.config.context_length:
-            raise ValueError(
-                f"sequence longer than the context length {self.config.context_length}"
-            )
+            raise ValueError(f"sequence longer than the context length {self.config.context_length}")
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         mask = None
         if attention_mask is not None:
-            causal = torch.ones(
-                t, past_len + t, dtype=torch.bool, device=x.device
-            ).tril(past_len)
-            mask = (causal[None, :, :] & attention_mask[:, None, :].bool())[
-                :, None, :, :
-            ]
+            causal = torch.ones(t, past_len + t, dtype=torch.bool, device=x.device).tril(past_len)
+            mask = (causal[None, :, :] & attention_mask[:, None, :].bool())[:, None, :, :]
             # A row of all-padding queries would give NaN; let padded query rows attend to themselves.
             diag = torch.zeros(t, past_len + t, dtype=torch.bool, device=x.device)
             diag[torch.arange(t), past_len + torch.arange(t)] = True
@@ -190,9 +166,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """Logits (B, T, vocab) and the KV cache."""
-        h, cache = self.hidden_states(
-            input_ids, attention_mask, past_key_values, position_ids
-        )
+        h, cache = self.hidden_states(input_ids, attention_mask, past_key_values, position_ids)
         return self.lm_head(h), cache
 
 
@@ -209,9 +183,7 @@ class GPTForClassification(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (B, num_labels); attention_mask marks real tokens (right padding)."""
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
@@ -232,9 +204,7 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             else:
                 std = 0.02
-                if name.endswith(
-                    ("attn.proj", "fc2")
-                ):  # residual projections, scaled by depth (GPT-2)
+                if name.endswith(("attn.proj", "fc2")):  # residual projections, scaled by depth (GPT-2)
                     std = 0.02 / math.sqrt(2 * cfg.n_layers)
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
