@@ -1,0 +1,64 @@
+"""Operator settings: one frozen object, loaded from the environment variables the Helm chart sets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import __version__
+
+# Environment variable -> meaning. The Helm chart's Deployment sets these; docs/install.md lists them.
+ENV_VARS = {
+    "KUBEFORGE_TRAINER_IMAGE": "image of the Ray head and worker pods when a resource sets no spec.image",
+    "KUBEFORGE_RAY_VERSION": "Ray version of that image (RayCluster spec.rayVersion)",
+    "KUBEFORGE_WATCH_NAMESPACES": "comma-separated namespaces to watch; empty watches the whole cluster",
+    "KUBEFORGE_WORKLOAD_SERVICE_ACCOUNT": "ServiceAccount of Ray pods (may only patch kubeforge status)",
+    "KUBEFORGE_METRICS_PORT": "port of the operator's Prometheus /metrics",
+    "KUBEFORGE_HEALTH_PORT": "port of kopf's liveness endpoint /healthz",
+    "KUBEFORGE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
+    "KUBEFORGE_REQUEUE_SECONDS": "seconds between status re-checks of running workloads",
+    "KUBEFORGE_SERVE_PORT": "HTTP port of Ray Serve in RayService pods",
+}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator's behaviour depends on besides the resources themselves."""
+
+    trainer_image: str = f"ghcr.io/kubeforge/trainer:{__version__}"
+    ray_version: str = "2.60.0"
+    watch_namespaces: tuple[str, ...] = field(default_factory=tuple)
+    workload_service_account: str = "kubeforge-workload"
+    metrics_port: int = 8080
+    health_port: int = 8081
+    log_level: str = "INFO"
+    requeue_seconds: float = 10.0
+    serve_port: int = 8000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Build from KUBEFORGE_* environment variables; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def get(name: str, default: str) -> str:
+            value = env.get(name, "").strip()
+            return value or default
+
+        try:
+            return cls(
+                trainer_image=get("KUBEFORGE_TRAINER_IMAGE", defaults.trainer_image),
+                ray_version=get("KUBEFORGE_RAY_VERSION", defaults.ray_version),
+                watch_namespaces=tuple(
+                    ns.strip() for ns in env.get("KUBEFORGE_WATCH_NAMESPACES", "").split(",") if ns.strip()
+                ),
+                workload_service_account=get("KUBEFORGE_WORKLOAD_SERVICE_ACCOUNT", defaults.workload_service_account),
+                metrics_port=int(get("KUBEFORGE_METRICS_PORT", str(defaults.metrics_port))),
+                health_port=int(get("KUBEFORGE_HEALTH_PORT", str(defaults.health_port))),
+                log_level=get("KUBEFORGE_LOG_LEVEL", defaults.log_level).upper(),
+                requeue_seconds=float(get("KUBEFORGE_REQUEUE_SECONDS", str(defaults.requeue_seconds))),
+                serve_port=int(get("KUBEFORGE_SERVE_PORT", str(defaults.serve_port))),
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid operator setting: {exc}") from None
