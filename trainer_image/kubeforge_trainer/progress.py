@@ -21,11 +21,11 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from kubeforge.api import DataPipelineStatus, ModelDeploymentStatus, TrainingJobStatus
+from kubeforge.conditions import now_rfc3339
 from kubeforge.constants import (
     ENV_RESOURCE_KIND,
     ENV_RESOURCE_NAME,
@@ -43,11 +43,6 @@ STATUS_MODELS = {
     "TrainingJob": TrainingJobStatus,
     "ModelDeployment": ModelDeploymentStatus,
 }
-
-
-def now_rfc3339() -> str:
-    """The current UTC time as Kubernetes writes it."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_status_fields(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
