@@ -47,6 +47,45 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run manifests end to end on this machine (local Ray): data, training, serving, then a report."""
+    from .local.runner import RunOptions, run
+
+    options = RunOptions(
+        paths=args.paths,
+        state_dir=Path(args.state_dir),
+        serve=args.serve,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        prompt=args.prompt,
+        plain=args.plain,
+        verbose=args.verbose,
+        num_cpus=args.num_cpus,
+    )
+    return run(options)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status of locally run resources, like `kubectl get kubeforge`."""
+    from .local.status_command import print_status
+
+    return print_status(Path(args.state_dir), args.names, args.output)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the kopf operator in this process (settings from the KUBEFORGE_* environment) until stopped."""
+    from .config import OperatorConfig
+
+    try:
+        config = OperatorConfig.from_env()
+        from .controller import run
+    except ValueError as exc:
+        print(f"kubeforge operator: {exc}", file=sys.stderr)
+        return 2
+    run(config)
+    return 0
+
+
 def build_parser(
     commands: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]],
 ) -> argparse.ArgumentParser:
@@ -83,6 +122,32 @@ def _crds_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_PROMPT, DEFAULT_STATE_DIR
+
+    p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
+    p.add_argument("--serve", action="store_true", help="keep the ModelDeployments serving until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (default 8080)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the sample request to the served model")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="status, logs and reports (default .kubeforge)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--plain", action="store_true", help="plain progress lines instead of bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs and the workers' output")
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_STATE_DIR
+
+    p.add_argument("names", nargs="*", help="NAME or KIND/NAME to show (default: all)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
+
+
+def _operator_args(p: argparse.ArgumentParser) -> None:
+    p.epilog = "Settings come from KUBEFORGE_* environment variables (see kubeforge.config)."
+
+
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
     "validate": (cmd_validate, "validate kubeforge manifests offline", _validate_args),
     "crds": (
@@ -90,6 +155,9 @@ COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None
         "generate the CustomResourceDefinitions from the API types",
         _crds_args,
     ),
+    "run": (cmd_run, "run manifests end to end on this machine, on a local Ray", _run_args),
+    "status": (cmd_status, "show the status of resources run locally", _status_args),
+    "operator": (cmd_operator, "run the Kubernetes operator (kopf) in this process", _operator_args),
 }
 
 

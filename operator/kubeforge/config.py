@@ -19,6 +19,8 @@ ENV_VARS = {
     "KUBEFORGE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
     "KUBEFORGE_REQUEUE_SECONDS": "seconds between status re-checks of running workloads",
     "KUBEFORGE_SERVE_PORT": "HTTP port of Ray Serve in RayService pods",
+    "KUBEFORGE_HEAD_CPU": "CPU request and limit of the Ray head pod (it runs the driver, no tasks)",
+    "KUBEFORGE_HEAD_MEMORY": "memory request and limit of the Ray head pod",
 }
 
 
@@ -35,6 +37,8 @@ class OperatorConfig:
     log_level: str = "INFO"
     requeue_seconds: float = 10.0
     serve_port: int = 8000
+    head_cpu: str = "1"
+    head_memory: str = "2Gi"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -59,6 +63,8 @@ class OperatorConfig:
                 log_level=get("KUBEFORGE_LOG_LEVEL", defaults.log_level).upper(),
                 requeue_seconds=float(get("KUBEFORGE_REQUEUE_SECONDS", str(defaults.requeue_seconds))),
                 serve_port=int(get("KUBEFORGE_SERVE_PORT", str(defaults.serve_port))),
+                head_cpu=get("KUBEFORGE_HEAD_CPU", defaults.head_cpu),
+                head_memory=get("KUBEFORGE_HEAD_MEMORY", defaults.head_memory),
             )
         except ValueError as exc:
             raise ValueError(f"invalid operator setting: {exc}") from None

@@ -37,3 +37,8 @@ ENV_RESOURCE_KIND = "KUBEFORGE_RESOURCE_KIND"
 ENV_RESOURCE_NAME = "KUBEFORGE_RESOURCE_NAME"
 ENV_RESOURCE_NAMESPACE = "KUBEFORGE_RESOURCE_NAMESPACE"
 ENV_STATUS_DIR = "KUBEFORGE_STATUS_DIR"
+
+# A DataPipeline's spec.source.pvc is mounted read-only at PVC_MOUNT_ROOT/<claimName> in every Ray pod; the data step
+# reads spec.source.pvc.path below it. ENV_PVC_ROOT overrides the root where no such mount exists (local runs, tests).
+PVC_MOUNT_ROOT = "/mnt/kubeforge/pvc"
+ENV_PVC_ROOT = "KUBEFORGE_PVC_ROOT"

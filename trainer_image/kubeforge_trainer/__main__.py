@@ -35,20 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     if not raw:
         sys.exit(f"kubeforge_trainer: ${ENV_RESOURCE} is not set")
     if argv[0] == "data":
-        from .data import run_datapipeline
+        from .data import DataPipelineError, run_datapipeline
 
         resource = _load(DataPipeline, raw)
         reporter = reporter_from_env("DataPipeline", resource.metadata.name)
-        run_datapipeline(resource, reporter)
+        try:
+            run_datapipeline(resource, reporter)
+        except DataPipelineError as exc:  # bad input or spec: one line naming the resource and the field
+            reporter.close()
+            sys.exit(f"kubeforge_trainer: {exc}")
     else:
-        from .train import run_trainingjob
+        from .train import SpecError, TrainingFailed, run_trainingjob
 
         resource = _load(TrainingJob, raw)
         data_uri = os.environ.get(ENV_DATA_URI) or resource.spec.data_ref.uri
         if not data_uri:
             sys.exit(f"kubeforge_trainer: no data location: set spec.dataRef.uri or ${ENV_DATA_URI}")
         reporter = reporter_from_env("TrainingJob", resource.metadata.name)
-        run_trainingjob(resource, data_uri, reporter)
+        try:
+            run_trainingjob(resource, data_uri, reporter)
+        except (SpecError, TrainingFailed) as exc:  # one line naming the resource (workers' tracebacks are above)
+            reporter.close()
+            sys.exit(f"kubeforge_trainer: {exc}")
     reporter.close()
     return 0
 

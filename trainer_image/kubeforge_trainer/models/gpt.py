@@ -136,12 +136,16 @@ class GPT(nn.Module):
         """
         b, t = input_ids.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        last_position = None
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             else:
                 position_ids = torch.arange(past_len, past_len + t, device=input_ids.device).expand(b, t)
-        if int(position_ids.max()) >= self.config.context_length:
+                last_position = past_len + t - 1  # known on the host: no GPU sync per training step
+        if last_position is None:
+            last_position = int(position_ids.max())
+        if last_position >= self.config.context_length:
             raise ValueError(f"sequence longer than the context length {self.config.context_length}")
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         mask = None

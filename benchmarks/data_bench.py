@@ -1,0 +1,494 @@
+"""Data-step benchmark: the DataPipeline runtime on Ray against a straightforward single-process pandas
+implementation of the same operations, on a generated corpus with exact and near duplicates. A script, not a test:
+
+    .venv/bin/python benchmarks/data_bench.py              # 200 MB corpus, writes benchmarks/results/data.md
+    .venv/bin/python benchmarks/data_bench.py --mb 20      # a quick look
+
+Reported, in one run on one machine: MB/s and documents/s of the full pipeline (read, clean, exact and near dedup,
+tokenize, split, write) for pandas, for the runtime on 1 and on 2 Ray workers (each a fresh local Ray with that many
+CPUs, Ray start-up excluded), their ratios, and the clean + exact-dedup stages against the raw pyarrow read of the
+same files. Both implementations use the same tokenizer file (trained once beforehand on a sample), so tokenizing
+costs the same per token in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import hashlib
+import html
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+import unicodedata
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "data.md"
+TARGET_VS_PANDAS = 5.0
+TARGET_SCALING = 1.7
+TARGET_CLEAN_VS_READ = 2.0
+SEQUENCE_LENGTH = 256
+FILES = 8
+STEPS: list[dict[str, Any]] = [
+    {"dropEmpty": {}},
+    {"stripHtml": {}},
+    {"normalizeUnicode": {"form": "NFKC"}},
+    {"collapseWhitespace": {}},
+    {"maskPii": {}},
+    {"lengthFilter": {"minChars": 64, "maxChars": 100000}},
+    {"qualityFilter": {"minAlnumRatio": 0.5, "maxRepeatedLineRatio": 0.5}},
+    {"exactDedup": {}},
+    {"nearDedup": {"threshold": 0.8, "numPerm": 64, "bands": 16, "shingleSize": 5}},
+]
+CLEAN_STEPS = (
+    "dropEmpty",
+    "stripHtml",
+    "normalizeUnicode",
+    "collapseWhitespace",
+    "maskPii",
+    "lengthFilter",
+    "qualityFilter",
+)
+
+
+# ---- corpus ---------------------------------------------------------------------------------------------------------
+
+
+def vocabulary() -> list[str]:
+    """Real words, most frequent first: from the builtin system-docs corpus (standard library and /usr/share/doc)."""
+    from kubeforge_trainer.data import builtin
+
+    counts: collections.Counter[str] = collections.Counter()
+    for text in builtin.system_docs(4000):
+        counts.update(w for w in re.findall(r"[A-Za-z][A-Za-z'-]{1,15}", text))
+    return [w for w, _ in counts.most_common(20000)]
+
+
+def generate_corpus(directory: Path, megabytes: int, seed: int = 7) -> dict[str, int]:
+    """JSONL files of about `megabytes` MB: Zipf-distributed prose from a real vocabulary, some with HTML, e-mails,
+    phone numbers, repeated lines or nothing at all, 10% exact copies (other case and spacing) and 8% near copies
+    (3% of the words changed) spread over all files; returns what was planted."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = directory / "corpus.json"
+    if stamp.exists():
+        planted = json.loads(stamp.read_text())
+        if planted.get("megabytes") == megabytes and planted.get("seed") == seed:
+            return planted
+    rng = np.random.default_rng(seed)
+    pyrng = random.Random(seed)
+    words = np.array(vocabulary())
+    weights = 1.0 / np.arange(1, len(words) + 1) ** 1.07
+    weights /= weights.sum()
+    target = megabytes * 1_000_000
+    docs: list[str] = []
+    size = 0
+    planted = collections.Counter()
+    while size < target:
+        length = int(np.clip(rng.lognormal(5.4, 0.7), 20, 4000))
+        picked = words[rng.choice(len(words), size=length, p=weights)]
+        sentences = np.array_split(picked, max(1, length // 14))
+        text = " ".join(" ".join(s).capitalize() + "." for s in sentences)
+        roll = pyrng.random()
+        if roll < 0.05:
+            text = f"<html><body><h1>{picked[0]}</h1><p>{text}</p><p>&copy; 2024 &amp; more</p></body></html>"
+            planted["html"] += 1
+        elif roll < 0.10:
+            text += f" Contact {picked[1].lower()}@example.com or call +1 (555) {pyrng.randint(100, 999)}-4567."
+            planted["pii"] += 1
+        elif roll < 0.11:
+            text = "\n".join([text[:60]] * 20)
+            planted["repetitive"] += 1
+        elif roll < 0.12:
+            text = " " if roll < 0.115 else "short"
+            planted["junk"] += 1
+        docs.append(text)
+        size += len(text) + 12
+        copy = pyrng.random()
+        if copy < 0.10 and len(text) > 64:
+            docs.append("  " + text.upper().replace(" ", "  "))
+            size += len(text) + 14
+            planted["exact"] += 1
+        elif copy < 0.18 and len(text) > 200:
+            tokens = text.split(" ")
+            for _ in range(max(1, len(tokens) // 33)):
+                tokens[pyrng.randrange(len(tokens))] = str(words[pyrng.randrange(200)])
+            docs.append(" ".join(tokens))
+            size += len(text) + 12
+            planted["near"] += 1
+    # Copies land far from their originals (other files), as they do in crawled data.
+    order = list(range(len(docs)))
+    pyrng.shuffle(order)
+    per_file = (len(docs) + FILES - 1) // FILES
+    for f in range(FILES):
+        with open(directory / f"part-{f:02d}.jsonl", "w") as out:
+            for i in order[f * per_file : (f + 1) * per_file]:
+                out.write(json.dumps({"text": docs[i]}) + "\n")
+    result = {"megabytes": megabytes, "seed": seed, "documents": len(docs), **planted}
+    stamp.write_text(json.dumps(result))
+    return result
+
+
+def corpus_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("part-*.jsonl"))
+
+
+def train_tokenizer(directory: Path, path: Path) -> None:
+    """One BPE tokenizer both implementations use, trained on the first 20 MB (not timed)."""
+    if path.exists():
+        return
+    from kubeforge_trainer.data.tokenize import train_bpe
+
+    texts, used = [], 0
+    for file in corpus_files(directory):
+        with open(file) as lines:
+            for line in lines:
+                texts.append(json.loads(line)["text"])
+                used += len(texts[-1])
+                if used > 20_000_000:
+                    break
+        if used > 20_000_000:
+            break
+    train_bpe([texts], vocab_size=8192, min_frequency=2).save(str(path))
+
+
+# ---- raw read ------------------------------------------------------------------------------------------------------
+
+
+def raw_read_seconds(directory: Path) -> float:
+    """Seconds pyarrow takes to read every file into Arrow (one process, its own threads on every core)."""
+    import pyarrow.json as pajson
+
+    started = time.perf_counter()
+    rows = sum(pajson.read_json(f).num_rows for f in corpus_files(directory))
+    assert rows > 0
+    return time.perf_counter() - started
+
+
+# ---- pandas baseline -----------------------------------------------------------------------------------------------
+
+_SCRIPT = re.compile(r"(?is)<(?:script|style|noscript)\b[^>]*>.*?</(?:script|style|noscript)\s*>")
+_COMMENT = re.compile(r"(?s)<!--.*?-->")
+_BLOCK = re.compile(
+    r"(?i)</?(?:address|article|aside|blockquote|br|dd|div|dl|dt|h[1-6]|li|ol|p|pre|section|table|td|th|tr|ul)\b[^<>]*>"
+)
+_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"(^|[^0-9A-Za-z.])((?:{_OCTET}\.){{3}}{_OCTET})($|[^0-9A-Za-z.]|\.[^0-9])")
+_PHONE = re.compile(
+    r"(^|[^0-9A-Za-z+_])((?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?|[0-9]{2,4}[ .-])[0-9]{3,4}[ .-]?[0-9]{3,4}"
+    r"|\+[0-9]{9,15})($|[^0-9A-Za-z_])"
+)
+
+
+def _repeated_line_ratio(text: str) -> float:
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if not lines:
+        return 0.0
+    counts = collections.Counter(lines)
+    return sum(c - 1 for c in counts.values()) / len(lines)
+
+
+def _alnum_ratio(text: str) -> float:
+    non_space = [c for c in text if not c.isspace()]
+    return sum(c.isalnum() for c in non_space) / len(non_space) if non_space else 0.0
+
+
+def _minhash(text: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    words = re.sub(r"[^\w\s]+", " ", text.lower()).split()
+    if not words:
+        return None
+    shingles = {" ".join(words[i : i + 5]) for i in range(max(1, len(words) - 4))}
+    hashes = np.array(
+        [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") for s in shingles],
+        dtype=np.uint64,
+    )
+    with np.errstate(over="ignore"):
+        return ((hashes[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0)
+
+
+def pandas_pipeline(directory: Path, tokenizer_path: Path, out: Path) -> dict[str, Any]:
+    """The same operations, written the straightforward way with pandas in one process."""
+    import pandas as pd
+    from tokenizers import Tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    started = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        stages[name] = round(time.perf_counter() - started - sum(stages.values()), 3)
+
+    df = pd.concat([pd.read_json(f, lines=True) for f in corpus_files(directory)], ignore_index=True)
+    rows_in = len(df)
+    lap("read")
+    s = df["text"]
+    s = s[s.notna() & (s.str.strip() != "")]
+    s = s.str.replace(_SCRIPT, " ", regex=True).str.replace(_COMMENT, "", regex=True)
+    s = s.str.replace(_BLOCK, "\n", regex=True).str.replace(_TAG, "", regex=True).map(html.unescape)
+    s = s.map(lambda t: unicodedata.normalize("NFKC", t))
+    s = s.str.replace(r"\r\n?", "\n", regex=True).str.replace(r"[^\S\n]+", " ", regex=True)
+    s = s.str.replace(r" ?\n ?", "\n", regex=True).str.replace(r"\n{3,}", "\n\n", regex=True).str.strip()
+    s = s.str.replace(_EMAIL, "<EMAIL>", regex=True)
+    s = s.str.replace(_IPV4, r"\1<IP>\3", regex=True).str.replace(_PHONE, r"\1<PHONE>\3", regex=True)
+    lengths = s.str.len()
+    s = s[(lengths >= 64) & (lengths <= 100000)]
+    s = s[(s.map(_alnum_ratio) >= 0.5) & (s.map(_repeated_line_ratio) <= 0.5)]
+    after_clean = len(s)
+    lap("clean")
+    key = s.str.lower().str.split().str.join(" ")
+    s = s[~key.duplicated()]
+    after_exact = len(s)
+    lap("exactDedup")
+    # Near dedup: MinHash per document, LSH buckets in a dict, candidates verified, union-find.
+    rng = np.random.default_rng(42)
+    a = rng.integers(1, 2**63, 64, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, 64, dtype=np.uint64)
+    texts = s.tolist()
+    sigs = [_minhash(t, a, b) for t in texts]
+    buckets: dict[tuple[int, bytes], list[int]] = collections.defaultdict(list)
+    for i, sig in enumerate(sigs):
+        if sig is not None:
+            for band in range(16):
+                buckets[(band, sig[band * 4 : band * 4 + 4].tobytes())].append(i)
+    parent = list(range(len(texts)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for members in buckets.values():
+        for other in members[1:]:
+            if np.mean(sigs[members[0]] == sigs[other]) >= 0.8:
+                ra, rb = find(members[0]), find(other)
+                parent[max(ra, rb)] = min(ra, rb)
+    kept = [t for i, t in enumerate(texts) if find(i) == i]
+    after_near = len(kept)
+    lap("nearDedup")
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    eos = tokenizer.token_to_id("<eos>")
+    frame = pd.DataFrame({"text": kept}).sample(frac=1.0, random_state=7)
+    n_train, n_val = int(len(frame) * 0.9), int(len(frame) * 0.05)
+    parts = {"train": frame[:n_train], "validation": frame[n_train : n_train + n_val], "test": frame[n_train + n_val :]}
+    tokens = 0
+    for name, part in parts.items():
+        stream = [
+            t for e in tokenizer.encode_batch(part["text"].tolist(), add_special_tokens=False) for t in (*e.ids, eos)
+        ]
+        rows = len(stream) // SEQUENCE_LENGTH
+        tokens += rows * SEQUENCE_LENGTH
+        packed = [stream[i * SEQUENCE_LENGTH : (i + 1) * SEQUENCE_LENGTH] for i in range(rows)]
+        (out / name).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"input_ids": packed}).to_parquet(out / name / "part-00000.parquet", compression="zstd")
+    lap("tokenize+split+write")
+    return {
+        "stages": stages,
+        "seconds": time.perf_counter() - started,
+        "rowsIn": rows_in,
+        "afterClean": after_clean,
+        "exactDropped": after_clean - after_exact,
+        "nearDropped": after_exact - after_near,
+        "rowsOut": after_near,
+        "tokens": tokens,
+    }
+
+
+# ---- the runtime on Ray --------------------------------------------------------------------------------------------
+
+
+def ray_pipeline(directory: Path, tokenizer_path: Path, out: Path, workers: int) -> dict[str, Any]:
+    """Run the DataPipeline runtime on a fresh local Ray with `workers` CPUs (in this process)."""
+    import ray
+    from kubeforge.api import DataPipeline
+    from kubeforge_trainer.data import run_datapipeline
+    from kubeforge_trainer.progress import NullReporter
+
+    resource = DataPipeline.model_validate(
+        {
+            "apiVersion": "kubeforge.dev/v1alpha1",
+            "kind": "DataPipeline",
+            "metadata": {"name": "bench", "namespace": "default"},
+            "spec": {
+                "source": {"uris": [str(directory / "part-*.jsonl")], "format": "jsonl"},
+                "steps": STEPS,
+                "tokenizer": {"path": str(tokenizer_path), "sequenceLength": SEQUENCE_LENGTH},
+                "split": {"train": 0.9, "validation": 0.05, "test": 0.05, "method": "random", "seed": 7},
+                "output": {"uri": str(out), "targetShardSizeMB": 64},
+                "resources": {"workers": workers},
+            },
+        }
+    )
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    manifest = run_datapipeline(resource, NullReporter("DataPipeline", "bench"))
+    seconds = time.perf_counter() - started
+    ray.shutdown()
+    ops = {op["name"]: op for op in manifest["operations"]}
+    clean = ops[CLEAN_STEPS[-1]]
+    return {
+        "seconds": seconds,
+        "rowsIn": manifest["accounting"]["rowsIn"],
+        "afterClean": clean["rowsOut"],
+        "exactDropped": ops["exactDedup"]["rowsIn"] - ops["exactDedup"]["rowsOut"],
+        "nearDropped": ops["nearDedup"]["rowsIn"] - ops["nearDedup"]["rowsOut"],
+        "rowsOut": manifest["accounting"]["rowsOut"],
+        "tokens": sum(s["tokens"] for s in manifest["splits"].values()),
+        "timings": manifest["timings"],
+        "shards": {s["path"]: s["sha256"] for e in manifest["splits"].values() for s in e["shards"]},
+    }
+
+
+def run_ray_subprocess(directory: Path, tokenizer_path: Path, out: Path, workers: int) -> dict[str, Any]:
+    """ray_pipeline in a fresh interpreter (a fresh Ray each time)."""
+    command = [sys.executable, __file__, "--ray-workers", str(workers), "--corpus", str(directory), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ray run with {workers} workers failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- report --------------------------------------------------------------------------------------------------------
+
+
+def clean_exact_seconds(result: dict[str, Any], workers: int) -> float:
+    """Wall seconds of the clean operations (their task seconds spread over the workers) plus exact dedup."""
+    op_seconds = result["timings"]["operationSeconds"]
+    return sum(op_seconds[name] for name in CLEAN_STEPS) / workers + op_seconds["exactDedup"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (default 200)")
+    parser.add_argument("--workdir", default="/tmp/kubeforge-data-bench", help="corpus and outputs go here")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    parser.add_argument("--ray-workers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ray_workers:
+        corpus = Path(args.corpus)
+        print(json.dumps(ray_pipeline(corpus, corpus / "tokenizer.json", Path(args.out), args.ray_workers)))
+        return 0
+
+    work = Path(args.workdir)
+    corpus = work / f"corpus-{args.mb}mb"
+    print(f"corpus: generating {args.mb} MB in {corpus} (cached)", flush=True)
+    planted = generate_corpus(corpus, args.mb)
+    megabytes = sum(f.stat().st_size for f in corpus_files(corpus)) / 1e6
+    tokenizer_path = corpus / "tokenizer.json"
+    train_tokenizer(corpus, tokenizer_path)
+    print(f"corpus: {megabytes:.1f} MB, {planted['documents']} documents, planted {dict(planted)}", flush=True)
+
+    load_before = os.getloadavg()
+    raw = min(raw_read_seconds(corpus) for _ in range(2))
+    print(f"raw pyarrow read: {raw:.2f} s", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for workers in (1, 2):
+        out = work / f"out-ray-{workers}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        results[f"ray{workers}"] = run_ray_subprocess(corpus, tokenizer_path, out, workers)
+        print(f"runtime, {workers} worker(s): {results[f'ray{workers}']['seconds']:.1f} s", flush=True)
+    results["pandas"] = pandas_pipeline(corpus, tokenizer_path, work / "out-pandas")
+    print(f"pandas: {results['pandas']['seconds']:.1f} s", flush=True)
+    load_after = os.getloadavg()
+
+    documents = planted["documents"]
+    rows = []
+    for name, label in (("pandas", "pandas, 1 process"), ("ray1", "runtime, 1 worker"), ("ray2", "runtime, 2 workers")):
+        r = results[name]
+        rows.append(
+            f"| {label} | {r['seconds']:.1f} | {megabytes / r['seconds']:.2f} | {documents / r['seconds']:.0f} | "
+            f"{r['afterClean']} | {r['exactDropped']} | {r['nearDropped']} | {r['rowsOut']} | {r['tokens']} |"
+        )
+    vs_pandas = results["pandas"]["seconds"] / results["ray2"]["seconds"]
+    scaling = results["ray1"]["seconds"] / results["ray2"]["seconds"]
+    clean_exact = clean_exact_seconds(results["ray2"], 2)
+    own_read = results["ray2"]["timings"]["operationSeconds"]["read"] / 2
+    identical = results["ray1"]["shards"] == results["ray2"]["shards"]
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    libraries = f"Ray {version('ray')}, pyarrow {version('pyarrow')}, pandas {version('pandas')}"
+    kinds = ", ".join(f"{planted.get(k, 0)} {k}" for k in ("exact", "near", "html", "pii", "repetitive", "junk"))
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    def row(target: str, measured: str, ok: bool) -> str:
+        return f"| {target} | {measured} | {verdict(ok)} |"
+
+    targets = [
+        row(
+            f"runtime (2 workers) vs pandas >= {TARGET_VS_PANDAS}x", f"{vs_pandas:.2f}x", vs_pandas >= TARGET_VS_PANDAS
+        ),
+        row(f"1 -> 2 workers >= {TARGET_SCALING}x", f"{scaling:.2f}x", scaling >= TARGET_SCALING),
+        row(
+            f"clean + exact dedup <= {TARGET_CLEAN_VS_READ}x raw pyarrow read",
+            f"{clean_exact:.2f} s vs {raw:.2f} s = {clean_exact / raw:.1f}x",
+            clean_exact <= TARGET_CLEAN_VS_READ * raw,
+        ),
+        row(
+            f"clean + exact dedup <= {TARGET_CLEAN_VS_READ}x the runtime's own read (2 workers)",
+            f"{clean_exact:.2f} s vs {own_read:.2f} s = {clean_exact / own_read:.1f}x",
+            clean_exact <= TARGET_CLEAN_VS_READ * own_read,
+        ),
+    ]
+    timings = {
+        "stage wall seconds, 2 workers": results["ray2"]["timings"]["stageSeconds"],
+        "stage wall seconds, 1 worker": results["ray1"]["timings"]["stageSeconds"],
+        "operation seconds, 2 workers (row-local: summed over tasks; whole-dataset: wall)": results["ray2"]["timings"][
+            "operationSeconds"
+        ],
+        "pandas stage seconds": results["pandas"]["stages"],
+    }
+    report = "\n".join(
+        [
+            "# Data step benchmark",
+            "",
+            f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
+            f"Machine: {machine}; {libraries}  ",
+            f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+            "(other work shares this machine)  ",
+            f"Command: `.venv/bin/python benchmarks/data_bench.py --mb {args.mb}`",
+            "",
+            f"Corpus: {megabytes:.1f} MB of JSONL in {FILES} files, {documents} documents of Zipf prose over a real "
+            f"vocabulary; planted: {kinds}.",
+            f"Pipeline: {', '.join(next(iter(s)) for s in STEPS)}; tokenize (same tokenizer file, vocabulary 8192), "
+            f"pack {SEQUENCE_LENGTH}, split 90/5/5, write zstd Parquet.",
+            "",
+            "| implementation | seconds | MB/s | docs/s | after clean | exact dropped | near dropped | rows out "
+            "| tokens |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "| target | measured | |",
+            "|---|---|---|",
+            *targets,
+            "",
+            f"Outputs of 1 and 2 workers byte-identical (shard checksums): {identical}.",
+            "",
+            *(f"- {name}: `{json.dumps(value)}`" for name, value in timings.items()),
+            "",
+        ]
+    )
+    print(report)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(report)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Training throughput of kubeforge's TrainingJob runtime: tokens/s and MFU per ZeRO stage, and the overhead of Ray
+Train against the same step loop under the plain `deepspeed` launcher, measured in the same run.
+
+Meant for one H100 (the issue's setting): a GPT-2-124M-class decoder (12 layers, 12 heads, width 768, vocabulary
+50304), context 1024, bf16, micro-batch 16, fused AdamW, torch.compile, ZeRO-1/2/3:
+
+    python benchmarks/train_bench.py                      # writes benchmarks/results/train.md
+    python benchmarks/train_bench.py --stages 2 --no-compile
+
+and on any machine in a tiny CPU mode that exercises every path in a minute or two:
+
+    python benchmarks/train_bench.py --smoke
+
+Both paths run the same code: the TrainingJob spec is resolved by `kubeforge_trainer.train.prepare_run`, the engine
+is built by `worker.build_engine` and each micro-batch goes through `worker.forward_batch`. The Ray path is the real
+`run_trainingjob` (Ray Data streaming, progress, the final checkpoint and export); its tokens/s are the ones it
+logged (train.csv) after the warm-up steps. The plain path reads the same parquet shards in-process and times the
+same steps. MFU is against the device's dense bf16 peak (989 TFLOP/s for an H100 SXM), with the PaLM FLOP count
+(6N + 12·L·d·T per token) of `ModelConfig.flops_per_token`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "train.md"
+ANCHOR = "plain PyTorch GPT-2-124M (bf16, SDPA, fused AdamW, torch.compile), batch 16x1024: 460k tokens/s = 40.0% MFU"
+TARGETS = "MFU >= 40% with ZeRO-2 on one H100; Ray Train overhead <= 5%"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark setting (the model, the batch and how long to run)."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    context: int
+    vocab: int
+    micro_batch: int
+    steps: int
+    warmup_steps: int  # excluded from the timing (allocator warm-up, torch.compile)
+    log_interval: int
+    precision: str
+    gpus: int  # 0: CPU
+    compile: bool
+
+    @property
+    def rows(self) -> int:
+        """Train rows needed for steps optimizer steps on every worker."""
+        return self.steps * self.micro_batch * max(1, self.gpus)
+
+
+GPU = BenchConfig(12, 12, 768, 1024, 50304, 16, 80, 30, 10, "bf16", 1, True)
+SMOKE = BenchConfig(1, 2, 32, 32, 512, 4, 12, 4, 2, "bf16", 0, False)
+
+
+def write_synthetic_dataset(root: Path, config: BenchConfig, seed: int = 0) -> Path:
+    """Random token rows of context + 1 tokens in the DataPipeline layout, with a word-level tokenizer file."""
+    from kubeforge_trainer.train.synthetic import write_dataset
+    from tokenizers import Tokenizer, models
+
+    tokenizer_file = root / "bench-tokenizer.json"
+    vocab = {f"t{i}": i for i in range(config.vocab)}
+    Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(str(tokenizer_file))
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, config.vocab, size=(config.rows, config.context + 1), dtype=np.int32)
+    return write_dataset(
+        root / "data",
+        task="languageModeling",
+        sequence_length=config.context + 1,
+        tokenizer_file=tokenizer_file,
+        vocab_size=config.vocab,
+        splits={"train": rows.tolist()},
+        pad_token_id=0,
+        eos_token_id=None,
+        rows_per_shard=512,
+    )
+
+
+def make_job(config: BenchConfig, stage: int, data: Path, checkpoints: Path) -> Any:
+    """The TrainingJob both paths run: no evaluation, one checkpoint at the end."""
+    from kubeforge.api import TrainingJob
+
+    workers = {"count": max(1, config.gpus), "gpu": 1 if config.gpus else 0, "cpu": 4 if config.gpus else 1}
+    workers["memory"] = "32Gi" if config.gpus else "1Gi"
+    return TrainingJob.model_validate(
+        {
+            "apiVersion": "kubeforge.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": f"bench-zero{stage}"},
+            "spec": {
+                "dataRef": {"uri": str(data)},
+                "model": {
+                    "nLayers": config.n_layers,
+                    "nHeads": config.n_heads,
+                    "dModel": config.d_model,
+                    "contextLength": config.context,
+                },
+                "training": {
+                    "maxSteps": config.steps,
+                    "microBatchSize": config.micro_batch,
+                    "learningRate": 6e-4,
+                    "warmupSteps": 10,
+                    "schedule": "cosine",
+                    "precision": config.precision,
+                    "logIntervalSteps": config.log_interval,
+                },
+                "deepspeed": {"zeroStage": stage, "config": {"compile": {}} if config.compile else {}},
+                "evaluation": {"test": False},
+                "checkpoint": {"uri": str(checkpoints), "intervalSteps": 10**9, "keepLast": 1, "resume": False},
+                "workers": workers,
+            },
+        }
+    )
+
+
+def peak(config: BenchConfig) -> tuple[str, float | None]:
+    """(device name, dense peak FLOP/s of one device) for the run's precision."""
+    from kubeforge_trainer.train.dsconfig import effective_precision
+    from kubeforge_trainer.train.throughput import peak_flops
+
+    if not config.gpus:
+        return platform.processor() or "cpu", None
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return name, peak_flops(name, effective_precision(config.precision, True))
+
+
+def mfu(tokens_per_second: float, config: BenchConfig) -> float | None:
+    """MFU of a throughput on this machine's devices."""
+    from kubeforge_trainer.models import ModelConfig
+    from kubeforge_trainer.train.throughput import estimate_mfu
+
+    model = ModelConfig(config.vocab, n_layers=config.n_layers, n_heads=config.n_heads, d_model=config.d_model,
+                        context_length=config.context)  # fmt: skip
+    return estimate_mfu(tokens_per_second, model.flops_per_token(), max(1, config.gpus), peak(config)[1])
+
+
+def run_ray(config: BenchConfig, stage: int, data: Path, workdir: Path) -> dict[str, Any]:
+    """The real run_trainingjob; tokens/s from its logged windows after the warm-up steps."""
+    import csv
+
+    from kubeforge_trainer.progress import NullReporter
+    from kubeforge_trainer.train import run_trainingjob
+
+    checkpoints = workdir / f"ray-zero{stage}"
+    started = time.monotonic()
+    result = run_trainingjob(make_job(config, stage, data, checkpoints), str(data), NullReporter())
+    with (checkpoints / "logs" / "train.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) > config.warmup_steps]
+    rates = [float(r["tokens_per_second"]) for r in rows]
+    # Equal windows of logIntervalSteps steps: total tokens over total time is the harmonic mean of the rates.
+    tps = len(rates) / sum(1 / r for r in rates)
+    return {"path": "ray-train", "stage": stage, "tokens_per_second": tps, "steps": result["steps"],
+            "wall_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+
+
+def run_plain(config: BenchConfig, stage: int, data: Path, workdir: Path) -> dict[str, Any]:
+    """The same loop under `deepspeed` (one process per GPU, or one on CPU), as a subprocess."""
+    result_file = workdir / f"plain-zero{stage}.json"
+    job = make_job(config, stage, data, workdir / f"plain-zero{stage}")
+    job_file = workdir / f"plain-zero{stage}-job.json"
+    job_file.write_text(json.dumps(job.model_dump(by_alias=True, mode="json")))
+    launcher = Path(sys.executable).with_name("deepspeed")
+    command = [str(launcher), "--num_gpus", str(max(1, config.gpus)), "--master_port", str(29500 + stage)]
+    command += [__file__, "--plain-worker", str(job_file), "--data", str(data), "--result", str(result_file)]
+    command += ["--warmup-steps", str(config.warmup_steps)]
+    # Ray gives each training worker OMP_NUM_THREADS = its CPUs; the plain process gets the same, for a fair match.
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.spec.workers.cpu)}
+    started = time.monotonic()
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+    out = json.loads(result_file.read_text())
+    return {**out, "path": "deepspeed", "stage": stage, "wall_seconds": round(time.monotonic() - started, 1)}
+
+
+def plain_worker(job_file: Path, data: str, result_file: Path, warmup_steps: int) -> None:
+    """Entry point under the deepspeed launcher: the Ray worker's engine and step, without Ray."""
+    import deepspeed
+    import pyarrow.parquet as pq
+    import torch
+    from kubeforge.api import TrainingJob
+    from kubeforge_trainer.models import ModelConfig
+    from kubeforge_trainer.train import prepare_run
+    from kubeforge_trainer.train.plan import TrainPlan
+    from kubeforge_trainer.train.worker import build_engine, forward_batch
+
+    deepspeed.init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    job = TrainingJob.model_validate(json.loads(job_file.read_text()))
+    settings, _ = prepare_run(job, data)
+    plan, model_config = TrainPlan.from_dict(settings.plan), ModelConfig.from_dict(settings.model_config)
+    if settings.use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.backends.cuda.matmul.allow_tf32 = True
+    engine, _, _ = build_engine(job.spec, plan, model_config, settings.deepspeed_config, use_gpu=settings.use_gpu)
+    rows = pq.read_table(Path(data) / "train").column("input_ids").to_numpy(zero_copy_only=False)[rank::world]
+    micro = plan.micro_batch_size
+    sync = torch.cuda.synchronize if settings.use_gpu else (lambda: None)
+    tokens = 0
+    for step in range(plan.total_steps):
+        if step == warmup_steps:
+            sync()
+            started, tokens = time.perf_counter(), 0
+        for _ in range(plan.gradient_accumulation_steps):
+            start = (step * plan.gradient_accumulation_steps * micro) % (len(rows) - micro + 1)
+            loss, _, n = forward_batch(engine, {"input_ids": rows[start : start + micro]}, model_config, "mean")
+            engine.backward(loss)
+            engine.step()
+            tokens += n * world
+    sync()
+    elapsed = time.perf_counter() - started
+    if rank == 0:
+        result_file.write_text(json.dumps({"tokens_per_second": tokens / elapsed, "steps": plan.total_steps}))
+
+
+def results_markdown(config: BenchConfig, rows: list[dict[str, Any]], smoke: bool) -> str:
+    """The results table, with the setting and the versions it ran with."""
+    import deepspeed
+    import ray
+    import torch
+
+    device, device_peak = peak(config)
+    lines = [
+        "# Training benchmark (`benchmarks/train_bench.py`)",
+        "",
+        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {device}"
+        + (f" ({config.gpus} GPU, dense peak {device_peak / 1e12:.0f} TFLOP/s)" if device_peak else ""),
+        f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}.",
+        "",
+        f"Model: {config.n_layers} layers, {config.n_heads} heads, width {config.d_model}, context {config.context}, "
+        f"vocabulary {config.vocab}; micro-batch {config.micro_batch}; precision {config.precision}"
+        f"{' (fp32 on CPU)' if not config.gpus else ''}; torch.compile {'on' if config.compile else 'off'}; "
+        f"{config.steps} steps, the first {config.warmup_steps} not timed.",
+        "",
+        "| ZeRO | path | tokens/s | MFU | Ray Train overhead | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        value = mfu(row["tokens_per_second"], config)
+        overhead = row.get("overhead")
+        lines.append(
+            f"| {row['stage']} | {row['path']} | {row['tokens_per_second']:,.0f} | "
+            f"{f'{value:.1%}' if value is not None else '-'} | "
+            f"{f'{overhead:+.1%}' if overhead is not None else ''} | {row['wall_seconds']} |"
+        )
+    lines += ["", f"Targets: {TARGETS}.", f"Anchor measured before: {ANCHOR}."]
+    if smoke:
+        lines += ["", "Smoke mode (tiny model on CPU): checks that every path runs; says nothing of GPU speed."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with --plain-worker, one plain-deepspeed measurement)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps (checks the paths)")
+    parser.add_argument("--stages", type=int, nargs="+", help="ZeRO stages (default 1 2 3; smoke: 2)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run")
+    parser.add_argument("--micro-batch", type=int, help="sequences per GPU per step")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--results", type=Path, help=f"markdown output (default {DEFAULT_RESULTS}; smoke: none)")
+    parser.add_argument("--workdir", type=Path, help="keep datasets and checkpoints here (default: a temp dir)")
+    parser.add_argument("--plain-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup-steps", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    args = parser.parse_args(argv)
+    if args.plain_worker:
+        plain_worker(args.plain_worker, args.data, args.result, args.warmup_steps)
+        return 0
+
+    config = SMOKE if args.smoke else GPU
+    overrides = {
+        "steps": args.steps or config.steps,
+        "micro_batch": args.micro_batch or config.micro_batch,
+        "compile": config.compile and not args.no_compile,
+    }
+    config = BenchConfig(**{**config.__dict__, **overrides})
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("train_bench: no CUDA GPU here; run with --smoke for the CPU check")
+    stages = args.stages or ([2] if args.smoke else [1, 2, 3])
+    results_path = args.results if args.results else (None if args.smoke else DEFAULT_RESULTS)
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="kubeforge-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        data = write_synthetic_dataset(workdir, config)
+        ray.init(include_dashboard=False, **({"num_cpus": 4} if args.smoke else {}))
+        rows: list[dict[str, Any]] = []
+        try:
+            for stage in stages:
+                plain = run_plain(config, stage, data, workdir)
+                through_ray = run_ray(config, stage, data, workdir)
+                through_ray["overhead"] = 1 - through_ray["tokens_per_second"] / plain["tokens_per_second"]
+                rows += [plain, through_ray]
+                print(json.dumps([plain, through_ray]), flush=True)
+        finally:
+            ray.shutdown()
+    report = results_markdown(config, rows, args.smoke)
+    print(report)
+    if results_path:
+        results_path.write_text(report)
+        print(f"wrote {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The kubeforge operator's kopf entry module: settings, startup, login, and the handlers of the three kinds.
+
+Run it with `kubeforge operator` (settings from the KUBEFORGE_* environment, see kubeforge.config), or with
+`kopf run -m kubeforge.controller --all-namespaces --liveness=http://0.0.0.0:8081/healthz`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from .builders.validation import warm_up
+from .config import OperatorConfig
+from .constants import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, RAY_GROUP
+from .handlers import register_all
+from .handlers.common import OperatorContext
+from .handlers.kube import KubeApi, connection_info, load_configuration
+from .metrics import PHASE_TRACKER, start_metrics_server
+
+log = logging.getLogger(__name__)
+
+PEERING_NAME = "kubeforge"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the startup handler is given: the settings, a fixed API server (tests) or None, and a last
+    adjustment of kopf's settings (tests: no peering, no Event posting)."""
+
+    config: OperatorConfig
+    server: str | None = None
+    adjust_settings: Callable[[kopf.OperatorSettings], None] | None = None
+
+
+def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """kopf settings for production: our finalizer and annotation prefix, peering, server-side label filters."""
+    settings.persistence.finalizer = FINALIZER
+    # Handler progress and the last handled spec live in annotations: status belongs to our CRDs' schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "kubeforge-operator"
+    # Several replicas pause all but one through the KopfPeering object of that name (when it exists).
+    settings.peering.name = PEERING_NAME
+    settings.peering.mandatory = False
+    settings.peering.clusterwide = not config.watch_namespaces
+    settings.peering.stealth = True
+    # Only our children are watched (server-side filter): not every RayJob and RayService in the cluster.
+    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+    settings.watching.label_selectors[RAY_GROUP, "rayjobs"] = selector
+    settings.watching.label_selectors[RAY_GROUP, "rayservices"] = selector
+    # Reconnect watches regularly so a silently dropped connection is noticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.networking.error_backoffs = (1, 2, 4, 8, 16, 30)
+
+
+async def operator_startup(settings: kopf.OperatorSettings, memo: Any, param: Setup, **_: Any) -> None:
+    """Apply the settings, create the API client and the operator context, serve the metrics."""
+    config = param.config
+    configure_settings(settings, config)
+    if param.adjust_settings is not None:
+        param.adjust_settings(settings)
+    logging.getLogger("kubeforge").setLevel(config.log_level)
+    warm_up()
+    api = KubeApi(load_configuration(param.server))
+    memo["kubeforge"] = OperatorContext(config=config, api=api, phases=PHASE_TRACKER)
+    start_metrics_server(config.metrics_port)
+    log.info("kubeforge operator started (namespaces: %s)", ", ".join(config.watch_namespaces) or "all")
+
+
+def operator_login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: the same server and identity as the operator's own API client."""
+    return connection_info(memo["kubeforge"].api.configuration)
+
+
+async def operator_cleanup(memo: Any, **_: Any) -> None:
+    """Close the API client."""
+    ctx = memo.get("kubeforge")
+    if ctx is not None:
+        ctx.api.close()
+
+
+def operator_probe(**_: Any) -> dict[str, int]:
+    """Liveness probe payload (/healthz): resources this operator tracks, by kind."""
+    counts: dict[str, int] = {}
+    for (kind, _phase), count in PHASE_TRACKER.counts().items():
+        counts[kind] = counts.get(kind, 0) + count
+    return counts
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    config: OperatorConfig,
+    server: str | None = None,
+    adjust_settings: Callable[[kopf.OperatorSettings], None] | None = None,
+) -> None:
+    """Register the operator's activities and every handler into registry."""
+    setup = Setup(config=config, server=server, adjust_settings=adjust_settings)
+    kopf.on.startup(registry=registry, param=setup)(operator_startup)
+    kopf.on.login(registry=registry)(operator_login)
+    kopf.on.cleanup(registry=registry)(operator_cleanup)
+    kopf.on.probe(id="resources", registry=registry)(operator_probe)
+    register_all(registry, config)
+
+
+def run(config: OperatorConfig | None = None) -> None:
+    """Run the operator in this process until it is stopped (SIGINT / SIGTERM)."""
+    config = config or OperatorConfig.from_env()
+    kopf.configure(verbose=config.log_level == "DEBUG", quiet=config.log_level in ("WARNING", "ERROR"))
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    kopf.run(
+        registry=registry,
+        clusterwide=not config.watch_namespaces,
+        namespaces=config.watch_namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+    )
+
+
+# `kopf run -m kubeforge.controller` imports this module and runs the default registry.
+register(kopf.get_default_registry(), OperatorConfig.from_env())

@@ -1,0 +1,99 @@
+"""DataPipeline handlers: one RayJob running `python -m kubeforge_trainer data`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ..config import OperatorConfig
+from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..status import ChildState
+from .common import (
+    MISSING,
+    OperatorContext,
+    Outcome,
+    child_reported,
+    context,
+    identity,
+    reconcile_in_handler,
+    reconcile_via_api,
+)
+from .jobs import delete_attempts, is_active, propagate_suspend, reconcile_job
+
+KIND = "DataPipeline"
+PLURAL = "datapipelines"
+
+
+def datapipeline_extra(body: Mapping[str, Any], state: ChildState) -> dict[str, Any]:
+    """On success, status.outputUri falls back to spec.output.uri when the data step did not report it."""
+    status = body.get("status") or {}
+    if state.phase != "Succeeded" or status.get("outputUri"):
+        return {}
+    uri = ((body.get("spec") or {}).get("output") or {}).get("uri")
+    return {"outputUri": uri} if uri else {}
+
+
+async def reconcile_datapipeline(ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING) -> Outcome:
+    """Create the DataPipeline's RayJob if needed and derive its status."""
+    return await reconcile_job(KIND, ctx, body, child=child, extra=datapipeline_extra)
+
+
+async def datapipeline_create(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    """A new DataPipeline: validate it and start its RayJob."""
+    await reconcile_in_handler(KIND, body, patch, memo, reconcile_datapipeline)
+
+
+async def datapipeline_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    """The operator (re)started: pick the DataPipeline up where it is; a finished one is left alone."""
+    await reconcile_in_handler(KIND, body, patch, memo, reconcile_datapipeline)
+
+
+async def datapipeline_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old: Any, new: Any, **_: Any) -> None:
+    """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
+    old_suspend, new_suspend = bool((old or {}).get("suspend")), bool((new or {}).get("suspend"))
+    if old_suspend != new_suspend:
+        await propagate_suspend(context(memo), KIND, body, new_suspend)
+    await reconcile_in_handler(KIND, body, patch, memo, reconcile_datapipeline)
+
+
+async def datapipeline_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Periodic re-check of an unfinished DataPipeline, in case a child event was missed."""
+    namespace, name = identity(body)
+    await reconcile_via_api(context(memo), KIND, namespace, name, reconcile_datapipeline, body=dict(body))
+
+
+async def datapipeline_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
+    """A DataPipeline's RayJob changed: follow its status."""
+    owner = labels.get(owner_label(KIND))
+    namespace = body.get("metadata", {}).get("namespace")
+    if owner and namespace and (type == "DELETED" or child_reported(body)):
+        child = MISSING if type == "DELETED" else body
+        await reconcile_via_api(context(memo), KIND, namespace, owner, reconcile_datapipeline, child=child)
+
+
+async def datapipeline_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """The DataPipeline is being deleted: delete its RayJobs now and forget it in the metrics."""
+    ctx = context(memo)
+    await delete_attempts(ctx, KIND, body)
+    ctx.phases.forget(KIND, *identity(body))
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Register the DataPipeline handlers."""
+    resource = (GROUP, VERSION, PLURAL)
+    kopf.on.create(*resource, registry=registry)(datapipeline_create)
+    kopf.on.resume(*resource, registry=registry)(datapipeline_resume)
+    kopf.on.update(*resource, field="spec", registry=registry)(datapipeline_update)
+    kopf.on.delete(*resource, registry=registry)(datapipeline_delete)
+    kopf.timer(
+        *resource,
+        interval=config.requeue_seconds,
+        initial_delay=config.requeue_seconds,
+        when=is_active,
+        registry=registry,
+    )(datapipeline_resync)
+    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
+        datapipeline_child_status
+    )

@@ -1,0 +1,245 @@
+"""A stateful Kubernetes API emulator for the operator's tests and benchmark: kmock's, made to behave like an
+API server where kopf and our handlers depend on it.
+
+kmock.KubernetesEmulator (0.8) keeps objects in memory and serves list/watch/get/create/patch/delete over real
+HTTP, but sets no uid, resourceVersion, generation or creationTimestamp, replays every object on a watch whatever
+the requested resourceVersion, and does not isolate the status subresource. This subclass adds exactly that:
+
+* uid, creationTimestamp and generation 1 on create, names from generateName; one cluster-wide resourceVersion
+  bumped by every write;
+* generation + 1 when a write to the main resource changes the spec;
+* status isolation: the main resource ignores status, the status subresource ignores everything else;
+* optimistic concurrency: a merge patch carrying a stale metadata.resourceVersion gets 409 Conflict, a JSON
+  patch whose `test` fails gets 422;
+* lists report the current resourceVersion and watches replay only objects newer than the requested one.
+
+It is still not a cluster: no garbage collection, label selectors are ignored, no admission or schema checks.
+Events (core/v1) are stored like any object, so the operator's Events can be listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import kmock
+from kmock._internal import enums, rendering
+from kmock._internal.dicts import patch_dict
+
+# (api group/version/plural, kind, namespaced, subresources) of everything the operator touches.
+DECLARED_RESOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("kubeforge.dev/v1alpha1/datapipelines", "DataPipeline", ("status",)),
+    ("kubeforge.dev/v1alpha1/trainingjobs", "TrainingJob", ("status",)),
+    ("kubeforge.dev/v1alpha1/modeldeployments", "ModelDeployment", ("status",)),
+    ("ray.io/v1/rayjobs", "RayJob", ("status",)),
+    ("ray.io/v1/rayservices", "RayService", ("status",)),
+    ("monitoring.coreos.com/v1/podmonitors", "PodMonitor", ()),
+    ("monitoring.coreos.com/v1/servicemonitors", "ServiceMonitor", ()),
+)
+VERBS = {"list", "watch", "get", "create", "patch", "delete"}
+
+
+class Conflict(kmock.KubernetesError):
+    """409: the object was modified since the resourceVersion the client sent."""
+
+
+@attrs.define(kw_only=True)
+class KubeforgeEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with resourceVersions, generations, uids, status isolation and conditional writes."""
+
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _current_version: int = attrs.field(default=0, init=False)
+    _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    created_at: dict[tuple[str, str, str], float] = attrs.field(factory=dict, init=False)
+    # kmock logs every request and matches each new one against the whole log, which is quadratic over a long run
+    # (the benchmark). False forgets a request once it is answered; tests keep the log for request-count reactions
+    # such as `emulator["post", path][:2] << 503` and for assertions on the requests.
+    keep_request_log: bool = True
+    _evolved: dict[int, rendering.Request] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources.load_bundled()
+        for path, kind, subresources in DECLARED_RESOURCES:
+            self.resources[path] = kmock.ResourceInfo(
+                kind=kind, namespaced=True, subresources=set(subresources), verbs=VERBS
+            )
+
+    def _next_version(self) -> str:
+        self._current_version = next(self._versions)
+        return str(self._current_version)
+
+    def _has_status(self, request: rendering.Request) -> bool:
+        resource = request.resource
+        return resource is not None and resource in self.resources and "status" in self.resources[resource].subresources
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._handle_logged(request)
+        finally:
+            if not self.keep_request_log:
+                self._forget(request)
+
+    def _forget(self, request: rendering.Request) -> None:
+        logged = self._evolved.pop(id(request), request)
+        for index in range(len(self._requests) - 1, -1, -1):
+            if self._requests[index] is logged:
+                del self._requests[index]
+                return
+
+    async def _handle_logged(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is None or request.action not in (
+            enums.action.CREATE,
+            enums.action.UPDATE,
+            enums.action.DELETE,
+        ):
+            return await super()._handle(request)
+        # One write at a time, so versions, preconditions and the stored objects stay consistent.
+        async with self._writes:
+            try:
+                if request.action == enums.action.CREATE:
+                    request = self._replace(request, self._prepare_create(request))
+                elif request.action == enums.action.UPDATE:
+                    request = self._replace(request, self._prepare_update(request))
+                else:
+                    self._prepare_delete(request)
+            except kmock.KubernetesError as exc:
+                return await self._render_error(exc)
+            return await super()._handle(request)
+
+    def _replace(self, old: rendering.Request, data: Any) -> rendering.Request:
+        """The request with a new body, also in kmock's request log (its views match requests by identity)."""
+        new = attrs.evolve(old, data=data)
+        for index in range(len(self._requests) - 1, -1, -1):
+            if self._requests[index] is old:
+                self._requests[index] = new
+                break
+        if not self.keep_request_log:
+            self._evolved[id(old)] = new
+        return new
+
+    def _prepare_create(self, request: rendering.Request) -> Any:
+        data = copy.deepcopy(request.data) if isinstance(request.data, Mapping) else {}
+        if self._has_status(request):
+            data.pop("status", None)
+        meta = data.setdefault("metadata", {})
+        meta.setdefault("namespace", request.namespace)
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+        meta.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            generation=1,
+            creationTimestamp=_now(),
+        )
+        if request.resource is not None:
+            key = (str(request.resource.plural), meta.get("namespace") or "", meta.get("name") or "")
+            self.created_at.setdefault(key, time.monotonic())
+        return data
+
+    def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return self.objects[key].raw
+
+    def _prepare_update(self, request: rendering.Request) -> Any:
+        current = self._current(request)
+        if current is None:
+            return request.data  # kmock answers 404
+        status_only = request.subresource == "status"
+        isolated = self._has_status(request)
+        meta = current.get("metadata", {})
+        if isinstance(request.data, list):
+            operations = [
+                op
+                for op in request.data
+                if not isolated
+                or op.get("path") == "/metadata/resourceVersion"
+                or (op.get("path", "").startswith("/status") == status_only)
+            ]
+            try:
+                patched = jsonpatch.apply_patch(copy.deepcopy(current), operations)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+            data: Any = [*operations, {"op": "replace", "path": "/metadata/resourceVersion", "value": ""}]
+        else:
+            body = copy.deepcopy(request.data) if isinstance(request.data, Mapping) else {}
+            expected = (body.get("metadata") or {}).get("resourceVersion")
+            if expected is not None and str(expected) != str(meta.get("resourceVersion")):
+                raise Conflict(
+                    status=409,
+                    reason="Conflict",
+                    message=f"the object has been modified; resourceVersion {expected} is stale",
+                )
+            if isolated and status_only:
+                body = {"status": body.get("status")}
+            elif isolated:
+                body.pop("status", None)
+            patched = dict(patch_dict(current, body))
+            data = body
+        version = self._next_version()
+        generation = meta.get("generation") or 1
+        if not status_only and patched.get("spec") != current.get("spec"):
+            generation += 1
+        if isinstance(data, list):
+            data[-1]["value"] = version
+            data.append({"op": "add", "path": "/metadata/generation", "value": generation})
+        else:
+            data.setdefault("metadata", {}).update(resourceVersion=version, generation=generation)
+        return data
+
+    def _prepare_delete(self, request: rendering.Request) -> None:
+        key = (request.resource, request.namespace, request.name)
+        if key in self.objects and not self.objects[key].deleted:
+            # kmock marks objects with finalizers by patching deletionTimestamp: give that write a version too.
+            self.objects[key].patch({"metadata": {"resourceVersion": self._next_version()}})
+
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        # An API server answers a create with 201 Created (the official client reads the body only then).
+        return kmock.Response(status=201, payload=await super()._serve_create(request))
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        # Read the version first: the snapshot then holds at least everything up to it.
+        version = str(self._current_version)
+        payload = await super()._serve_list(request)
+        payload["metadata"] = {"resourceVersion": version}
+        return payload
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        yield b""  # send the headers now, even if nothing happens
+        assert request.resource is not None
+        since = int(request.params.get("resourceVersion") or 0)
+        bus = self._buses[request.resource]
+        check = self._KubernetesEmulator__check  # kmock's own request/object matcher
+        async with self._lock:
+            mark = await bus.mark()
+            replay = [
+                {"type": "ADDED", "object": obj.raw}
+                for (resource, namespace, name), obj in self.objects.items()
+                if not obj.deleted
+                and check(request, resource, namespace, name, strict=False)
+                and int(obj.raw.get("metadata", {}).get("resourceVersion") or 0) > since
+            ]
+        try:
+            for event in replay:
+                yield event
+            async for event in bus.stream(since=mark):
+                meta = event.get("object", {}).get("metadata", {})
+                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

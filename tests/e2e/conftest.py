@@ -1,0 +1,61 @@
+"""The reduced quickstart: examples/quickstart with tiny sizes, so data, training and serving run in a few minutes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
+
+# Only sizes change; the steps, the model family, the worker count and the serving setup stay the quickstart's.
+REDUCED: dict[str, dict[tuple[str, ...], object]] = {
+    "DataPipeline": {
+        ("spec", "source", "builtin", "maxDocuments"): 400,
+        ("spec", "tokenizer", "train", "vocabSize"): 512,
+        ("spec", "tokenizer", "sequenceLength"): 64,
+    },
+    "TrainingJob": {
+        ("spec", "model", "nLayers"): 1,
+        ("spec", "model", "dModel"): 64,
+        ("spec", "model", "contextLength"): 64,
+        ("spec", "training", "maxSteps"): 20,
+        ("spec", "training", "microBatchSize"): 8,
+        ("spec", "training", "warmupSteps"): 2,
+        ("spec", "training", "logIntervalSteps"): 2,
+        ("spec", "evaluation", "intervalSteps"): 10,
+        ("spec", "evaluation", "maxBatches"): 2,
+        ("spec", "checkpoint", "intervalSteps"): 10,
+    },
+    "ModelDeployment": {("spec", "generation", "maxTokens"): 16},
+}
+
+
+def _set(doc: dict, path: tuple[str, ...], value: object) -> None:
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    assert path[-1] in node, f"{doc['kind']}: {'.'.join(path)} is not in the quickstart any more"
+    node[path[-1]] = value
+
+
+@pytest.fixture
+def reduced_quickstart(tmp_path: Path) -> Path:
+    """A directory with the quickstart manifests at reduced sizes (relative output paths, as in the example)."""
+    out = tmp_path / "quickstart"
+    out.mkdir()
+    for source in sorted(QUICKSTART.glob("*.yaml")):
+        doc = yaml.safe_load(source.read_text())
+        for path, value in REDUCED[doc["kind"]].items():
+            _set(doc, path, value)
+        (out / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,379 @@
+"""The real operator (kopf over real HTTP) against the Kubernetes API emulator: the quickstart end to end, failure and
+retry, suspend, spec changes, bad input, ordering, rollout, deletion, restarts. The tests play the user (creating and
+editing resources), KubeRay (patching the children's status) and the workloads (reporting progress)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from kubeforge.handlers.kube import USER_AGENT
+from kubeforge.metrics import RECONCILES, RETRIES
+from kubeforge.testing.cluster import NAMESPACE, Cluster
+from kubeforge.testing.manifests import quickstart_manifest
+from kubeforge_trainer.progress import KubeStatusReporter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+READY_CONDITION = {
+    "type": "Ready",
+    "status": "True",
+    "reason": "NonZeroServeEndpoints",
+    "message": "Number of serve endpoints is greater than 0",
+    "lastTransitionTime": "2026-11-22T10:00:00Z",
+}
+
+
+def runtime_env(rayjob: dict[str, Any]) -> dict[str, str]:
+    """The env_vars of a RayJob."""
+    return yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+
+
+def serve_args(rayservice: dict[str, Any]) -> dict[str, Any]:
+    """The build_app args of a RayService's one application."""
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]["args"]
+
+
+def training_job(name: str = "gpt", **spec: Any) -> dict[str, Any]:
+    """The quickstart TrainingJob renamed, reading data from a URI (no DataPipeline), with spec overrides."""
+    manifest = quickstart_manifest("TrainingJob")
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["dataRef"] = {"uri": "s3://corpus/v1"}
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def counter(metric: Any, *labels: str) -> float:
+    """Current value of a labelled prometheus counter."""
+    return metric.labels(*labels)._value.get()
+
+
+def test_quickstart_runs_in_order_from_data_to_serving(cluster: Cluster) -> None:
+    for kind in ("DataPipeline", "TrainingJob", "ModelDeployment"):
+        cluster.apply(quickstart_manifest(kind))
+
+    data_job = cluster.wait_child("RayJob", "quickstart-corpus-data")
+    assert data_job["spec"]["entrypoint"] == "python -m kubeforge_trainer data"
+    assert data_job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeforge"
+    assert data_job["metadata"]["labels"]["kubeforge.dev/datapipeline"] == "quickstart-corpus"
+    [owner] = data_job["metadata"]["ownerReferences"]
+    pipeline = cluster.get("DataPipeline", "quickstart-corpus")
+    assert pipeline is not None
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "DataPipeline",
+        "quickstart-corpus",
+        pipeline["metadata"]["uid"],
+    )
+    assert owner["controller"] is True and data_job["spec"]["shutdownAfterJobFinishes"] is True
+
+    # The TrainingJob and the ModelDeployment wait, saying why.
+    cluster.wait_status("TrainingJob", "quickstart-gpt", phase="Pending")
+    data_ready = cluster.wait_for(
+        "DataReady condition", lambda: cluster.condition("TrainingJob", "quickstart-gpt", "DataReady")
+    )
+    assert data_ready["status"] == "False" and data_ready["reason"] == "DataPipelineNotReady"
+    cluster.wait_status("ModelDeployment", "quickstart-gpt", phase="Pending")
+    model_ready = cluster.condition("ModelDeployment", "quickstart-gpt", "ModelReady")
+    assert model_ready["status"] == "False" and model_ready["reason"] == "TrainingJobNotReady"
+    assert cluster.get("RayJob", "quickstart-gpt-train") is None
+
+    # KubeRay runs the data job; the data step reports its progress and output.
+    cluster.kuberay("RayJob", "quickstart-corpus-data", jobDeploymentStatus="Initializing")
+    cluster.kuberay("RayJob", "quickstart-corpus-data", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("DataPipeline", "quickstart-corpus", phase="Running")
+    cluster.patch_status("DataPipeline", "quickstart-corpus", {"rowsIn": 6000, "outputUri": "s3://bucket/corpus"})
+    cluster.kuberay(
+        "RayJob",
+        "quickstart-corpus-data",
+        jobDeploymentStatus="Complete",
+        jobStatus="SUCCEEDED",
+        endTime="2026-11-22T10:00:00Z",
+    )
+    done = cluster.wait_status("DataPipeline", "quickstart-corpus", phase="Succeeded")
+    assert done["completionTime"] == "2026-11-22T10:00:00Z" and done["rowsIn"] == 6000
+
+    # The TrainingJob starts by itself, on the pipeline's output, with its worker group sized from spec.workers.
+    train_job = cluster.wait_child("RayJob", "quickstart-gpt-train")
+    env = runtime_env(train_job)
+    assert env["KUBEFORGE_DATA_URI"] == "s3://bucket/corpus"
+    assert json.loads(env["KUBEFORGE_RESOURCE"])["metadata"]["name"] == "quickstart-gpt"
+    workers = train_job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 2
+    data_ready = cluster.wait_for(
+        "DataReady=True",
+        lambda: cluster.condition("TrainingJob", "quickstart-gpt", "DataReady").get("status") == "True",
+    )
+    cluster.kuberay("RayJob", "quickstart-gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "quickstart-gpt", phase="Running")
+    cluster.patch_status("TrainingJob", "quickstart-gpt", {"modelUri": "s3://bucket/model", "modelVersion": "v7"})
+    cluster.kuberay("RayJob", "quickstart-gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_status("TrainingJob", "quickstart-gpt", phase="Succeeded")
+    assert cluster.condition("TrainingJob", "quickstart-gpt", "Ready")["status"] == "True"
+
+    # The ModelDeployment serves the exported model through a RayService.
+    service = cluster.wait_child("RayService", "quickstart-gpt")
+    args = serve_args(service)
+    assert (args["modelUri"], args["modelVersion"]) == ("s3://bucket/model", "v7")
+    assert args["resource"]["metadata"]["name"] == "quickstart-gpt"
+    cluster.wait_status("ModelDeployment", "quickstart-gpt", phase="Deploying")
+    cluster.kuberay(
+        "RayService",
+        "quickstart-gpt",
+        conditions=[READY_CONDITION],
+        activeServiceStatus={"applicationStatuses": {"quickstart-gpt": {"status": "RUNNING"}}},
+    )
+    serving = cluster.wait_status("ModelDeployment", "quickstart-gpt", phase="Ready")
+    assert serving["url"] == f"http://quickstart-gpt-serve-svc.{NAMESPACE}.svc.cluster.local:8000"
+    assert serving["traffic"] == [{"version": "v7", "modelUri": "s3://bucket/model", "percent": 100}]
+    assert serving["observedGeneration"] == 1
+
+    # A Kubernetes Event for every transition.
+    def reasons() -> list[str]:
+        return [reason for _, reason, _ in cluster.events("TrainingJob", "quickstart-gpt")]
+
+    expected = ["Waiting", "Pending", "Created", "Started", "Completed"]
+    cluster.wait_for(f"Events {expected}", lambda: all(r in reasons() for r in expected))
+    waiting = next(e for e in cluster.events("TrainingJob", "quickstart-gpt") if e[1] == "Waiting")
+    assert waiting == ("Normal", "Waiting", "waiting for DataPipeline quickstart-corpus (Pending)")
+
+
+def test_failed_training_is_retried_from_its_checkpoint_then_fails_for_good(cluster: Cluster) -> None:
+    retries_before = counter(RETRIES, "TrainingJob")
+    manifest = training_job(failurePolicy={"maxRetries": 1})
+    manifest["spec"]["checkpoint"]["resume"] = False
+    cluster.apply(manifest)
+    first = cluster.wait_child("RayJob", "gpt-train")
+    assert json.loads(runtime_env(first)["KUBEFORGE_RESOURCE"])["spec"]["checkpoint"]["resume"] is False
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    cluster.patch_status("TrainingJob", "gpt", {"step": 120, "latestCheckpoint": "s3://ckpt/step-100"})
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="FAILED", message="worker OOM")
+
+    retry = cluster.wait_child("RayJob", "gpt-train-r1")
+    assert retry["metadata"]["annotations"]["kubeforge.dev/attempt"] == "1"
+    assert json.loads(runtime_env(retry)["KUBEFORGE_RESOURCE"])["spec"]["checkpoint"]["resume"] is True
+    status = cluster.wait_status("TrainingJob", "gpt", retries=1, childName="gpt-train-r1")
+    assert status["phase"] == "Pending" and status["step"] == 120
+    assert cluster.condition("TrainingJob", "gpt", "Failed")["status"] == "False"
+    assert counter(RETRIES, "TrainingJob") == retries_before + 1
+
+    cluster.kuberay("RayJob", "gpt-train-r1", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    cluster.kuberay("RayJob", "gpt-train-r1", jobDeploymentStatus="Complete", jobStatus="FAILED", message="OOM again")
+    failed = cluster.wait_status("TrainingJob", "gpt", phase="Failed")
+    assert "OOM again" in failed["message"] and failed["retries"] == 1 and failed["completionTime"]
+    assert cluster.condition("TrainingJob", "gpt", "Failed")["reason"] == "JobFailed"
+    cluster.wait_for(
+        "Warning Events Retrying and Failed",
+        lambda: (
+            {("Warning", "Retrying"), ("Warning", "Failed")}
+            <= {(t, r) for t, r, _ in cluster.events("TrainingJob", "gpt")}
+        ),
+    )
+
+    # A restart (resume handlers, initial listing, child events) never re-runs a finished job.
+    reconciles = counter(RECONCILES, "TrainingJob", "ok")
+    cluster.start_operator()
+    cluster.kuberay("RayJob", "gpt-train-r1", jobDeploymentStatus="Complete", jobStatus="FAILED", message="touched")
+    cluster.wait_for("reconciles after the restart", lambda: counter(RECONCILES, "TrainingJob", "ok") >= reconciles + 2)
+    assert cluster.names("RayJob") == ["gpt-train", "gpt-train-r1"]
+    assert cluster.get("TrainingJob", "gpt")["status"] == {**failed, "conditions": failed["conditions"]}
+
+
+def test_finished_jobs_stay_finished_across_an_operator_restart(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    done = cluster.wait_status("TrainingJob", "gpt", phase="Succeeded")
+    # KubeRay may delete the RayJob's cluster (and someone the RayJob): the job stays Succeeded.
+    cluster.stop_operator()
+    cluster.delete("RayJob", "gpt-train")
+    cluster.start_operator()
+    cluster.wait_for("the restarted operator to resume", lambda: cluster.get("TrainingJob", "gpt"))
+    cluster.apply(training_job("other"))  # proof the new operator works before checking nothing else happened
+    cluster.wait_child("RayJob", "other-train")
+    assert cluster.get("RayJob", "gpt-train") is None
+    assert cluster.get("TrainingJob", "gpt")["status"] == done
+
+
+def test_suspend_and_resume_pass_through_to_the_rayjob(cluster: Cluster) -> None:
+    cluster.apply(training_job(queueName="team-a"))
+    rayjob = cluster.wait_child("RayJob", "gpt-train")
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert rayjob["spec"]["suspend"] is False
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+
+    cluster.patch("TrainingJob", "gpt", {"spec": {"suspend": True}})
+    cluster.wait_for("RayJob suspended", lambda: cluster.get("RayJob", "gpt-train")["spec"]["suspend"] is True)
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Suspended")
+    cluster.wait_status("TrainingJob", "gpt", phase="Suspended")
+    assert cluster.condition("TrainingJob", "gpt", "Suspended")["status"] == "True"
+    # suspend is the one field that may change after the start.
+    assert cluster.condition("TrainingJob", "gpt", "SpecLocked") == {}
+
+    cluster.patch("TrainingJob", "gpt", {"spec": {"suspend": False}})
+    cluster.wait_for("RayJob resumed", lambda: cluster.get("RayJob", "gpt-train")["spec"]["suspend"] is False)
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    assert cluster.condition("TrainingJob", "gpt", "Suspended")["status"] == "False"
+
+
+def test_a_spec_change_after_the_start_is_recorded_and_the_job_left_alone(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    before = cluster.wait_child("RayJob", "gpt-train")
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    cluster.patch("TrainingJob", "gpt", {"spec": {"training": {"maxSteps": 5000}}})
+    locked = cluster.wait_for(
+        "SpecLocked", lambda: cluster.condition("TrainingJob", "gpt", "SpecLocked").get("status") == "True"
+    )
+    assert locked
+    condition = cluster.condition("TrainingJob", "gpt", "SpecLocked")
+    assert condition["reason"] == "SpecChangeIgnored" and "generation 2" in condition["message"]
+    status = cluster.wait_status("TrainingJob", "gpt", observedGeneration=2)
+    assert status["phase"] == "Running"
+    assert cluster.get("RayJob", "gpt-train")["spec"] == before["spec"]
+    warning = cluster.wait_for(
+        "a SpecChangeIgnored Event",
+        lambda: [e for e in cluster.events("TrainingJob", "gpt") if e[1] == "SpecChangeIgnored"],
+    )
+    assert warning[0][0] == "Warning" and "create a new TrainingJob" in warning[0][2]
+    assert cluster.names("RayJob") == ["gpt-train"]
+
+
+def test_bad_input_fails_with_validation_failed_and_a_fixed_spec_starts(cluster: Cluster) -> None:
+    invalid_before = counter(RECONCILES, "TrainingJob", "invalid")
+    cluster.apply(training_job(workers={"count": 2, "cpu": "lots"}))
+    failed = cluster.wait_status("TrainingJob", "gpt", phase="Failed")
+    assert failed["message"] == (
+        f"TrainingJob {NAMESPACE}/gpt: spec.workers.cpu: 'lots' is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)"
+    )
+    condition = cluster.condition("TrainingJob", "gpt", "Failed")
+    assert (condition["status"], condition["reason"]) == ("True", "ValidationFailed")
+    assert cluster.names("RayJob") == []
+    assert counter(RECONCILES, "TrainingJob", "invalid") == invalid_before + 1  # not retried in a loop
+    event = cluster.wait_for("a Failed Event", lambda: cluster.events("TrainingJob", "gpt"))
+    assert event[-1] == ("Warning", "Failed", failed["message"])
+
+    cluster.patch("TrainingJob", "gpt", {"spec": {"workers": {"count": 2, "cpu": 1}}})
+    cluster.wait_child("RayJob", "gpt-train")
+    cluster.wait_status("TrainingJob", "gpt", phase="Pending", observedGeneration=2)
+    assert cluster.condition("TrainingJob", "gpt", "Failed")["status"] == "False"
+    assert cluster.operator is not None and cluster.operator.alive
+
+
+def test_a_missing_datapipeline_is_a_condition_and_the_job_starts_once_it_succeeds(cluster: Cluster) -> None:
+    cluster.apply(training_job(dataRef={"name": "later"}))
+    cluster.wait_status("TrainingJob", "gpt", phase="Pending")
+    condition = cluster.wait_for("DataReady", lambda: cluster.condition("TrainingJob", "gpt", "DataReady"))
+    assert (condition["status"], condition["reason"]) == ("False", "DataPipelineNotFound")
+    assert condition["message"] == f"DataPipeline later not found in {NAMESPACE}"
+
+    pipeline = quickstart_manifest("DataPipeline")
+    pipeline["metadata"]["name"] = "later"
+    cluster.apply(pipeline)
+    cluster.wait_child("RayJob", "later-data")
+    cluster.wait_for(
+        "DataReady reason DataPipelineNotReady",
+        lambda: cluster.condition("TrainingJob", "gpt", "DataReady").get("reason") == "DataPipelineNotReady",
+    )
+    cluster.kuberay("RayJob", "later-data", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    # The data step did not report outputUri: the pipeline's spec.output.uri is used.
+    cluster.wait_status("DataPipeline", "later", phase="Succeeded", outputUri="runs/quickstart/data")
+    rayjob = cluster.wait_child("RayJob", "gpt-train")
+    assert runtime_env(rayjob)["KUBEFORGE_DATA_URI"] == "runs/quickstart/data"
+
+
+def test_a_modeldeployment_change_rolls_out_through_its_rayservice(cluster: Cluster) -> None:
+    manifest = quickstart_manifest("ModelDeployment")
+    manifest["spec"].pop("modelRef")
+    manifest["spec"]["modelUri"] = "s3://models/a"
+    manifest["spec"]["monitoring"] = {"enabled": True, "labels": {"release": "prom"}}
+    cluster.apply(manifest)
+    service = cluster.wait_child("RayService", "quickstart-gpt")
+    assert "canaryModelUri" not in serve_args(service)
+    monitor = cluster.wait_child("PodMonitor", "quickstart-gpt-ray")
+    assert monitor["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert monitor["spec"]["selector"]["matchLabels"] == {"kubeforge.dev/modeldeployment": "quickstart-gpt"}
+    cluster.kuberay("RayService", "quickstart-gpt", conditions=[READY_CONDITION])
+    cluster.wait_status("ModelDeployment", "quickstart-gpt", phase="Ready")
+
+    cluster.patch(
+        "ModelDeployment",
+        "quickstart-gpt",
+        {"spec": {"canary": {"modelUri": "s3://models/b", "trafficPercent": 20}, "monitoring": {"enabled": False}}},
+    )
+    rolled = cluster.wait_for(
+        "the canary in the RayService",
+        lambda: "canaryModelUri" in serve_args(cluster.get("RayService", "quickstart-gpt")),
+    )
+    assert rolled
+    updated = cluster.wait_child("RayService", "quickstart-gpt")
+    assert serve_args(updated)["canaryModelUri"] == "s3://models/b"
+    assert updated["metadata"]["generation"] == service["metadata"]["generation"] + 1
+    status = cluster.wait_status("ModelDeployment", "quickstart-gpt", observedGeneration=2)
+    assert status["traffic"] == [
+        {"version": "stable", "modelUri": "s3://models/a", "percent": 80},
+        {"version": "canary", "modelUri": "s3://models/b", "percent": 20},
+    ]
+    cluster.wait_for("the PodMonitor deleted", lambda: cluster.get("PodMonitor", "quickstart-gpt-ray") is None)
+    # KubeRay reports it has not seen the new generation yet: still serving, rolling out.
+    cluster.kuberay("RayService", "quickstart-gpt", observedGeneration=updated["metadata"]["generation"] - 1)
+    cluster.wait_for(
+        "Progressing=True while rolling out",
+        lambda: cluster.condition("ModelDeployment", "quickstart-gpt", "Progressing").get("reason") == "RollingOut",
+    )
+    assert cluster.get("ModelDeployment", "quickstart-gpt")["status"]["phase"] == "Ready"
+
+
+def test_deleting_a_resource_deletes_its_children_and_releases_it(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    assert cluster.get("TrainingJob", "gpt")["metadata"]["finalizers"] == ["kubeforge.dev/finalizer"]
+    cluster.delete("TrainingJob", "gpt")
+    cluster.wait_for("the TrainingJob gone", lambda: cluster.get("TrainingJob", "gpt") is None)
+    assert cluster.names("RayJob") == []
+
+
+def test_progress_reported_by_the_workload_survives_the_operators_status_writes(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    reporter = KubeStatusReporter("TrainingJob", "gpt", NAMESPACE, interval=0.0, api=cluster.api)
+    reporter.report(step=40, totalSteps=300, loss=2.5, tokensPerSecond=1234.5, etaSeconds=90.0, progress="40/300")
+    reporter.flush()
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    status = cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    assert (status["step"], status["loss"], status["progress"]) == (40, 2.5, "40/300")
+    reporter.report(step=80, evalMetrics={"loss": 2.1})
+    reporter.close()
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    status = cluster.wait_status("TrainingJob", "gpt", phase="Succeeded")
+    assert status["step"] == 80 and status["evalMetrics"] == {"loss": 2.1} and status["tokensPerSecond"] == 1234.5
+
+
+def test_transient_api_errors_are_retried_and_a_half_done_create_is_adopted(cluster: Cluster) -> None:
+    creates = re.compile(rf"/apis/ray\.io/v1/namespaces/{NAMESPACE}/rayjobs")
+    # The emulator stores the RayJob and answers 503, as an API server behind a flaky proxy might: the retried
+    # create finds the name taken (409) and adopts its own RayJob instead of failing or making a second one.
+    cluster.server.call(lambda emulator: emulator["post", creates][:1] << 503)
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    cluster.wait_status("TrainingJob", "gpt", phase="Pending", childName="gpt-train")
+    assert cluster.server.call(lambda emulator: len(list(emulator["post", creates]))) == 2
+    assert cluster.names("RayJob") == ["gpt-train"]
+
+    # The operator's reads of the TrainingJob fail three times in a row; the child's status still gets through.
+    reads = re.compile(rf"/apis/kubeforge\.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/gpt$")
+
+    def by_operator(request: Any) -> bool:
+        return request.headers.get("User-Agent", "").startswith(USER_AGENT)
+
+    cluster.server.call(lambda emulator: emulator["get", reads][by_operator][:3] << 503)
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    assert cluster.server.call(lambda emulator: len(list(emulator["get", reads][by_operator]))) >= 4

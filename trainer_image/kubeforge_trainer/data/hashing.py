@@ -1,0 +1,69 @@
+"""64-bit hashes of strings and integers: the content hashes of exact dedup, splits and the leakage check."""
+
+from __future__ import annotations
+
+import hashlib
+from itertools import pairwise
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .textclasses import COLLAPSE_ANY_WHITESPACE
+
+_MASK64 = (1 << 64) - 1
+
+
+def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit BLAKE2b hash of each string's UTF-8 bytes (null hashes as the empty string), as uint64."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = pc.fill_null(values, "")
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    offset_type = (
+        np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32
+    )
+    buffers = values.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[values.offset : values.offset + n + 1]
+    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+    blake = hashlib.blake2b
+    bounds = offsets.tolist()
+    digests = b"".join(blake(data[start:end], digest_size=8).digest() for start, end in pairwise(bounds))
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser applied elementwise: a bijective, well-mixed uint64 -> uint64."""
+    z = np.asarray(values, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def seeded(values: np.ndarray, seed: int) -> np.ndarray:
+    """Hashes of values under a seed: mix64(values ^ mix64(seed))."""
+    salt = mix64(np.array([seed & _MASK64], dtype=np.uint64))[0]
+    return mix64(np.asarray(values, dtype=np.uint64) ^ salt)
+
+
+def unit_interval(hashes: np.ndarray) -> np.ndarray:
+    """uint64 hashes mapped to floats in [0, 1)."""
+    return (np.asarray(hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def normalized_text(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Lower-cased text with whitespace runs collapsed to one space and the ends trimmed."""
+    collapsed = pc.replace_substring_regex(pc.utf8_lower(pc.fill_null(text, "")), COLLAPSE_ANY_WHITESPACE, " ")
+    return pc.utf8_trim_whitespace(collapsed)
+
+
+def content_hashes(text: pa.Array | pa.ChunkedArray, normalize: bool = True) -> np.ndarray:
+    """The exact-duplicate key of each document: the hash of its (normalised) text."""
+    return hash_strings(normalized_text(text) if normalize else text)

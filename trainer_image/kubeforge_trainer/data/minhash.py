@@ -1,0 +1,165 @@
+"""MinHash signatures, LSH banding, candidate pairs and duplicate clusters, vectorised with numpy.
+
+Shingles are word n-grams of the lower-cased text with punctuation removed. Each permutation is a multiply-shift hash
+of the 64-bit shingle hash; a signature keeps the minimum of each over the document's shingles (uint32). Documents
+sharing the hash of one band of their signature are candidates; a candidate pair is a duplicate when the share of
+equal signature values (the estimated Jaccard similarity) reaches the threshold; duplicates cluster transitively
+(connected components) and each cluster keeps its first row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .hashing import hash_strings, mix64
+
+EMPTY = np.uint32(0xFFFFFFFF)
+_CHUNK_CELLS = 1 << 20  # shingles x permutations computed at once (8 MiB of uint64: stays in cache)
+_COMBINE = np.uint64(0x100000001B3)  # odd multiplier combining word hashes into a shingle hash
+_ALL_PAIRS_MAX = 16  # buckets up to this size compare every pair; larger ones a star and a chain
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (multipliers, offsets) of num_perm multiply-shift hash functions (odd multipliers), seeded."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
+    b = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True)
+    return a, b
+
+
+def shingle_hashes(text: pa.Array | pa.ChunkedArray, shingle_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, document index) of every word shingle, grouped by document in order; a document shorter than
+    shingle_size words has one shingle of all its words, a document without words none."""
+    cleaned = pc.replace_substring_regex(pc.utf8_lower(pc.fill_null(text, "")), r"[^\p{L}\p{N}\s]+", " ")
+    words_per_doc = pc.utf8_split_whitespace(cleaned)
+    if isinstance(words_per_doc, pa.ChunkedArray):
+        words_per_doc = words_per_doc.combine_chunks()
+    flat = pc.list_flatten(words_per_doc)
+    # Leading and trailing whitespace yield empty "words": leave them out.
+    nonempty = pc.not_equal(flat, "")
+    parent = pc.list_parent_indices(words_per_doc).filter(nonempty).to_numpy()
+    flat = flat.filter(nonempty)
+    counts = np.bincount(parent, minlength=len(text)).astype(np.int64)
+    if len(flat) == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    # Hash each distinct word once.
+    encoded = pc.dictionary_encode(flat)
+    word_hash = hash_strings(encoded.dictionary)[encoded.indices.to_numpy()]
+    doc_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    docs = np.arange(len(counts))
+    # Full n-grams: document d has max(counts[d] - k + 1, 0) of them, starting at consecutive words.
+    n_full = np.maximum(counts - shingle_size + 1, 0)
+    doc_full = np.repeat(docs, n_full)
+    first_of_doc = np.concatenate([[0], np.cumsum(n_full)[:-1]])
+    starts = np.arange(len(doc_full)) - first_of_doc[doc_full] + doc_start[doc_full]
+    with np.errstate(over="ignore"):
+        acc = word_hash[starts]
+        for j in range(1, shingle_size):
+            acc *= _COMBINE
+            acc += word_hash[starts + j]
+        # Short documents: one shingle of all their words (few; a masked loop is fine).
+        short = np.flatnonzero((counts > 0) & (counts < shingle_size))
+        short_acc = word_hash[doc_start[short]]
+        for j in range(1, shingle_size):
+            inside = j < counts[short]
+            step = word_hash[np.where(inside, doc_start[short] + j, 0)]
+            short_acc = np.where(inside, short_acc * _COMBINE + step, short_acc)
+    if len(short):
+        order = np.argsort(np.concatenate([doc_full, short]), kind="stable")
+        return mix64(np.concatenate([acc, short_acc])[order]), np.concatenate([doc_full, short])[order]
+    return mix64(acc), doc_full
+
+
+def signatures(text: pa.Array | pa.ChunkedArray, num_perm: int, shingle_size: int, seed: int) -> np.ndarray:
+    """MinHash signatures (documents x num_perm, uint32); a document without words gets all EMPTY."""
+    n = len(text)
+    sig = np.full((n, num_perm), EMPTY, dtype=np.uint32)
+    hashes, docs = shingle_hashes(text, shingle_size)
+    a, b = permutations(num_perm, seed)
+    step = max(1, _CHUNK_CELLS // num_perm)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(hashes), step):
+            h = hashes[start : start + step]
+            d = docs[start : start + step]
+            values = np.multiply(h[:, None], a[None, :])  # in place from here: this loop is the hot spot
+            values += b[None, :]
+            values >>= np.uint64(32)
+            seg = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))
+            mins = np.minimum.reduceat(values, seg, axis=0)
+            rows = d[seg]
+            sig[rows] = np.minimum(sig[rows], mins.astype(np.uint32))
+    return sig
+
+
+def has_shingles(sig: np.ndarray) -> np.ndarray:
+    """Which documents had at least one shingle (only those take part in LSH)."""
+    return ~np.all(sig == EMPTY, axis=1)
+
+
+def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
+    """The LSH bucket key of each band of each signature (documents x bands, uint64); the band index is mixed in so
+    equal values in different bands do not collide."""
+    n, num_perm = sig.shape
+    rows = num_perm // bands
+    keys = np.empty((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            acc = np.full(n, np.uint64(band) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+            for j in range(band * rows, (band + 1) * rows):
+                acc = mix64(acc ^ sig[:, j].astype(np.uint64))
+            keys[:, band] = acc
+    return keys
+
+
+def candidate_pairs(keys: np.ndarray, rids: np.ndarray) -> np.ndarray:
+    """Candidate pairs (k x 2, smaller rid first, unique) of rows sharing a bucket key: every pair in small buckets,
+    a star from the first row and a chain in rid order in large ones."""
+    if len(keys) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.lexsort((rids, keys))
+    k, r = keys[order], rids[order]
+    new_group = np.concatenate([[True], k[1:] != k[:-1]])
+    group = np.cumsum(new_group) - 1
+    starts = np.flatnonzero(new_group)
+    sizes = np.diff(np.append(starts, len(k)))
+    size_of = sizes[group]
+    first_of = starts[group]
+    members = np.flatnonzero(~new_group)  # every row but the first of its bucket
+    pairs = [np.stack([r[first_of[members]], r[members]], axis=1)]
+    big = members[size_of[members] > _ALL_PAIRS_MAX]
+    pairs.append(np.stack([r[big - 1], r[big]], axis=1))
+    for g in np.flatnonzero((sizes > 2) & (sizes <= _ALL_PAIRS_MAX)):
+        rest = r[starts[g] + 1 : starts[g] + sizes[g]]  # pairs with the first are in the star already
+        i, j = np.triu_indices(len(rest), k=1)
+        pairs.append(np.stack([rest[i], rest[j]], axis=1))
+    out = np.concatenate(pairs).astype(np.int64)
+    out = out[out[:, 0] != out[:, 1]]
+    out.sort(axis=1)
+    return np.unique(out, axis=0) if len(out) else out
+
+
+def similar(sig_a: np.ndarray, sig_b: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether each pair of signatures estimates a Jaccard similarity of at least threshold."""
+    return np.mean(sig_a == sig_b, axis=1) >= threshold
+
+
+def duplicate_rows(pairs: np.ndarray) -> np.ndarray:
+    """Rows to drop (sorted rids): every member of a cluster of duplicate pairs but the one with the smallest rid."""
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    nodes, inverse = np.unique(pairs.ravel(), return_inverse=True)
+    edges = inverse.reshape(-1, 2)
+    label = np.arange(len(nodes))
+    while True:
+        low = np.minimum(label[edges[:, 0]], label[edges[:, 1]])
+        new = label.copy()
+        np.minimum.at(new, edges[:, 0], low)
+        np.minimum.at(new, edges[:, 1], low)
+        new = new[new]  # pointer jumping: follow labels to their roots
+        if np.array_equal(new, label):
+            break
+        label = new
+    # nodes are sorted, so the smallest index of a component is its smallest rid.
+    return np.sort(nodes[label != np.arange(len(nodes))])

@@ -1,0 +1,369 @@
+"""The row-local cleaning operations: pure functions from an Arrow table to an Arrow table, vectorised with
+pyarrow.compute (RE2 regular expressions, utf8proc normalisation) so no Python runs per row.
+
+A missing text (null) stays null through the transforms; filters measure it as the empty string. Every function
+keeps the other columns of the rows it keeps, in order.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from kubeforge.api.common import ApiModel
+from kubeforge.api.datapipeline import (
+    LabelParams,
+    LabelRule,
+    LengthFilterParams,
+    PiiMaskParams,
+    QualityFilterParams,
+    ScriptFilterParams,
+    UnicodeParams,
+)
+
+from .columns import LABEL, TEXT
+from .textclasses import COLLAPSE_SPACES, NOT_WHITESPACE, WHITESPACE
+
+# Tags that end a block of text: replaced by a line break so words on either side stay apart.
+_BLOCK_TAGS = (
+    "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|h[1-6]|header|hr|li|main|nav|"
+    "ol|p|pre|section|table|td|th|tr|ul"
+)
+_SCRIPT_STYLE_RE = r"(?is)<(?:script|style|noscript)\b[^>]*>.*?</(?:script|style|noscript)\s*>"
+_COMMENT_RE = r"(?s)<!--.*?-->"
+_BLOCK_TAG_RE = rf"(?i)</?(?:{_BLOCK_TAGS})\b[^<>]*>"
+# A tag starts with a letter, '/', '!' or '?', so "a < b" in plain text survives.
+_TAG_RE = r"<[A-Za-z/!?][^<>]*>"
+_ENTITY_RE = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+
+_EMAIL_RE = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = rf"(^|[^0-9A-Za-z.])((?:{_OCTET}\.){{3}}{_OCTET})($|[^0-9A-Za-z.]|\.[^0-9])"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6_RE = rf"(^|[^0-9A-Za-z:.])((?:{_H}:){{7}}{_H}|(?:{_H}(?::{_H}){{0,5}})?::{_H}(?::{_H}){{0,5}})($|[^0-9A-Za-z:])"
+_PHONE_RE = (
+    r"(^|[^0-9A-Za-z+_])((?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?|[0-9]{2,4}[ .-])[0-9]{3,4}[ .-]?[0-9]{3,4}"
+    r"|\+[0-9]{9,15})($|[^0-9A-Za-z_])"
+)
+
+SCRIPT_CLASSES: dict[str, str] = {
+    "latin": r"\p{Latin}",
+    "cyrillic": r"\p{Cyrillic}",
+    "greek": r"\p{Greek}",
+    "arabic": r"\p{Arabic}",
+    "hebrew": r"\p{Hebrew}",
+    "cjk": r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}",
+    "devanagari": r"\p{Devanagari}",
+}
+
+
+def text_of(table: pa.Table) -> pa.ChunkedArray:
+    """The text column."""
+    return table.column(TEXT)
+
+
+def with_text(table: pa.Table, text: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """The table with its text column replaced."""
+    return table.set_column(table.schema.get_field_index(TEXT), TEXT, text)
+
+
+def keep_rows(table: pa.Table, keep: pa.ChunkedArray | pa.Array | np.ndarray) -> pa.Table:
+    """The rows where keep is true (null counts as false)."""
+    if not isinstance(keep, np.ndarray):
+        keep = pc.fill_null(keep, False)
+    return table.filter(keep)
+
+
+def filled_text(table: pa.Table) -> pa.ChunkedArray:
+    """The text with missing values read as the empty string (what filters measure)."""
+    return pc.fill_null(text_of(table), "")
+
+
+def _combined(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def on_rows(text: pa.ChunkedArray | pa.Array, rows: pa.Array, transform: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """text with transform applied to the rows where rows is true only (the others cannot change: skip them)."""
+    text, rows = _combined(text), _combined(pc.fill_null(rows, False))
+    if not pc.any(rows).as_py():
+        return text
+    return pc.replace_with_mask(text, rows, _combined(transform(text.filter(rows))))
+
+
+def contains(text: pa.ChunkedArray | pa.Array, literal: str) -> pa.Array:
+    """Which rows contain a literal (a fast substring search, no regex)."""
+    return pc.fill_null(pc.match_substring(text, literal), False)
+
+
+# ASCII byte classes: counting characters with a table lookup on the UTF-8 bytes is far cheaper than a regex with one
+# match per character; rows with other characters are counted with Unicode-aware regular expressions instead.
+_ASCII_ALNUM = np.zeros(256, dtype=np.uint8)
+_ASCII_ALNUM[[*range(48, 58), *range(65, 91), *range(97, 123)]] = 1
+_ASCII_ALPHA = np.zeros(256, dtype=np.uint8)
+_ASCII_ALPHA[[*range(65, 91), *range(97, 123)]] = 1
+_ASCII_SPACE = np.zeros(256, dtype=np.uint8)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 32]] = 1
+
+
+def ascii_class_counts(text: pa.Array, table: np.ndarray) -> np.ndarray:
+    """Per row, how many bytes fall in the class `table` marks (exact character counts for ASCII rows)."""
+    text = _combined(pc.fill_null(text, ""))
+    n = len(text)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset_type = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(text.buffers()[1], dtype=offset_type)[text.offset : text.offset + n + 1].astype(np.int64)
+    data = text.buffers()[2]
+    if data is None or offsets[-1] == offsets[0]:
+        return np.zeros(n, dtype=np.int64)
+    # One padding byte so that every start, even of empty rows at the end, is a valid index.
+    marks = np.append(table[np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]], np.uint8(0))
+    starts = offsets[:-1] - offsets[0]
+    lengths = np.diff(offsets)
+    # reduceat sums each [start, next start); it gives empty rows one element instead of none: fixed below.
+    counts = np.add.reduceat(marks, starts, dtype=np.int64)
+    counts[lengths == 0] = 0
+    return counts
+
+
+def _class_counts(text: pa.Array, table: np.ndarray, unicode_class: str) -> np.ndarray:
+    """Per row, characters of a class: table lookup for ASCII rows, removing the complement by regex for others."""
+    text = _combined(pc.fill_null(text, ""))
+    counts = ascii_class_counts(text, table)
+    other = np.flatnonzero(~pc.string_is_ascii(text).to_numpy(zero_copy_only=False))
+    if len(other):
+        rows = text.take(pa.array(other))
+        kept = pc.replace_substring_regex(rows, f"[^{unicode_class}]+", "")
+        counts[other] = pc.utf8_length(kept).to_numpy()
+    return counts
+
+
+def drop_empty(table: pa.Table, params: ApiModel | None = None) -> pa.Table:
+    """Drop rows whose text is missing or only whitespace."""
+    text = text_of(table)
+    has_content = pc.match_substring_regex(text, NOT_WHITESPACE)
+    return keep_rows(table, has_content)
+
+
+def strip_html(table: pa.Table, params: ApiModel | None = None) -> pa.Table:
+    """Remove scripts, styles, comments and tags (block tags become line breaks) and decode HTML entities."""
+    text = text_of(table)
+
+    def strip_tags(rows: pa.Array) -> pa.Array:
+        rows = pc.replace_substring_regex(rows, _SCRIPT_STYLE_RE, " ")
+        rows = pc.replace_substring_regex(rows, _COMMENT_RE, "")
+        rows = pc.replace_substring_regex(rows, _BLOCK_TAG_RE, "\n")
+        return pc.replace_substring_regex(rows, _TAG_RE, "")
+
+    text = on_rows(text, contains(text, "<"), strip_tags)
+    return with_text(table, on_rows(text, contains(text, "&"), decode_entities))
+
+
+def decode_entities(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Decode HTML entities; only the rows that contain one go through Python's html.unescape."""
+    has_entity = pc.fill_null(pc.match_substring_regex(text, _ENTITY_RE), False)
+    if not pc.any(has_entity).as_py():
+        return text
+    combined = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    rows = np.flatnonzero(has_entity.to_numpy(zero_copy_only=False))
+    values = combined.to_pylist()
+    for i in rows:
+        values[i] = html.unescape(values[i])
+    return pa.chunked_array([pa.array(values, type=combined.type)])
+
+
+def normalize_unicode(table: pa.Table, params: UnicodeParams) -> pa.Table:
+    """Unicode normalisation (NFKC by default)."""
+    text = text_of(table)
+    # ASCII text is the same in every normalisation form.
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(text), True))
+    return with_text(table, on_rows(text, non_ascii, lambda rows: pc.utf8_normalize(rows, form=params.form)))
+
+
+def collapse_whitespace(table: pa.Table, params: ApiModel | None = None) -> pa.Table:
+    """Collapse runs of spaces to one space and runs of blank lines to one blank line; trim the ends."""
+    text = text_of(table)
+    text = on_rows(text, contains(text, "\r"), lambda rows: pc.replace_substring_regex(rows, r"\r\n?", "\n"))
+    text = pc.replace_substring_regex(text, COLLAPSE_SPACES, " ")
+
+    def lines(rows: pa.Array) -> pa.Array:
+        rows = pc.replace_substring_regex(rows, r" ?\n ?", "\n")
+        return pc.replace_substring_regex(rows, r"\n{3,}", "\n\n")
+
+    text = on_rows(text, contains(text, "\n"), lines)
+    return with_text(table, pc.utf8_trim_whitespace(text))
+
+
+def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    """Whitespace-separated words per document."""
+    return pc.count_substring_regex(text, NOT_WHITESPACE + "+")
+
+
+def length_filter(table: pa.Table, params: LengthFilterParams) -> pa.Table:
+    """Keep documents whose character and word counts are within the bounds."""
+    text = filled_text(table)
+    keep = np.ones(table.num_rows, dtype=bool)
+    if params.min_chars is not None or params.max_chars is not None:
+        chars = pc.utf8_length(text).to_numpy()
+        keep &= _in_bounds(chars, params.min_chars, params.max_chars)
+    if params.min_words is not None or params.max_words is not None:
+        words = word_counts(text).to_numpy()
+        keep &= _in_bounds(words, params.min_words, params.max_words)
+    return table.filter(keep)
+
+
+def _in_bounds(values: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    keep = np.ones(len(values), dtype=bool)
+    if low is not None:
+        keep &= values >= low
+    if high is not None:
+        keep &= values <= high
+    return keep
+
+
+def alnum_ratio(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Share of letters and digits among the non-space characters of each document (0 for none)."""
+    alnum = _class_counts(text, _ASCII_ALNUM, r"\p{L}\p{N}").astype(np.float64)
+    spaces = _class_counts(text, _ASCII_SPACE, WHITESPACE[1:-1])
+    non_space = pc.utf8_length(pc.fill_null(text, "")).to_numpy() - spaces
+    return np.divide(alnum, non_space, out=np.zeros(len(alnum)), where=non_space > 0)
+
+
+def repeated_line_ratio(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Share of the non-blank lines of each document that repeat an earlier line of it (0 for none)."""
+    text = _combined(pc.fill_null(text, ""))
+    ratio = np.zeros(len(text))
+    multi_line = np.flatnonzero(contains(text, "\n").to_numpy(zero_copy_only=False))
+    if len(multi_line):
+        ratio[multi_line] = _repeated_line_ratio(text.take(pa.array(multi_line)))
+    return ratio
+
+
+def _repeated_line_ratio(text: pa.Array) -> np.ndarray:
+    n = len(text)
+    lines = pc.split_pattern(text, "\n")
+    doc = pc.list_parent_indices(lines)
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(lines))
+    nonblank = pc.not_equal(flat, "")
+    pairs = pa.table({"doc": doc.filter(nonblank), "line": flat.filter(nonblank)})
+    total = np.bincount(pairs.column("doc").to_numpy(), minlength=n).astype(np.float64)
+    groups = pairs.group_by(["doc", "line"]).aggregate([("line", "count")])
+    repeats = np.bincount(
+        groups.column("doc").to_numpy(),
+        weights=groups.column("line_count").to_numpy() - 1,
+        minlength=n,
+    )
+    return np.divide(repeats, total, out=np.zeros(n), where=total > 0)
+
+
+def quality_filter(table: pa.Table, params: QualityFilterParams) -> pa.Table:
+    """Keep documents with enough letters and digits and few repeated lines."""
+    text = filled_text(table)
+    keep = np.ones(table.num_rows, dtype=bool)
+    if params.min_alnum_ratio > 0:
+        keep &= alnum_ratio(text) >= params.min_alnum_ratio
+    if params.max_repeated_line_ratio < 1:
+        keep &= repeated_line_ratio(text) <= params.max_repeated_line_ratio
+    return table.filter(keep)
+
+
+def script_ratio(text: pa.ChunkedArray | pa.Array, scripts: list[str]) -> np.ndarray:
+    """Share of the letters of each document that belong to the given scripts (0 for a document without letters)."""
+    allowed_class = "".join(SCRIPT_CLASSES[s] for s in scripts)
+    letters = _class_counts(text, _ASCII_ALPHA, r"\p{L}")
+    if "latin" in scripts:  # ASCII letters are Latin
+        allowed = _class_counts(text, _ASCII_ALPHA, allowed_class).astype(np.float64)
+    else:
+        allowed = _class_counts(text, np.zeros(256, dtype=np.uint8), allowed_class).astype(np.float64)
+    return np.divide(allowed, letters, out=np.zeros(len(allowed)), where=letters > 0)
+
+
+def script_filter(table: pa.Table, params: ScriptFilterParams) -> pa.Table:
+    """Keep documents whose letters are mostly in the allowed scripts."""
+    return table.filter(script_ratio(filled_text(table), list(params.scripts)) >= params.min_ratio)
+
+
+def _rewrite(replacement: str, kind: str) -> str:
+    """An RE2 rewrite string inserting the replacement for kind (backslashes escaped)."""
+    return replacement.replace("{kind}", kind).replace("\\", "\\\\")
+
+
+def mask_pii(table: pa.Table, params: PiiMaskParams) -> pa.Table:
+    """Replace e-mail addresses, IP addresses and phone numbers (in that order) by the replacement text."""
+    text = text_of(table)
+    if params.emails:
+        email = _rewrite(params.replacement, "EMAIL")
+        text = on_rows(text, contains(text, "@"), lambda rows: pc.replace_substring_regex(rows, _EMAIL_RE, email))
+    if params.ip_addresses:
+        ip = r"\1" + _rewrite(params.replacement, "IP") + r"\3"
+        text = pc.replace_substring_regex(text, _IPV4_RE, ip)
+        text = on_rows(text, contains(text, ":"), lambda rows: pc.replace_substring_regex(rows, _IPV6_RE, ip))
+    if params.phone_numbers:
+        text = pc.replace_substring_regex(text, _PHONE_RE, r"\1" + _rewrite(params.replacement, "PHONE") + r"\3")
+    return with_text(table, text)
+
+
+def rule_regex(rule: LabelRule) -> str:
+    """The RE2 expression of a label rule: its pattern, or any of its keywords as whole words, case-insensitive."""
+    if rule.pattern:
+        return rule.pattern
+    words = "|".join(re.escape(k) for k in rule.keywords)
+    return rf"(?i)(?:^|[^\p{{L}}\p{{N}}_])(?:{words})(?:$|[^\p{{L}}\p{{N}}_])"
+
+
+def label_rows(table: pa.Table, params: LabelParams) -> pa.Table:
+    """Label documents by the first matching rule; keep existing labels unless overwrite; drop the unlabelled
+    unless a default is set."""
+    n = table.num_rows
+    labels = table.column(LABEL).combine_chunks() if LABEL in table.column_names else pa.nulls(n, pa.string())
+    open_rows = np.ones(n, dtype=bool) if params.overwrite else labels.is_null().to_numpy(zero_copy_only=False)
+    assigned = np.zeros(n, dtype=bool)
+    text = filled_text(table)
+    for rule in params.rules:
+        todo = open_rows & ~assigned
+        if not todo.any():
+            break
+        matched = pc.match_substring_regex(text, rule_regex(rule)).to_numpy(zero_copy_only=False) & todo
+        labels = pc.if_else(matched, pa.scalar(rule.label, pa.string()), labels)
+        assigned |= matched
+    if params.overwrite:
+        labels = pc.if_else(assigned, labels, pa.scalar(None, pa.string()))
+    if params.default is not None:
+        labels = pc.fill_null(labels, params.default)
+    if LABEL in table.column_names:
+        table = table.set_column(table.schema.get_field_index(LABEL), LABEL, labels)
+    else:
+        table = table.append_column(LABEL, labels)
+    return table.filter(pc.is_valid(table.column(LABEL)))
+
+
+def check_regex(pattern: str) -> str | None:
+    """None when pattern is a valid RE2 expression, else the reason it is not."""
+    try:
+        pc.match_substring_regex(pa.array([""]), pattern)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return str(exc).split("\n")[0]
+    return None
+
+
+LocalOperation = Callable[[pa.Table, ApiModel], pa.Table]
+
+LOCAL_OPERATIONS: dict[str, LocalOperation] = {
+    "dropEmpty": drop_empty,
+    "stripHtml": strip_html,
+    "normalizeUnicode": normalize_unicode,
+    "collapseWhitespace": collapse_whitespace,
+    "lengthFilter": length_filter,
+    "qualityFilter": quality_filter,
+    "scriptFilter": script_filter,
+    "maskPii": mask_pii,
+    "label": label_rows,
+}
+"""camelCase operation name -> function; the others (exactDedup, nearDedup, outlierFilter) need the whole dataset."""
+
+GLOBAL_OPERATIONS = ("exactDedup", "nearDedup", "outlierFilter")

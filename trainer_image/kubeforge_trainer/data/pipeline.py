@@ -1,0 +1,595 @@
+"""The data step on Ray: read, clean, deduplicate, split, tokenize and write a DataPipeline's dataset.
+
+Ray only orchestrates; every computation is a pure function of the other modules, applied to Arrow blocks.
+
+1. Read + the first row-local operations: a Ray Data pipeline (`map_batches`, `batch_format="pyarrow"`), one
+   task per read chunk, streaming. Each output block carries one extra row with that block's statistics, so the row
+   accounting is exact even when tasks are retried.
+2. Each whole-dataset operation is a map-reduce over the blocks with Ray tasks: exact dedup shuffles
+   (content hash, row id) pairs to hash partitions; near dedup shuffles LSH band keys, verifies the candidate pairs
+   on their MinHash signatures and clusters them; an outlier filter aggregates one numeric column. Only hashes, ids
+   and numbers travel, never the texts. The filter that applies the result also runs the row-local operations that
+   follow, in the same task.
+3. Split: the ranking keys (8 bytes a row) decide exact cut points; a hash-partitioned pass moves duplicate groups
+   that span splits into one. The tokenizer is loaded, or trained in one task streaming the train split block by
+   block. Tokenize tasks return per-split token streams; shards are planned over them and written in parallel
+   under temporary names, then committed (see writer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from kubeforge.api import DataPipeline
+from kubeforge.api.datapipeline import TrainTokenizer
+
+from .. import storage
+from . import builtin, hashing, manifest, minhash, split, stages, tokenize, writer
+from .columns import RID, TEXT, make_rid, numeric_column
+from .errors import DataPipelineError, find_pipeline_error
+from .plan import Plan, Step, plan_pipeline
+from .readers import Chunk
+from .sources import chunk_bytes, plan_chunks, resolve_files
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS_IN_MANIFEST = 100
+TOKENIZER_TRAIN_MAX_BYTES = 256 << 20
+"""The tokenizer trains on at most this much of the train split (in order); BPE merges settle long before."""
+BUILTIN_DOCS_PER_BLOCK_MIN = 64
+
+
+def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
+    """Run the data step of a DataPipeline; returns the manifest written (see docs/contracts.md)."""
+    meta = resource.metadata
+    who = f"DataPipeline {meta.namespace or 'default'}/{meta.name}"
+    try:
+        return _Run(resource, reporter).execute()
+    except DataPipelineError as exc:
+        raise DataPipelineError(f"{who}: {exc}") from None
+    except Exception as exc:
+        found = find_pipeline_error(exc)
+        if found is None:
+            raise
+        raise DataPipelineError(f"{who}: {found}") from None
+
+
+# ---- Ray tasks: thin wrappers around stages.py ---------------------------------------------------------------
+
+
+@ray.remote(num_cpus=1, num_returns=2)
+def _separate(block: pa.Table) -> tuple[pa.Table, list[dict]]:
+    return stages.split_stats_rows(block)
+
+
+@ray.remote(num_cpus=1)
+def _exact_map(block: pa.Table, normalize: bool, partitions: int) -> list[pa.Table] | pa.Table:
+    hashes = hashing.content_hashes(block.column(TEXT), normalize)
+    keys = pa.table({"h": pa.array(hashes, pa.uint64()), "rid": block.column(RID)})
+    pieces = stages.partitioned(keys, hashes, partitions)
+    return pieces if partitions > 1 else pieces[0]
+
+
+@ray.remote(num_cpus=1)
+def _exact_reduce(*parts: pa.Table) -> np.ndarray:
+    keys = pa.concat_tables(parts)
+    return stages.exact_duplicates(keys.column("h").to_numpy(), keys.column("rid").to_numpy())
+
+
+@ray.remote(num_cpus=1)
+def _minhash_map(block: pa.Table, num_perm: int, bands: int, shingle: int, seed: int, partitions: int) -> list:
+    sig = minhash.signatures(block.column(TEXT), num_perm, shingle, seed)
+    rids = block.column(RID).to_numpy()
+    usable = minhash.has_shingles(sig)
+    keys = minhash.band_keys(sig[usable], bands).ravel()
+    table = pa.table({"key": pa.array(keys, pa.uint64()), "rid": pa.array(np.repeat(rids[usable], bands))})
+    return [(rids, sig), *stages.partitioned(table, keys, partitions)]
+
+
+@ray.remote(num_cpus=1)
+def _candidate_reduce(*parts: pa.Table) -> np.ndarray:
+    table = pa.concat_tables(parts)
+    return minhash.candidate_pairs(table.column("key").to_numpy(), table.column("rid").to_numpy())
+
+
+@ray.remote(num_cpus=1)
+def _take_signatures(signatures: tuple[np.ndarray, np.ndarray], needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rids, sig = signatures
+    rows = np.flatnonzero(np.isin(rids, needed))
+    return rids[rows], sig[rows]
+
+
+@ray.remote(num_cpus=1)
+def _numeric_values(block: pa.Table, column: str) -> np.ndarray:
+    values = block.column(column).drop_null()
+    return values.to_numpy() if len(values) else np.zeros(0)
+
+
+@ray.remote(num_cpus=1, num_returns=2)
+def _filter_then_clean(block: pa.Table, drops: np.ndarray | None, bounds: tuple | None, steps: Sequence[Step]) -> tuple:
+    table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
+    after = table.num_rows
+    table, counts = stages.apply_local_steps(table, steps)
+    return table, {"global": [block.num_rows, after], "steps": counts}
+
+
+@ray.remote(num_cpus=1, num_returns=2)
+def _split_keys(block: pa.Table, method: str, seed: int) -> tuple[pa.Table, list[str]]:
+    return stages.split_keys(block, method, seed)
+
+
+@ray.remote(num_cpus=1)
+def _assign_map(keys: pa.Table, method: str, cuts: Any, fractions: tuple, partitions: int) -> list:
+    assigned = stages.assign_splits(keys, method, cuts, fractions)
+    table = pa.table({"ch": keys.column("ch"), "rid": keys.column("rid"), "split": pa.array(assigned, pa.int8())})
+    return [assigned, *stages.partitioned(table, keys.column("ch").to_numpy(), partitions)]
+
+
+@ray.remote(num_cpus=1)
+def _leakage_reduce(*parts: pa.Table) -> dict:
+    table = pa.concat_tables(parts)
+    return stages.leakage_partition(
+        table.column("ch").to_numpy(), table.column("rid").to_numpy(), table.column("split").to_numpy()
+    )
+
+
+@ray.remote(num_cpus=1)
+def _final_assignment(keys: pa.Table, assigned: np.ndarray, moved: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return stages.final_assignment(keys.column("rid").to_numpy(), assigned, moved, targets)
+
+
+@ray.remote(num_cpus=1)
+def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequency: int, max_bytes: int) -> str:
+    def train_texts() -> Iterator[list[str]]:
+        used = 0
+        # One block in memory at a time.
+        for block_ref, assigned_ref in zip(blocks, assignments, strict=True):
+            block, assigned = ray.get(block_ref), ray.get(assigned_ref)
+            texts = pc.fill_null(block.column(TEXT).filter(pa.array(assigned == split.TRAIN)), "").to_pylist()
+            taken = []
+            for text in texts:
+                taken.append(text)
+                used += len(text)
+                if used >= max_bytes:
+                    yield taken
+                    return
+            yield taken
+
+    # The only task running now: let the tokenizer's trainer use every core of its node.
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    return tokenize.train_bpe(train_texts(), vocab_size, min_frequency).to_str()
+
+
+@ray.remote(num_cpus=1, num_returns=4)
+def _tokenize_block(block: pa.Table, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict) -> list:
+    meta, outputs = stages.tokenize_block(block, assigned, tokenize.Tokenizer.from_str(tokenizer_json), task, settings)
+    return [meta, *outputs]
+
+
+@ray.remote(num_cpus=1)
+def _write_shard(
+    output_uri: str, tmp: str, final: str, settings: dict, pieces: list, *outputs: Any
+) -> writer.ShardInfo:
+    parts = [stages.slice_output(o, start, end) for o, (start, end) in zip(outputs, pieces, strict=True)]
+    table, tokens = stages.shard_table(settings["task"], settings["sequence_length"], parts)
+    return writer.write_shard(output_uri, tmp, final, table, settings["compression"], tokens)
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One execution of the data step; its methods are the stages, in order."""
+
+    def __init__(self, resource: DataPipeline, reporter: Any) -> None:
+        self.resource = resource
+        self.spec = resource.spec
+        self.reporter = reporter
+        self.output = self.spec.output.uri
+        self.operations: list[manifest.OpStats] = []
+        self.errors: list[dict] = []
+        self.files_errored = 0
+        self.stage_seconds: dict[str, float] = {}
+        self._stage: str | None = None
+        self._stage_started = 0.0
+
+    def _enter(self, stage: str | None) -> float:
+        """Start timing a stage (ending the previous one); returns the seconds the previous one took."""
+        now = time.perf_counter()
+        took = now - self._stage_started if self._stage else 0.0
+        if self._stage:
+            self.stage_seconds[self._stage] = self.stage_seconds.get(self._stage, 0.0) + took
+        self._stage, self._stage_started = stage, now
+        return took
+
+    # -- driver
+
+    def execute(self) -> dict:
+        plan = plan_pipeline(self.spec)
+        if not ray.is_initialized():
+            ray.init()
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.partitions = self.cores
+
+        source, input_digest = self._source(plan)
+        spec_digest = manifest.spec_hash(self.spec)
+        done = self._complete_manifest(spec_digest, input_digest)
+        if done is not None:
+            log.info("%s is complete for this spec and input; nothing to do", self.output)
+            self._report(**self._status(done))
+            self.reporter.flush()
+            return done
+        writer.remove_temporary(self.output, split.SPLITS)
+
+        self.operations = [manifest.OpStats("read")] + [manifest.OpStats(s.name) for s in plan.steps]
+        blocks = self._read(plan, source)
+        step_position = {s.index: i + 1 for i, s in enumerate(plan.steps)}
+        for segment in plan.segments[1:]:
+            blocks = self._global(segment.global_step, segment.local_steps, blocks, step_position)
+        totals = manifest.accounting(self.operations)
+        if totals["rowsOut"] == 0:
+            raise DataPipelineError(
+                f"spec.steps: no rows left to write ({totals['rowsIn']} read, {totals['rowsDropped']} dropped, "
+                f"{totals['rowsErrored']} errored)"
+            )
+        return self._split_tokenize_write(plan, blocks, spec_digest, input_digest)
+
+    def _report(self, **fields: Any) -> None:
+        self.reporter.report(**fields)
+
+    def _report_operations(self, progress: str) -> None:
+        done = [op for op in self.operations if op.rows_in or op.rows_out]
+        self._report(progress=progress, operations=[op.to_wire() for op in self.operations])
+        if done:
+            first, last = self.operations[0], done[-1]
+            self._report(
+                rowsIn=first.rows_in,
+                rowsOut=last.rows_out,
+                rowsDropped=sum(op.rows_dropped for op in done),
+                rowsErrored=sum(op.rows_errored for op in done),
+            )
+
+    def _wait(self, refs: list, stage: str) -> None:
+        """Wait for refs, reporting '<stage> k/n' as they finish."""
+        pending, total, finished = list(refs), len(refs), 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            finished += len(ready)
+            self._report(progress=f"{stage} {finished}/{total}")
+
+    # -- input
+
+    def _source(self, plan: Plan) -> tuple[Any, str]:
+        """(read chunks, or in-memory tables for the builtin corpus; the input fingerprint)."""
+        source = self.spec.source
+        if source.builtin is not None:
+            tables, digest = self._builtin_tables(source.builtin.max_documents)
+            return tables, digest
+        files = resolve_files(source)
+        target = chunk_bytes(sum(f.size for f in files), self.cores)
+        chunks = plan_chunks(files, plan.read.format, plan.read.text_mode, target)
+        return chunks, manifest.fingerprint([(f.uri, f.size, f.mtime) for f in files])
+
+    def _builtin_tables(self, max_documents: int) -> tuple[list[pa.Table], str]:
+        texts = list(builtin.system_docs(max_documents))
+        if not texts:
+            raise DataPipelineError("spec.source.builtin: no documents found on this machine")
+        digest = manifest.fingerprint([("system-docs", max_documents), *((t,) for t in texts)])
+        total = sum(len(t) for t in texts)
+        target = chunk_bytes(total, self.cores)
+        tables, start, size = [], 0, 0
+        for i, text in enumerate(texts):
+            size += len(text)
+            if (size >= target and i + 1 - start >= BUILTIN_DOCS_PER_BLOCK_MIN) or i == len(texts) - 1:
+                rids = np.arange(i + 1 - start, dtype=np.int64) + make_rid(len(tables), 0)
+                tables.append(pa.table({TEXT: pa.array(texts[start : i + 1], pa.string()), RID: rids}))
+                start, size = i + 1, 0
+        return tables, digest
+
+    def _complete_manifest(self, spec_digest: str, input_digest: str) -> dict | None:
+        """The existing manifest when it was written for this spec and input and all its shards are there."""
+        uri = storage.join(self.output, writer.MANIFEST_FILE)
+        try:
+            if not storage.exists(uri):
+                return None
+            existing = json.loads(storage.read_text(uri))
+        except (OSError, ValueError):
+            return None
+        if (
+            existing.get("formatVersion") != manifest.FORMAT_VERSION
+            or existing.get("specHash") != spec_digest
+            or existing.get("inputFingerprint") != input_digest
+        ):
+            return None
+        fs, root = storage.resolve(self.output)
+        for entry in existing.get("splits", {}).values():
+            for shard in entry.get("shards", []):
+                info = fs.get_file_info(f"{root}/{shard['path']}")
+                if info.size != shard["bytes"]:
+                    return None
+        if not storage.exists(storage.join(self.output, existing.get("tokenizer", tokenize.TOKENIZER_FILE))):
+            return None
+        return existing
+
+    # -- stage 1: read and clean (Ray Data)
+
+    def _read(self, plan: Plan, source: Any) -> list:
+        import ray.data
+
+        first = plan.segments[0].local_steps
+        self._enter("read")
+        self._report(progress="read", outputUri=self.output)
+        if source and isinstance(source[0], Chunk):
+            dataset = ray.data.from_items([stages.chunk_to_item(c) for c in source], override_num_blocks=len(source))
+            dataset = dataset.map_batches(
+                stages.read_and_clean_batch,
+                batch_format="pyarrow",
+                batch_size=1,
+                fn_kwargs={"read": plan.read, "steps": first},
+                num_cpus=1,
+            )
+        else:
+            dataset = ray.data.from_arrow(source).map_batches(
+                stages.clean_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"steps": first}, num_cpus=1
+            )
+        outputs = [_separate.remote(ref) for ref in dataset.to_arrow_refs()]
+        blocks = [o[0] for o in outputs]
+        all_stats = [entry for stats in ray.get([o[1] for o in outputs]) for entry in stats]
+        fatal = [entry["fatal"] for entry in all_stats if "fatal" in entry]
+        if fatal:
+            raise DataPipelineError(fatal[0])
+        for entry in all_stats:
+            self.operations[0].add(*entry["read"])
+            self.files_errored += entry["filesErrored"]
+            self.errors.extend(entry["errors"][: max(0, MAX_ERRORS_IN_MANIFEST - len(self.errors))])
+            for position, (rows_in, rows_out, seconds) in enumerate(entry["steps"], start=1):
+                self.operations[position].add(rows_in, rows_out, 0, seconds)
+        for error in self.errors[:5]:
+            log.warning("skipped: %s: %s row %s: %s", error["field"], error["source"], error["row"], error["reason"])
+        self._report_operations(f"read {len(blocks)}/{len(blocks)}")
+        return blocks
+
+    # -- stage 2: whole-dataset operations
+
+    def _global(self, step: Step, after: tuple[Step, ...], blocks: list, position: dict[int, int]) -> list:
+        self._enter(step.name)
+        self._report(progress=step.name)
+        drops, bounds = None, None
+        if step.kind == "exactDedup":
+            drops = ray.put(self._exact_drops(step, blocks))
+        elif step.kind == "nearDedup":
+            drops = ray.put(self._near_drops(step, blocks))
+        else:
+            bounds = self._outlier_range(step, blocks)
+        outputs = [_filter_then_clean.remote(b, drops, bounds, after) for b in blocks]
+        self._wait([o[1] for o in outputs], step.name)
+        for stats in ray.get([o[1] for o in outputs]):
+            self.operations[position[step.index]].add(*stats["global"])
+            for local, (rows_in, rows_out, seconds) in zip(after, stats["steps"], strict=True):
+                self.operations[position[local.index]].add(rows_in, rows_out, 0, seconds)
+        self.operations[position[step.index]].seconds += time.perf_counter() - self._stage_started
+        self._report_operations(f"{step.name} done")
+        return [o[0] for o in outputs]
+
+    def _exact_drops(self, step: Step, blocks: list) -> np.ndarray:
+        parts = self.partitions
+        maps = [_exact_map.options(num_returns=parts).remote(b, step.params.normalize, parts) for b in blocks]
+        maps = [m if isinstance(m, list) else [m] for m in maps]
+        reduces = [_exact_reduce.remote(*[m[p] for m in maps]) for p in range(parts)]
+        self._wait(reduces, step.name)
+        drops = [d for d in ray.get(reduces) if len(d)]
+        return np.sort(np.concatenate(drops)) if drops else np.zeros(0, dtype=np.int64)
+
+    def _near_drops(self, step: Step, blocks: list) -> np.ndarray:
+        p = step.params
+        parts = self.partitions
+        maps = [
+            _minhash_map.options(num_returns=parts + 1).remote(b, p.num_perm, p.bands, p.shingle_size, p.seed, parts)
+            for b in blocks
+        ]
+        reduces = [_candidate_reduce.remote(*[m[1 + i] for m in maps]) for i in range(parts)]
+        self._wait(reduces, step.name)
+        pairs = [c for c in ray.get(reduces) if len(c)]
+        if not pairs:
+            return np.zeros(0, dtype=np.int64)
+        candidates = np.unique(np.concatenate(pairs), axis=0)
+        needed = ray.put(np.unique(candidates))
+        found = ray.get([_take_signatures.remote(m[0], needed) for m in maps])
+        rids = np.concatenate([f[0] for f in found])
+        sigs = np.concatenate([f[1] for f in found])
+        order = np.argsort(rids)
+        rids, sigs = rids[order], sigs[order]
+        a = sigs[np.searchsorted(rids, candidates[:, 0])]
+        b = sigs[np.searchsorted(rids, candidates[:, 1])]
+        verified = candidates[minhash.similar(a, b, p.threshold)]
+        return minhash.duplicate_rows(verified)
+
+    def _outlier_range(self, step: Step, blocks: list) -> tuple[str, float, float]:
+        column = numeric_column(step.params.column)
+        values = ray.get([_numeric_values.remote(b, column) for b in blocks])
+        merged = np.concatenate(values) if values else np.zeros(0)
+        low, high = stages.outlier_bounds(merged, step.params.method, step.params.threshold)
+        return (column, low, high)
+
+    # -- stage 3: split, tokenize, write
+
+    def _split_tokenize_write(self, plan: Plan, blocks: list, spec_digest: str, input_digest: str) -> dict:
+        self._enter("split")
+        self._report(progress="split")
+        keyed = [_split_keys.remote(b, plan.split_method, plan.seed) for b in blocks]
+        keys = [k[0] for k in keyed]
+        labels = sorted(set().union(*ray.get([k[1] for k in keyed])))
+        cuts = self._cuts(plan, keys, labels)
+        parts = self.partitions
+        maps = [
+            _assign_map.options(num_returns=parts + 1).remote(k, plan.split_method, cuts, plan.fractions, parts)
+            for k in keys
+        ]
+        reduces = [_leakage_reduce.remote(*[m[1 + i] for m in maps]) for i in range(parts)]
+        leak = ray.get(reduces)
+        moved = np.concatenate([r["moved"] for r in leak]) if leak else np.zeros(0, dtype=np.int64)
+        targets = np.concatenate([r["to"] for r in leak]) if leak else np.zeros(0, dtype=np.int8)
+        order = np.argsort(moved)
+        moved_ref, targets_ref = ray.put(moved[order]), ray.put(targets[order])
+        assignments = [
+            _final_assignment.remote(k, m[0], moved_ref, targets_ref) for k, m in zip(keys, maps, strict=True)
+        ]
+        leakage = {
+            "crossSplitExactDuplicates": sum(r["after"] for r in leak),
+            "duplicateGroupsMoved": sum(r["found"] for r in leak),
+            "rowsMoved": len(moved),
+        }
+
+        tok_json, pad_id, eos_id = self._tokenizer(blocks, assignments)
+        settings = {"eos": eos_id, "sequence_length": plan.sequence_length, "labels": labels}
+        tok_ref = ray.put(tok_json)
+        self._enter("tokenize")
+        self._report(progress="tokenize")
+        tokenized = [
+            _tokenize_block.remote(b, a, tok_ref, plan.task, settings) for b, a in zip(blocks, assignments, strict=True)
+        ]
+        self._wait([t[0] for t in tokenized], "tokenize")
+        metas = ray.get([t[0] for t in tokenized])
+
+        run_id = uuid.uuid4().hex[:12]
+        compression = self.spec.output.compression
+        write_settings = {"task": plan.task, "sequence_length": plan.sequence_length, "compression": compression}
+        shard_tasks: list[tuple[str, Any]] = []
+        split_entries: dict[str, dict] = {}
+        tails: dict[str, int] = {}
+        for index, name in enumerate(split.SPLITS):
+            units = [m[name]["units"] for m in metas]
+            outputs = [t[1 + index] for t in tokenized]
+            total = sum(units)
+            usable = total
+            if plan.task == "languageModeling":
+                usable = (total // plan.sequence_length) * plan.sequence_length
+                tails[name] = total - usable
+                if name == "train" and usable == 0:
+                    raise DataPipelineError(
+                        f"spec.tokenizer.sequenceLength: the train split holds {total} tokens, fewer than one "
+                        f"sequence of {plan.sequence_length}"
+                    )
+            per_shard = self._units_per_shard(plan, metas, name)
+            for shard_index, pieces in enumerate(writer.plan_shards(units, per_shard, usable)):
+                involved = [outputs[p.block] for p in pieces]
+                task = _write_shard.remote(
+                    self.output,
+                    writer.tmp_shard_path(name, shard_index, run_id),
+                    writer.shard_path(name, shard_index),
+                    write_settings,
+                    [(p.start, p.end) for p in pieces],
+                    *involved,
+                )
+                shard_tasks.append((name, task))
+        self._enter("write")
+        self._report(progress="write")
+        self._wait([t for _, t in shard_tasks], "write")
+        infos = ray.get([t for _, t in shard_tasks])
+        for name in split.SPLITS:
+            mine = [info for (n, _), info in zip(shard_tasks, infos, strict=True) if n == name]
+            documents = sum(m[name]["documents"] for m in metas)
+            tokens = sum(i.tokens for i in mine)
+            split_entries[name] = manifest.split_entry(
+                [i.manifest_entry() for i in mine], tokens, documents, tails.get(name, 0)
+            )
+
+        self._enter(None)
+        tok = tokenize.Tokenizer.from_str(tok_json)
+        schema = {"input_ids": "list<int32>"}
+        if plan.task == "classification":
+            schema.update({"label": "int32", "label_name": "string"})
+        document = manifest.build_manifest(
+            task=plan.task,
+            sequence_length=plan.sequence_length,
+            vocab_size=tok.get_vocab_size(),
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            labels=labels if plan.task == "classification" else [],
+            splits=split_entries,
+            schema=schema,
+            operations=self.operations,
+            files_errored=self.files_errored,
+            errors=self.errors,
+            leakage=leakage,
+            spec_digest=spec_digest,
+            input_digest=input_digest,
+            tokenizer_file=tokenize.TOKENIZER_FILE,
+            stage_seconds=self.stage_seconds,
+        )
+        self._commit(infos, tok_json, document)
+        self._report(**self._status(document))
+        self.reporter.flush()
+        return document
+
+    def _cuts(self, plan: Plan, keys: list, labels: list[str]) -> Any:
+        """What assign_splits needs besides the keys: rank cut points (random, stratified, time)."""
+        method = plan.split_method
+        if method == "hash":
+            return None
+        tables = ray.get(keys)
+        values = np.concatenate([t.column("key").to_numpy() for t in tables]) if tables else np.zeros(0)
+        if method == "stratified":
+            groups = np.concatenate([stages.label_groups(t.column("label"), labels) for t in tables])
+            return {"labels": labels, "cuts": split.stratified_cuts(values, groups, plan.fractions)}
+        return split.rank_cuts(values, plan.fractions)
+
+    def _units_per_shard(self, plan: Plan, metas: list[dict], name: str) -> int:
+        """Units (tokens or rows) per shard for the target shard size (in-memory Arrow size)."""
+        target = self.spec.output.target_shard_size_mb * (1 << 20)
+        if plan.task == "languageModeling":
+            row_bytes = 4 * plan.sequence_length + 4
+            return max(1, int(target // row_bytes)) * plan.sequence_length
+        rows = sum(m[name]["documents"] for m in metas) or 1
+        tokens = sum(m[name]["tokens"] for m in metas)
+        row_bytes = 4 * tokens / rows + 24
+        return max(1, int(target // row_bytes))
+
+    def _tokenizer(self, blocks: list, assignments: list) -> tuple[str, int, int]:
+        """(tokenizer JSON, pad id, eos id): loaded from spec.tokenizer.path or trained on the train split."""
+        tok_spec = self.spec.tokenizer
+        self._enter("tokenizer")
+        if tok_spec.path:
+            tok = tokenize.load_tokenizer(tok_spec.path)
+        else:
+            self._report(progress="train tokenizer")
+            train = tok_spec.train or TrainTokenizer()  # training is the default when no path is set
+            tok_json = ray.get(
+                _train_tokenizer.remote(
+                    blocks, assignments, train.vocab_size, train.min_frequency, TOKENIZER_TRAIN_MAX_BYTES
+                )
+            )
+            tok = tokenize.Tokenizer.from_str(tok_json)
+        pad_id, eos_id = tokenize.special_token_ids(tok)
+        return tok.to_str(), pad_id, eos_id
+
+    def _commit(self, shards: list[writer.ShardInfo], tokenizer_json: str, document: dict) -> None:
+        """Make the new dataset visible: manifest last (see writer.py)."""
+        self._report(progress="commit")
+        writer.remove_manifest(self.output)
+        writer.commit_shards(self.output, shards, split.SPLITS)
+        storage.write_text_atomic(storage.join(self.output, tokenize.TOKENIZER_FILE), tokenizer_json)
+        storage.write_text_atomic(storage.join(self.output, writer.MANIFEST_FILE), json.dumps(document, indent=2))
+
+    def _status(self, document: dict) -> dict:
+        return manifest.status_fields(
+            document,
+            self.output,
+            storage.join(self.output, writer.MANIFEST_FILE),
+            storage.join(self.output, document.get("tokenizer", tokenize.TOKENIZER_FILE)),
+        )

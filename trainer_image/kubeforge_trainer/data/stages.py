@@ -1,0 +1,237 @@
+"""The pure work of each stage of the data step, one function per piece of logic, applied by the Ray tasks of
+pipeline.py to one Arrow block (or one reduce partition) at a time."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import hashing, ops, split, tokenize
+from .columns import KEY, LABEL, RID, TEXT, TIME
+from .errors import DataPipelineError
+from .plan import Step
+from .readers import Chunk, FileSlice, ReadSpec, read_chunk, working_schema
+
+STATS = "_stats"
+"""Column of the one statistics row each read task appends to its output block (null on data rows)."""
+
+
+def apply_local_steps(table: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table, list[tuple[int, int, float]]]:
+    """Run row-local operations in order; returns the table and (rows in, rows out, seconds) of each."""
+    counts = []
+    for step in steps:
+        before, started = table.num_rows, time.perf_counter()
+        table = ops.LOCAL_OPERATIONS[step.kind](table, step.params)
+        counts.append((before, table.num_rows, time.perf_counter() - started))
+    return table, counts
+
+
+def with_stats_row(table: pa.Table, stats: dict) -> pa.Table:
+    """The table plus one row carrying stats as JSON in the _stats column (null on data rows)."""
+    data = table.append_column(STATS, pa.nulls(table.num_rows, pa.string()))
+    row = {name: pa.nulls(1, data.schema.field(name).type) for name in data.column_names}
+    row[RID] = pa.array([-1], pa.int64())
+    row[STATS] = pa.array([json.dumps(stats)], pa.string())
+    return pa.concat_tables([data, pa.table(row, schema=data.schema)])
+
+
+def split_stats_rows(block: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """(data rows without the _stats column, the stats of every stats row)."""
+    if STATS not in block.column_names:
+        return block, []
+    is_stats = pc.is_valid(block.column(STATS))
+    stats = [json.loads(s) for s in block.filter(is_stats).column(STATS).to_pylist()]
+    data = block.filter(pc.invert(is_stats)).drop_columns([STATS])
+    return data, stats
+
+
+def chunk_to_item(chunk: Chunk) -> dict:
+    """A read chunk as a Ray Data row."""
+    return {"index": chunk.index, "files": [{"uri": f.uri, "start": f.start, "length": f.length} for f in chunk.files]}
+
+
+def chunk_from_item(item: dict) -> Chunk:
+    """The read chunk of a Ray Data row."""
+    files = tuple(FileSlice(f["uri"], int(f["start"]), f["length"]) for f in item["files"])
+    return Chunk(int(item["index"]), files)
+
+
+def read_and_clean_batch(batch: pa.Table, read: ReadSpec, steps: Sequence[Step]) -> pa.Table:
+    """Ray Data UDF: read each chunk of the batch and run the first row-local operations on it. A bad-input error
+    travels back in the stats row ("fatal"): Ray Data would keep only its text."""
+    tables = []
+    for item in batch.to_pylist():
+        started = time.perf_counter()
+        try:
+            result = read_chunk(chunk_from_item(item), read)
+        except DataPipelineError as exc:
+            tables.append(with_stats_row(working_schema(read).empty_table(), {"fatal": str(exc)}))
+            continue
+        rows_in = result.table.num_rows + result.rows_errored
+        table, counts = apply_local_steps(result.table, steps)
+        stats = {
+            "read": [rows_in, result.table.num_rows, result.rows_errored, time.perf_counter() - started],
+            "filesErrored": result.files_errored,
+            "errors": [e.to_dict() for e in result.errors],
+            "steps": counts,
+        }
+        tables.append(with_stats_row(table, stats))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def clean_batch(batch: pa.Table, steps: Sequence[Step]) -> pa.Table:
+    """Ray Data UDF for in-memory input (the builtin corpus): the first row-local operations."""
+    table, counts = apply_local_steps(batch, steps)
+    stats = {"read": [batch.num_rows, batch.num_rows, 0], "filesErrored": 0, "errors": [], "steps": counts}
+    return with_stats_row(table, stats)
+
+
+def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
+    """The reduce partition of each hash."""
+    return (np.asarray(hashes, dtype=np.uint64) % np.uint64(partitions)).astype(np.int64)
+
+
+def partitioned(table: pa.Table, hashes: np.ndarray, partitions: int) -> list[pa.Table]:
+    """table cut into one piece per partition of hashes."""
+    part = partition_of(hashes, partitions)
+    return [table.filter(part == p) for p in range(partitions)]
+
+
+def exact_duplicates(hashes: np.ndarray, rids: np.ndarray) -> np.ndarray:
+    """Rows to drop (sorted rids): all but the first (smallest rid) of each group of equal hashes."""
+    if len(hashes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((rids, hashes))
+    h = hashes[order]
+    first = np.concatenate([[True], h[1:] != h[:-1]])
+    return np.sort(rids[order][~first])
+
+
+def drop_rids(table: pa.Table, drops: np.ndarray) -> pa.Table:
+    """The rows whose rid is not in the sorted drops."""
+    if len(drops) == 0 or table.num_rows == 0:
+        return table
+    rids = table.column(RID).to_numpy()
+    lo, hi = np.searchsorted(drops, [rids.min(), rids.max() + 1])
+    mine = drops[lo:hi]
+    if len(mine) == 0:
+        return table
+    return table.filter(~np.isin(rids, mine, assume_unique=True))
+
+
+def keep_in_range(table: pa.Table, column: str, low: float, high: float) -> pa.Table:
+    """Rows whose numeric column is within [low, high]; rows without a value are kept (nothing to test)."""
+    values = table.column(column)
+    inside = pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
+    return table.filter(pc.fill_null(inside, True))
+
+
+def outlier_bounds(values: np.ndarray, method: str, threshold: float) -> tuple[float, float]:
+    """[low, high] of the non-outliers: mean ± threshold standard deviations, or the quartiles ± threshold IQRs."""
+    if len(values) == 0:
+        return -math.inf, math.inf
+    if method == "zscore":
+        mean, std = float(np.mean(values)), float(np.std(values))
+        return mean - threshold * std, mean + threshold * std
+    q1, q3 = (float(q) for q in np.quantile(values, [0.25, 0.75]))
+    return q1 - threshold * (q3 - q1), q3 + threshold * (q3 - q1)
+
+
+def assign_splits(keys: pa.Table, method: str, cuts: Any, fractions: tuple[float, float, float]) -> np.ndarray:
+    """Split index of each row of a keys table, by method."""
+    if method == "hash":
+        return split.hash_split(keys.column("key").to_pylist(), fractions)
+    if method == "stratified":
+        groups = label_groups(keys.column("label"), cuts["labels"])
+        return split.assign_stratified(keys.column("key").to_numpy(), groups, cuts["cuts"])
+    return split.assign_by_cuts(keys.column("key").to_numpy(), cuts)
+
+
+def label_groups(labels: pa.ChunkedArray, vocabulary: list[str]) -> np.ndarray:
+    return pc.index_in(labels, value_set=pa.array(vocabulary, pa.string())).to_numpy(zero_copy_only=False)
+
+
+def final_assignment(rids: np.ndarray, assigned: np.ndarray, moved: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The split of each row after the leakage moves (moved is sorted, targets in the same order)."""
+    result = assigned.copy()
+    if len(moved):
+        pos = np.searchsorted(moved, rids)
+        pos = np.minimum(pos, len(moved) - 1)
+        hit = moved[pos] == rids
+        result[hit] = targets[pos[hit]]
+    return result
+
+
+def split_keys(block: pa.Table, method: str, seed: int) -> tuple[pa.Table, list[str]]:
+    """(rid, content hash, ranking or hash key, label) of each row, and the block's distinct labels."""
+    content = hashing.content_hashes(block.column(TEXT), normalize=True)
+    columns: dict[str, Any] = {"rid": block.column(RID), "ch": pa.array(content, pa.uint64())}
+    if method in ("random", "stratified"):
+        columns["key"] = pa.array(split.random_keys(content, seed), pa.uint64())
+    elif method == "time":
+        columns["key"] = block.column(TIME)
+    elif method == "hash":
+        columns["key"] = block.column(KEY)
+    labels: list[str] = []
+    if LABEL in block.column_names:
+        columns["label"] = block.column(LABEL)
+        labels = sorted(set(pc.unique(block.column(LABEL)).drop_null().to_pylist()))
+    return pa.table(columns), labels
+
+
+def leakage_partition(content_hash: np.ndarray, rids: np.ndarray, assigned: np.ndarray) -> dict[str, Any]:
+    """Resolve cross-split duplicates in one hash partition, then check the result: moved rows, their targets,
+    the groups that spanned splits before and (the check, recomputed on the final assignment) after."""
+    moved, targets, spanning = split.resolve_leakage(content_hash, rids, assigned)
+    final = final_assignment(rids, assigned, *_sorted_moves(moved, targets))
+    return {"moved": moved, "to": targets, "found": spanning, "after": split.cross_split_groups(content_hash, final)}
+
+
+def _sorted_moves(moved: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(moved)
+    return moved[order], targets[order]
+
+
+def tokenize_block(
+    block: pa.Table, assigned: np.ndarray, tokenizer: tokenize.Tokenizer, task: str, settings: dict
+) -> tuple[dict[str, dict[str, int]], list[Any]]:
+    """Per split: (documents, units, tokens) and the output: a token stream with <eos> after each document
+    (language modelling; units are tokens) or a table of truncated ids and labels (classification; units are rows)."""
+    meta: dict[str, dict[str, int]] = {}
+    outputs: list[Any] = []
+    for index, name in enumerate(split.SPLITS):
+        rows = block.filter(pa.array(assigned == index))
+        ids = tokenize.encode(tokenizer, pc.fill_null(rows.column(TEXT), "").to_pylist())
+        if task == "languageModeling":
+            stream = tokenize.with_eos(ids, settings["eos"])
+            outputs.append(stream)
+            meta[name] = {"documents": rows.num_rows, "units": len(stream), "tokens": len(stream)}
+            continue
+        truncated = tokenize.truncate(ids, settings["sequence_length"])
+        names = rows.column(LABEL).combine_chunks().cast(pa.string())
+        label_ids = pc.index_in(names, value_set=pa.array(settings["labels"], pa.string())).cast(pa.int32())
+        outputs.append(pa.table({"input_ids": truncated, "label": label_ids, "label_name": names}))
+        tokens = int(pc.sum(pc.list_value_length(truncated)).as_py() or 0)
+        meta[name] = {"documents": rows.num_rows, "units": rows.num_rows, "tokens": tokens}
+    return meta, outputs
+
+
+def shard_table(task: str, sequence_length: int, parts: list[Any]) -> tuple[pa.Table, int]:
+    """(the shard's table, its tokens) from the pieces of block outputs it is made of."""
+    if task == "languageModeling":
+        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return pa.table({"input_ids": tokenize.pack(stream, sequence_length)}), len(stream)
+    table = pa.concat_tables(parts)
+    return table, int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+
+
+def slice_output(output: Any, start: int, end: int) -> Any:
+    """Units [start, end) of a block's output (a token stream or a table)."""
+    return output[start:end] if isinstance(output, np.ndarray) else output.slice(start, end - start)

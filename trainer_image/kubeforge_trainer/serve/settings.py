@@ -1,0 +1,190 @@
+"""From build_app's arguments (the ModelDeployment and resolved model URIs) to Ray Serve deployment options.
+
+Pure: nothing here touches Ray, so every field of the spec has a unit-tested mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubeforge.api.modeldeployment import (
+    BatchingSpec,
+    GenerationDefaults,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ReplicaSpec,
+)
+
+STABLE, CANARY = "stable", "canary"
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIXES = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+INGRESS_HEADROOM = 32  # requests the ingress takes beyond the models' capacity: health checks, /v1/models, errors
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One model version behind the endpoint and its share of traffic."""
+
+    role: str  # stable | canary
+    version: str
+    uri: str
+    traffic_percent: int
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything build_app needs, checked."""
+
+    name: str
+    namespace: str | None
+    spec: ModelDeploymentSpec
+    versions: tuple[ModelVersion, ...]
+
+    def version(self, role: str) -> ModelVersion:
+        """The version with this role."""
+        return next(v for v in self.versions if v.role == role)
+
+
+def parse_quantity(value: int | float | str) -> float:
+    """A Kubernetes quantity as a number: "500m" -> 0.5, "2Gi" -> 2147483648, 3 -> 3.0."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _QUANTITY.match(value.strip())
+    if not match or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def parse_app_args(args: dict[str, Any], read_version: Callable[[str], str]) -> AppSettings:
+    """Check build_app's arguments; read_version(uri) supplies a version the arguments leave out.
+
+    args = {"resource": ModelDeployment (dict or JSON), "modelUri", "modelVersion", "canaryModelUri"?,
+    "canaryModelVersion"?}; modelUri falls back to spec.modelUri and canaryModelUri to spec.canary.modelUri.
+    """
+    raw = args.get("resource")
+    if raw is None:
+        raise ValueError("build_app needs args['resource']: the ModelDeployment as JSON")
+    resource = ModelDeployment.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+    spec = resource.spec
+    uri = args.get("modelUri") or spec.model_uri
+    if not uri:
+        raise ValueError("no model to serve: pass args['modelUri'] (the operator resolves spec.modelRef to it)")
+    canary_percent = spec.canary.traffic_percent if spec.canary else 0
+    versions = [ModelVersion(STABLE, args.get("modelVersion") or read_version(uri), uri, 100 - canary_percent)]
+    if spec.canary is not None:
+        canary_uri = args.get("canaryModelUri") or spec.canary.model_uri
+        if not canary_uri:
+            raise ValueError("spec.canary is set but no canary model: pass args['canaryModelUri']")
+        canary_version = args.get("canaryModelVersion") or read_version(canary_uri)
+        versions.append(ModelVersion(CANARY, canary_version, canary_uri, canary_percent))
+        if canary_version == versions[0].version:
+            raise ValueError(f"the canary and the stable model are both version {canary_version!r}")
+    elif args.get("canaryModelUri"):
+        raise ValueError("args['canaryModelUri'] is set but spec.canary is not: set spec.canary.trafficPercent")
+    if spec.quantization == "int8" and spec.resources.gpu > 0:
+        raise ValueError("quantization int8 is dynamic CPU quantisation; it cannot be used with resources.gpu > 0")
+    return AppSettings(resource.metadata.name, resource.metadata.namespace, spec, tuple(versions))
+
+
+def scaling_options(replicas: ReplicaSpec) -> dict[str, Any]:
+    """num_replicas when min == max, else a Ray Serve autoscaling_config (min 0 allows scale to zero)."""
+    if replicas.min == replicas.max:
+        return {"num_replicas": replicas.min}
+    return {
+        "autoscaling_config": {
+            "min_replicas": replicas.min,
+            "max_replicas": replicas.max,
+            "initial_replicas": max(replicas.min, 1),
+            "target_ongoing_requests": replicas.target_ongoing_requests,
+        }
+    }
+
+
+def torch_threads(spec: ModelDeploymentSpec) -> int:
+    """Intra-op threads per replica: the CPUs it reserved (at least one), so replicas do not oversubscribe a node."""
+    return max(1, math.floor(parse_quantity(spec.resources.cpu)))
+
+
+def model_user_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """What a model replica can change without a restart (Serve user_config -> reconfigure)."""
+    return {"batching": spec.batching.to_wire(), "generation": spec.generation.to_wire()}
+
+
+def parse_model_user_config(config: dict[str, Any]) -> tuple[BatchingSpec, GenerationDefaults]:
+    """The inverse of model_user_config."""
+    return BatchingSpec.model_validate(config["batching"]), GenerationDefaults.model_validate(config["generation"])
+
+
+def batch_limits(batching: BatchingSpec) -> tuple[int, float]:
+    """(max_batch_size, batch_wait_timeout_s) for serve.batch; batching disabled is batches of one, no wait."""
+    if not batching.enabled:
+        return 1, 0.0
+    return batching.max_batch_size, batching.max_wait_ms / 1000.0
+
+
+def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Ray Serve options of one model version's deployment: replicas, autoscaling, queue bounds, resources."""
+    resources = spec.resources
+    actor_options: dict[str, Any] = {
+        "num_cpus": parse_quantity(resources.cpu),
+        "memory": parse_quantity(resources.memory),
+    }
+    if resources.gpu:
+        actor_options["num_gpus"] = resources.gpu
+    return {
+        **scaling_options(spec.replicas),
+        "max_ongoing_requests": spec.replicas.max_ongoing_requests,
+        # Overload beyond this queue is answered 503 at once (BackPressureError in the ingress) instead of waiting.
+        "max_queued_requests": spec.replicas.max_queued_requests,
+        "ray_actor_options": actor_options,
+        "user_config": model_user_config(spec),
+        # A model that cannot load (bad URI, corrupt weights) fails the deployment after a few tries, not twenty.
+        "max_constructor_retry_count": 3,
+    }
+
+
+def ingress_deployment_options(spec: ModelDeploymentSpec, version_count: int) -> dict[str, Any]:
+    """Ray Serve options of the HTTP ingress.
+
+    The ingress only waits on model calls, so it takes more requests at once than all model replicas and their
+    queues hold: the model deployments' bounded queues are then what overflows first, and they are answered
+    with a JSON 503 by the ingress rather than by Ray's proxy.
+    """
+    replicas = spec.replicas
+    capacity = version_count * (replicas.max * replicas.max_ongoing_requests + replicas.max_queued_requests)
+    ongoing = capacity + INGRESS_HEADROOM
+    scaling: dict[str, Any] = {"num_replicas": 1}
+    if replicas.max > 1:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": replicas.max,
+                "target_ongoing_requests": max(replicas.max_ongoing_requests, 1),
+            }
+        }
+    return {
+        **scaling,
+        "max_ongoing_requests": ongoing,
+        "max_queued_requests": ongoing,
+        "ray_actor_options": {"num_cpus": 0},
+    }

@@ -1,0 +1,236 @@
+"""Tiny trained model directories built from local text (standard-library docstrings) in seconds, with no download.
+
+Used by the serving tests, the serving benchmark and smoke checks; the directories have the exact layout a
+TrainingJob exports (models/export.py), so serving them exercises the real loading path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.metadata
+import inspect
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..models import ModelConfig, build_model, save_model_dir
+
+CORPUS_MODULES = (
+    "argparse",
+    "asyncio",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "email",
+    "functools",
+    "heapq",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "logging",
+    "os",
+    "pathlib",
+    "pickle",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "zipfile",
+)
+PAD, EOS = "<pad>", "<eos>"
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A built model directory and held-out data to evaluate it on."""
+
+    path: Path
+    config: ModelConfig
+    heldout: list[list[int]]  # token sequences the model was not trained on
+    heldout_labels: list[int]  # classifiers only
+    train_loss: float
+
+
+def docstring_lines(modules: tuple[str, ...] = CORPUS_MODULES) -> list[str]:
+    """Non-empty docstring lines of standard-library modules and their public members, in a fixed order."""
+    lines: list[str] = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        docs = [module.__doc__ or ""]
+        for name, member in sorted(vars(module).items()):
+            if not name.startswith("_") and (inspect.isclass(member) or inspect.isfunction(member)):
+                docs.append(inspect.getdoc(member) or "")
+        for doc in docs:
+            lines.extend(stripped for line in doc.splitlines() if len(stripped := line.strip()) > 3)
+    return list(dict.fromkeys(lines))
+
+
+def train_tokenizer(lines: list[str], vocab_size: int, path: Path) -> Tokenizer:
+    """A byte-level BPE tokenizer (ids 0 and 1 are <pad> and <eos>) trained on lines and saved to path."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.save(str(path))
+    return tokenizer
+
+
+def _train(model: torch.nn.Module, batches, steps: int, lr: float, loss_of) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    recent: list[float] = []
+    threads = torch.get_num_threads()
+    # One thread: for a model this small, more threads only add synchronisation, and on a busy machine
+    # spinning OpenMP workers slow training down many times over.
+    torch.set_num_threads(1)
+    try:
+        for step in range(steps):
+            loss = loss_of(model, *batches(step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            recent = [*recent[-19:], float(loss.detach())]
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return sum(recent) / len(recent)
+
+
+def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits, _ = model(batch[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+def _save(directory: Path, model, config, tokenizer_file: Path, version: str, metrics: dict) -> Path:
+    info = {
+        "version": version,
+        "packageVersion": importlib.metadata.version("kubeforge"),
+        "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": metrics,
+        "source": "kubeforge_trainer.serve.tiny_model",
+    }
+    return save_model_dir(directory, model, config, tokenizer_file, info)
+
+
+def build_tiny_language_model(
+    directory: str | Path,
+    version: str = "v1",
+    steps: int = 300,
+    seed: int = 0,
+    n_layers: int = 2,
+    n_heads: int = 2,
+    d_model: int = 64,
+    context_length: int = 64,
+    vocab_size: int = 512,
+    batch_size: int = 16,
+) -> TinyModel:
+    """Train a tiny GPT for `steps` AdamW steps on 90% of the docstring text; hold out the rest."""
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = docstring_lines()
+    tokenizer_file = directory / "tokenizer.train.json"
+    tokenizer = train_tokenizer(lines, vocab_size, tokenizer_file)
+    stream = tokenizer.encode("\n".join(lines)).ids
+    split = int(len(stream) * 0.9)
+    window = context_length  # inputs of context_length - 1 tokens predict the next context_length - 1
+    train_ids, test_ids = torch.tensor(stream[:split]), stream[split:]
+    heldout = [test_ids[i : i + window] for i in range(0, len(test_ids) - window, window)]
+    config = ModelConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        context_length=context_length,
+        pad_token_id=tokenizer.token_to_id(PAD),
+        eos_token_id=tokenizer.token_to_id(EOS),
+    )
+    model = build_model(config)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches(_: int) -> tuple[torch.Tensor]:
+        starts = torch.randint(0, len(train_ids) - window, (batch_size,), generator=generator)
+        return (torch.stack([train_ids[s : s + window] for s in starts.tolist()]),)
+
+    loss = _train(model, batches, steps, 3e-3, _lm_loss)
+    path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
+    tokenizer_file.unlink()
+    return TinyModel(path, config, heldout, [], loss)
+
+
+def build_tiny_classifier(
+    directory: str | Path,
+    version: str = "v1",
+    steps: int = 150,
+    seed: int = 0,
+    context_length: int = 64,
+    vocab_size: int = 512,
+    batch_size: int = 16,
+) -> TinyModel:
+    """Train a tiny GPTForClassification to tell docstring lines that mention "return" from the others."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = docstring_lines()
+    tokenizer_file = directory / "tokenizer.train.json"
+    tokenizer = train_tokenizer(lines, vocab_size, tokenizer_file)
+    labels = ["other", "returns"]
+    examples = [(tokenizer.encode(line).ids[:context_length], int("return" in line.lower())) for line in lines]
+    rng.shuffle(examples)
+    split = int(len(examples) * 0.9)
+    train, test = examples[:split], examples[split:]
+    config = ModelConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        task="classification",
+        n_layers=2,
+        n_heads=2,
+        d_model=64,
+        context_length=context_length,
+        num_labels=len(labels),
+        labels=labels,
+        pad_token_id=tokenizer.token_to_id(PAD),
+        eos_token_id=tokenizer.token_to_id(EOS),
+    )
+    model = build_model(config)
+    pad = config.pad_token_id
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chosen = [train[(step * batch_size + i) % len(train)] for i in range(batch_size)]
+        width = max(len(ids) for ids, _ in chosen)
+        ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq, _ in chosen])
+        mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq, _ in chosen])
+        return ids, mask, torch.tensor([label for _, label in chosen])
+
+    def loss_of(net: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(ids, attention_mask=mask), target)
+
+    loss = _train(model, batches, steps, 2e-3, loss_of)
+    path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
+    tokenizer_file.unlink()
+    return TinyModel(path, config, [ids for ids, _ in test], [label for _, label in test], loss)

@@ -1,0 +1,241 @@
+"""The Ray driver side of a TrainingJob: check the spec against the dataset, start the Ray Train TorchTrainer,
+forward rank 0's progress to the reporter, and return the result.
+
+The same function runs in the operator's RayJob (`python -m kubeforge_trainer train`) and under `kubeforge run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubeforge.api import TrainingJob
+
+from .. import storage
+from . import checkpointing as ckpt
+from .dataset import read_dataset_info, split_datasets
+from .dsconfig import build_deepspeed_config, effective_precision
+from .modeling import (
+    check_lora_targets,
+    pretrained_local_dir,
+    read_pretrained_config,
+    resolve_model_config,
+    same_vocabulary,
+)
+from .plan import SpecError, plan_training, spec_error, worker_resources
+from .worker import RunSettings, train_worker
+
+log = logging.getLogger("kubeforge_trainer.train")
+
+DEFAULT_OUTPUT_DIR = "model"
+
+
+class TrainingFailed(RuntimeError):
+    """Training did not finish (workers failed more often than failurePolicy.maxWorkerFailures allows)."""
+
+
+def output_uri(job: TrainingJob) -> str:
+    """Where the exported model goes: spec.output.uri or <checkpoint.uri>/model."""
+    return job.spec.output.uri or storage.join(job.spec.checkpoint.uri, DEFAULT_OUTPUT_DIR)
+
+
+def _check_pretrained(job: TrainingJob, tokenizer_uri: str, cache: Path) -> dict[str, Any] | None:
+    """The pretrained model's config fields, after checking it exists and shares the dataset's vocabulary."""
+    pretrained, name = job.spec.model.pretrained, job.metadata.name
+    if pretrained is None:
+        return None
+    if not storage.exists(pretrained.path):
+        raise spec_error(name, "spec.model.pretrained.path", f"{pretrained.path} does not exist")
+    try:
+        directory = pretrained_local_dir(pretrained, cache)
+        fields = read_pretrained_config(pretrained, directory)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        problem = f"cannot read {pretrained.path} as {pretrained.format}: {exc}"
+        raise spec_error(name, "spec.model.pretrained", problem) from exc
+    own_tokenizer = directory / "tokenizer.json"
+    if own_tokenizer.is_file():
+        local_tokenizer = cache / "dataset-tokenizer.json"
+        local_tokenizer.write_text(storage.read_text(tokenizer_uri))
+        if not same_vocabulary(own_tokenizer, local_tokenizer):
+            raise spec_error(
+                name,
+                "spec.model.pretrained",
+                "the dataset was tokenized with a different tokenizer than the pretrained model's; set the "
+                "DataPipeline's tokenizer.path to the model's tokenizer.json",
+            )
+    return fields
+
+
+def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str, Any]]:
+    """Everything the workers need, resolved and checked on the driver; raises SpecError on bad input."""
+    spec, name = job.spec, job.metadata.name
+    workers = spec.workers
+    if workers.gpu > 1:
+        raise spec_error(
+            name,
+            "spec.workers.gpu",
+            f"{workers.gpu}: each worker process drives one GPU; set workers.count to the number of GPUs instead",
+        )
+    try:
+        worker_resources(workers.cpu, workers.memory, workers.gpu)
+    except ValueError as exc:
+        raise spec_error(name, "spec.workers", str(exc)) from exc
+    dataset = read_dataset_info(name, data_uri)
+    plan = plan_training(name, spec, dataset, workers.count)
+    use_gpu = workers.gpu > 0
+    try:
+        ds_config = build_deepspeed_config(spec, workers.count, use_gpu)
+    except ValueError as exc:
+        raise SpecError(f"TrainingJob/{name}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="kubeforge-pretrained-") as cache:
+        pretrained = _check_pretrained(job, storage.join(data_uri, dataset.tokenizer), Path(cache))
+    model_config = resolve_model_config(name, spec.model, dataset, pretrained)
+    check_lora_targets(name, model_config, spec.model.lora)
+    settings = RunSettings(
+        resource_name=name,
+        spec=spec.model_dump(by_alias=True, mode="json"),
+        plan=plan.to_dict(),
+        model_config=model_config.to_dict(),
+        deepspeed_config=ds_config,
+        checkpoint_root=spec.checkpoint.uri,
+        output_uri=output_uri(job),
+        data_uri=data_uri,
+        tokenizer_file=dataset.tokenizer,
+        run_id=uuid.uuid4().hex[:8],
+        use_gpu=use_gpu,
+        precision=effective_precision(spec.training.precision, use_gpu),
+    )
+    return settings, {"dataset": dataset, "plan": plan}
+
+
+def _choose_run_id(job: TrainingJob, settings: RunSettings) -> RunSettings:
+    """Continue the run id of the checkpoint to resume from; without resume, clear old checkpoints first."""
+    root = job.spec.checkpoint.uri
+    if not job.spec.checkpoint.resume:
+        removed = ckpt.clear_checkpoints(root)
+        if removed:
+            log.warning("checkpoint.resume is false: removed %d old checkpoint(s) from %s", len(removed), root)
+        return settings
+    latest = ckpt.latest_checkpoint(root)
+    if latest is None:
+        return settings
+    state = ckpt.read_trainer_state(latest)
+    log.info("resuming from %s (step %d)", latest, state.step)
+    return RunSettings(**{**settings.to_dict(), "run_id": state.run_id})
+
+
+def _forward_progress(message: dict[str, Any], reporter: Any, result: dict[str, Any]) -> None:
+    if "status" in message:
+        reporter.report(**message["status"])
+    elif "result" in message:
+        result.update(message["result"])
+
+
+def run_trainingjob(resource: TrainingJob, data_uri: str, reporter: Any) -> dict[str, Any]:
+    """Train, evaluate, checkpoint and export the model of a TrainingJob on Ray; returns the result
+    (modelUri, modelVersion, metrics, steps, stoppedEarly, ...)."""
+    import ray
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    settings, resolved = prepare_run(resource, data_uri)
+    plan, dataset = resolved["plan"], resolved["dataset"]
+    settings = _choose_run_id(resource, settings)
+    spec = resource.spec
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init()
+    progress: Queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    # Ray Data's interactive progress bars turn into thousands of log lines in a RayJob; kubeforge reports progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = split_datasets(dataset)
+    if not plan.has_validation:
+        datasets.pop("validation", None)
+    if not plan.has_test:
+        datasets.pop("test", None)
+    if not plan.has_validation and spec.evaluation.early_stopping is not None:
+        log.warning("evaluation.earlyStopping is set but the dataset has no validation split: it cannot trigger")
+    if plan.dropped_train_rows:
+        log.info(
+            "%d of %d train rows are left out of each epoch (equal shares for %d workers, full micro-batches)",
+            plan.dropped_train_rows,
+            dataset.rows("train"),
+            plan.world_size,
+        )
+    workers = spec.workers
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={**settings.to_dict(), "progressQueue": progress},
+        scaling_config=ScalingConfig(
+            num_workers=workers.count,
+            use_gpu=workers.gpu > 0,
+            resources_per_worker=worker_resources(workers.cpu, workers.memory, workers.gpu),
+        ),
+        torch_config=TorchConfig(backend="nccl" if workers.gpu > 0 else "gloo"),
+        run_config=RunConfig(
+            name=f"{resource.metadata.name}-{settings.run_id}",
+            failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    reporter.report(totalSteps=plan.total_steps, progress=f"0/{plan.total_steps} (starting)")
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # handed to the main thread, which raises it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="kubeforge-train-fit", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    result: dict[str, Any] = {}
+    try:
+        while thread.is_alive() or not progress.empty():
+            try:
+                _forward_progress(progress.get(timeout=1.0), reporter, result)
+            except Empty:
+                continue
+        if "error" in outcome:
+            raise TrainingFailed(
+                f"TrainingJob/{resource.metadata.name}: training failed: {_one_line(outcome['error'])}"
+            ) from outcome["error"]
+        if "modelUri" not in result:
+            raise TrainingFailed(f"TrainingJob/{resource.metadata.name}: training ended without a result")
+        result["durationSeconds"] = round(time.monotonic() - started, 1)
+        reporter.report(
+            step=result["steps"],
+            totalSteps=result["totalSteps"],
+            progress=f"{result['steps']}/{result['totalSteps']} (100%)"
+            if not result["stoppedEarly"]
+            else f"{result['steps']}/{result['totalSteps']} (stopped early)",
+            modelUri=result["modelUri"],
+            modelVersion=result["modelVersion"],
+            bestCheckpoint=result["bestCheckpoint"],
+            latestCheckpoint=result["latestCheckpoint"],
+            bestMetrics=result["bestMetrics"],
+            testMetrics=result["testMetrics"],
+            stoppedEarly=result["stoppedEarly"],
+            etaSeconds=0.0,
+        )
+        reporter.flush()
+        return result
+    finally:
+        ray.kill(progress.actor)
+        if started_ray:
+            ray.shutdown()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Ray's worker-group errors put the failing worker's last exception line at the end.
+    tail = lines[-1] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {tail}"

@@ -1,0 +1,628 @@
+"""The training loop every Ray Train worker runs: DeepSpeed engine, streamed batches, evaluation, early stopping,
+checkpoints, resume, the final test and the export.
+
+All workers run the same steps in the same order; rank 0 alone writes the consolidated model files, the curves and
+the progress. Every decision (evaluate, stop, save) is a function of the step and of all-reduced numbers, so the
+workers never diverge and every collective is reached by all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.conditions import now_rfc3339
+
+from .. import __version__, storage
+from ..models import ModelConfig, export_model, load_model_dir, save_model_dir
+from . import checkpointing as ckpt
+from .curves import CurveWriter
+from .dataset import collate_classification, collate_language_modeling
+from .dsconfig import raw_builds_optimizer, raw_builds_scheduler
+from .evaluation import (
+    classification_metrics,
+    language_model_metrics,
+    update_early_stopping,
+)
+from .modeling import (
+    adapt_state_dict,
+    build_network,
+    build_optimizer,
+    gather_full_parameters,
+    load_pretrained_state,
+    optimizer_param_groups,
+    plain_model_from_parameters,
+    pretrained_local_dir,
+)
+from .plan import CLASSIFICATION, TrainPlan, data_position
+from .schedule import lr_lambda
+from .throughput import estimate_mfu, eta_seconds, peak_flops, progress_text, tokens_per_second
+
+log = logging.getLogger("kubeforge_trainer.train")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the driver resolved for the workers (sent as a plain dict through train_loop_config)."""
+
+    resource_name: str
+    spec: dict[str, Any]  # TrainingJobSpec in wire form
+    plan: dict[str, Any]
+    model_config: dict[str, Any]
+    deepspeed_config: dict[str, Any]
+    checkpoint_root: str
+    output_uri: str
+    data_uri: str
+    tokenizer_file: str  # name inside data_uri
+    run_id: str
+    use_gpu: bool
+    precision: str  # effective precision
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dict(self.__dict__)
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [train] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: run (or resume) the whole training job on this worker."""
+    _setup_logging()
+    progress = config.pop("progressQueue", None)
+    WorkerRun(RunSettings(**config), progress).run()
+
+
+class WorkerRun:
+    """One worker's share of a run; thin glue around the pure planning, schedule, metric and checkpoint logic."""
+
+    def __init__(self, settings: RunSettings, progress_queue: Any) -> None:
+        import ray.train
+
+        self.settings = settings
+        self.queue = progress_queue
+        self.spec = TrainingJobSpec.model_validate(settings.spec)
+        self.plan = TrainPlan.from_dict(settings.plan)
+        self.model_config = ModelConfig.from_dict(settings.model_config)
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.is_rank0 = self.rank == 0
+        self.root = settings.checkpoint_root
+        self.tmp = Path(tempfile.mkdtemp(prefix="kubeforge-train-"))
+        self.train_start = time.monotonic()
+        self.curves: CurveWriter | None = None
+
+    # ---------------------------------------------------------------- setup
+
+    def _device(self) -> torch.device:
+        if self.settings.use_gpu:
+            import ray.train.torch
+
+            device = ray.train.torch.get_device()
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            return device
+        return torch.device("cpu")
+
+    def _local_tokenizer(self) -> Path:
+        uri = storage.join(self.settings.data_uri, self.settings.tokenizer_file)
+        if not storage.is_remote(uri):
+            return Path(storage.local_path(uri))
+        path = self.tmp / "tokenizer.json"
+        path.write_text(storage.read_text(uri))
+        return path
+
+    def _build_engine(self) -> None:
+        spec = self.spec
+        pretrained_state = None
+        if spec.model.pretrained is not None:
+            directory = pretrained_local_dir(spec.model.pretrained, self.tmp / "pretrained")
+            state, source_task = load_pretrained_state(spec.model.pretrained, directory)
+            pretrained_state = _adapt(state, source_task, self.model_config, directory)
+        self.engine, self.optimizer, self.scheduler = build_engine(
+            spec,
+            self.plan,
+            self.model_config,
+            self.settings.deepspeed_config,
+            use_gpu=self.settings.use_gpu,
+            pretrained_state=pretrained_state,
+        )
+
+    # ---------------------------------------------------------------- collectives
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._comm_device)
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _broadcast(self, value: Any) -> Any:
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    # ---------------------------------------------------------------- progress
+
+    def _report(self, **fields: Any) -> None:
+        """Send status fields to the driver (rank 0 only; a full queue drops the update rather than stall)."""
+        if not self.is_rank0 or self.queue is None:
+            return
+        from ray.util.queue import Full
+
+        try:
+            self.queue.put_nowait({"status": fields})
+        except Full:
+            pass
+
+    def _send_result(self, result: dict[str, Any]) -> None:
+        if self.is_rank0 and self.queue is not None:
+            self.queue.put({"result": result}, timeout=60)
+
+    # ---------------------------------------------------------------- batches
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of the current weights on a split (every worker its shard, sums all-reduced)."""
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(split)
+        cap = self.spec.evaluation.max_batches
+        per_worker_cap = math.ceil(cap / self.world) if cap else None
+        n = self.model_config.num_labels
+        confusion = torch.zeros(n, n, dtype=torch.float64) if n else None
+        loss_sum, count = 0.0, 0
+        self.engine.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(shard.iter_batches(batch_size=self.plan.micro_batch_size, batch_format="numpy")):
+                if per_worker_cap is not None and i >= per_worker_cap:
+                    break
+                loss, logits, tokens = forward_batch(self.engine, batch, self.model_config, "sum")
+                loss_sum += float(loss)
+                if confusion is not None:
+                    predicted = logits.argmax(-1).cpu()
+                    truth = torch.as_tensor(batch["label"], dtype=torch.int64)
+                    ones = torch.ones(len(truth), dtype=torch.float64)
+                    confusion.index_put_((truth, predicted), ones, accumulate=True)
+                    count += len(truth)
+                else:
+                    count += tokens
+        self.engine.train()
+        flat = [loss_sum, float(count), *(confusion.flatten().tolist() if confusion is not None else [])]
+        total = self._all_sum(flat)
+        wanted = list(self.plan.eval_metrics)
+        if confusion is None:
+            return language_model_metrics(total[0], int(total[1]), wanted)
+        matrix = [total[2 + r * n : 2 + (r + 1) * n] for r in range(n)]
+        return classification_metrics(matrix, total[0], wanted)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _info(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "version": ckpt.model_version(self.state.run_id, step),
+            "packageVersion": __version__,
+            "createdAt": now_rfc3339(),
+            "metrics": metrics,
+            "step": step,
+            "runId": self.state.run_id,
+            "trainingJob": self.settings.resource_name,
+        }
+
+    def save_checkpoint(self) -> str:
+        """Write a complete checkpoint of the current step (a collective); returns its URI."""
+        step = self.state.step
+        name = ckpt.checkpoint_name(step)
+        final = ckpt.checkpoint_uri(self.root, step)
+        remote = storage.is_remote(self.root)
+        staging = str(self.tmp / name) if remote else storage.local_path(storage.join(self.root, f".tmp-{name}"))
+        if self.is_rank0:
+            ckpt.delete_dir(final)  # a half-written one from a killed save, or one being replaced
+            if not remote:
+                shutil.rmtree(staging, ignore_errors=True)
+        self._barrier()
+        lora = self.spec.model.lora is not None
+        self.engine.save_checkpoint(staging, tag=ckpt.DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=lora)
+        parameters = gather_full_parameters(self.engine.module, self.spec.deepspeed.zero_stage, self.is_rank0)
+        if self.is_rank0:
+            model = plain_model_from_parameters(self.model_config, self.spec.model.lora, parameters)
+            metrics = {"validation": self.state.eval_metrics} if self.state.eval_metrics else {}
+            save_model_dir(staging, model, self.model_config, self.tokenizer, self._info(step, metrics))
+            resolved = {
+                "spec": self.settings.spec,
+                "deepspeed": self.settings.deepspeed_config,
+                "plan": self.settings.plan,
+                "precision": self.settings.precision,
+                "worldSize": self.world,
+                "dataUri": self.settings.data_uri,
+                "packageVersion": __version__,
+            }
+            Path(staging, ckpt.TRAINING_CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True))
+            Path(staging, ckpt.TRAINER_STATE_FILE).write_text(json.dumps(self.state.to_dict(), indent=2))
+        if remote:
+            storage.upload_dir(staging, final)
+            shutil.rmtree(staging, ignore_errors=True)
+        self._barrier()
+        if self.is_rank0:
+            if not remote:
+                os.replace(staging, storage.local_path(final))
+            storage.write_text_atomic(storage.join(final, ckpt.MARKER), json.dumps({"step": step}))
+            deleted = ckpt.apply_retention(self.root, self.spec.checkpoint.keep_last, self.best.step)
+            if self.curves:
+                self.curves.sync()
+            log.info("checkpoint %s written%s", final, f"; removed steps {deleted}" if deleted else "")
+            fields: dict[str, Any] = {"latestCheckpoint": final}
+            if self.best.step is not None:
+                fields["bestCheckpoint"] = ckpt.checkpoint_uri(self.root, self.best.step)
+            self._report(**fields)
+        self.last_saved_step = step
+        return final
+
+    def _local_checkpoint(self, uri: str) -> Path:
+        """A local directory with a checkpoint's files (downloaded once per worker from object stores)."""
+        if not storage.is_remote(uri):
+            return Path(storage.local_path(uri))
+        target = self.tmp / "restore" / uri.rstrip("/").rsplit("/", 1)[-1]
+        if not target.is_dir():
+            storage.download_dir(uri, target)
+        return target
+
+    def restore(self) -> None:
+        """Resume model, optimizer, LR scheduler and data position from the newest complete checkpoint, if any."""
+        latest = self._broadcast(ckpt.latest_checkpoint(self.root) if self.is_rank0 else None)
+        self.state = ckpt.TrainerState(run_id=self.settings.run_id)
+        self.last_saved_step = None
+        if latest is None:
+            return
+        local = self._local_checkpoint(latest)
+        lora = self.spec.model.lora is not None
+        self.engine.load_checkpoint(str(local), tag=ckpt.DEEPSPEED_TAG, load_module_strict=not lora)
+        self.state = ckpt.TrainerState.from_dict(json.loads((local / ckpt.TRAINER_STATE_FILE).read_text()))
+        self.last_saved_step = self.state.step
+        epoch, offset = data_position(self.state.micro_batches_done, self.plan.micro_batches_per_epoch)
+        if self.is_rank0:
+            log.info("resumed from %s: step %d, epoch %d, micro-batch %d of it", latest, self.state.step, epoch, offset)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        """Train to the planned step (or an early stop), test the best checkpoint, export, report the result."""
+        self._device()
+        self.tokenizer = self._local_tokenizer()
+        if self.is_rank0 and self.settings.precision != self.spec.training.precision:
+            log.info("precision %s falls back to %s on CPU", self.spec.training.precision, self.settings.precision)
+        self._build_engine()
+        self._comm_device = self.engine.device if self.settings.use_gpu else torch.device("cpu")
+        self.restore()
+        self.resumed_from = self.state.step
+        evaluation = self.spec.evaluation
+        self.best = self.state.best_tracker(evaluation.best_metric, evaluation.best_mode)
+        self.stopping = self.state.early_stopping_state()
+        if self.is_rank0:
+            self.curves = CurveWriter(self.root, list(self.plan.eval_metrics), self.state.step)
+            self._report(totalSteps=self.plan.total_steps, step=self.state.step, progress=self._progress())
+        try:
+            self._train()
+            result = self._finish()
+        finally:
+            if self.curves:
+                self.curves.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._send_result(result)
+
+    def _progress(self) -> str:
+        return progress_text(self.state.step, self.plan.total_steps)
+
+    def _done(self) -> bool:
+        return self.state.stopped_early or self.state.step >= self.plan.total_steps
+
+    def _train(self) -> None:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+        plan, training = self.plan, self.spec.training
+        epoch, skip = data_position(self.state.micro_batches_done, plan.micro_batches_per_epoch)
+        self.window = {"loss": 0.0, "micro": 0.0, "tokens": 0.0, "start": time.monotonic()}
+        self.attempt_start, self.attempt_start_step = time.monotonic(), self.state.step
+        while not self._done():
+            batches = shard.iter_batches(
+                batch_size=plan.micro_batch_size,
+                batch_format="numpy",
+                drop_last=True,
+                local_shuffle_buffer_size=max(64, 8 * plan.micro_batch_size),
+                local_shuffle_seed=training.seed + epoch,
+                prefetch_batches=2,
+            )
+            consumed = 0
+            for batch in batches:
+                if consumed >= plan.micro_batches_per_epoch:
+                    break
+                consumed += 1
+                if consumed <= skip:
+                    continue  # already trained on before the checkpoint this run resumed from
+                loss, _, tokens = forward_batch(self.engine, batch, self.model_config, "mean")
+                self.engine.backward(loss)
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                self.engine.step()
+                self.state.micro_batches_done += 1
+                self.window["loss"] += loss.detach()  # stays on the device: no sync per micro-batch
+                self.window["micro"] += 1
+                self.window["tokens"] += tokens
+                if boundary:
+                    self.state.step += 1
+                    self._after_step(epoch_fraction=self.state.micro_batches_done / plan.micro_batches_per_epoch)
+                    if self._done():
+                        break
+            if not self._done() and consumed < plan.micro_batches_per_epoch:
+                raise RuntimeError(
+                    f"worker {self.rank} got {consumed} micro-batches in epoch {epoch}, "
+                    f"{plan.micro_batches_per_epoch} were planned from the manifest: the dataset changed?"
+                )
+            epoch, skip = epoch + 1, 0
+
+    def _after_step(self, epoch_fraction: float) -> None:
+        """Logging, evaluation, early stopping and checkpoints after one optimizer step (same on every worker)."""
+        step, training, evaluation = self.state.step, self.spec.training, self.spec.evaluation
+        last = step >= self.plan.total_steps
+        if step % training.log_interval_steps == 0 or last:
+            self._log_step(epoch_fraction)
+        new_best = False
+        if self.plan.has_validation and (step % evaluation.interval_steps == 0 or last):
+            new_best = self._validate()
+        checkpoint_due = step % self.spec.checkpoint.interval_steps == 0
+        if checkpoint_due or new_best or self._done():
+            self.save_checkpoint()
+
+    def _log_step(self, epoch_fraction: float) -> None:
+        window = self.window
+        loss_sum, micro, tokens = self._all_sum([float(window["loss"]), window["micro"], window["tokens"]])
+        now = time.monotonic()
+        tps = tokens_per_second(tokens, now - window["start"])
+        peak = peak_flops(torch.cuda.get_device_name() if self.settings.use_gpu else None, self.settings.precision)
+        mfu = estimate_mfu(tps, self.model_config.flops_per_token(), self.world, peak)
+        step = self.state.step
+        eta = eta_seconds(step - self.attempt_start_step, now - self.attempt_start, self.plan.total_steps - step)
+        loss = loss_sum / micro if micro else float("nan")
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.state.tokens_seen += int(tokens)
+        self.window = {"loss": 0.0, "micro": 0.0, "tokens": 0.0, "start": now}
+        if not self.is_rank0:
+            return
+        log.info(
+            "step %d/%d epoch %.2f loss %.4f lr %.3g tokens/s %.0f%s eta %s",
+            step,
+            self.plan.total_steps,
+            epoch_fraction,
+            loss,
+            lr,
+            tps,
+            f" mfu {mfu:.1%}" if mfu is not None else "",
+            f"{eta:.0f}s" if eta is not None else "-",
+        )
+        if self.curves:
+            self.curves.train(
+                step,
+                epoch=round(epoch_fraction, 4),
+                loss=loss,
+                learning_rate=lr,
+                tokens_per_second=tps,
+                mfu=mfu,
+                elapsed_seconds=round(now - self.train_start, 3),
+            )
+        fields = {
+            "step": step,
+            "totalSteps": self.plan.total_steps,
+            "epoch": round(epoch_fraction, 4),
+            "learningRate": lr,
+            "tokensPerSecond": round(tps, 2),
+            "mfu": mfu,
+            "etaSeconds": eta,
+            "progress": self._progress(),
+        }
+        if math.isfinite(loss):
+            fields["loss"] = loss
+        self._report(**fields)
+
+    def _validate(self) -> bool:
+        """Evaluate on validation; update best and early stopping; returns whether this is the new best."""
+        metrics = self.evaluate("validation")
+        step, evaluation = self.state.step, self.spec.evaluation
+        self.state.eval_metrics = metrics
+        self.best, new_best = self.best.offer(step, metrics)
+        self.state.best = asdict(self.best)
+        stopping = evaluation.early_stopping
+        if stopping and stopping.metric in metrics:
+            self.stopping = update_early_stopping(
+                self.stopping,
+                metrics[stopping.metric],
+                mode=stopping.mode,
+                patience=stopping.patience,
+                min_delta=stopping.min_delta,
+            )
+            self.state.early_stopping = asdict(self.stopping)
+            if self.stopping.should_stop:
+                self.state.stopped_early = True
+        if self.is_rank0:
+            log.info(
+                "step %d validation %s%s%s",
+                step,
+                _fmt(metrics),
+                " (best)" if new_best else "",
+                " - early stopping" if self.state.stopped_early else "",
+            )
+            if self.curves:
+                self.curves.evaluation(step, "validation", metrics)
+            fields: dict[str, Any] = {"evalMetrics": metrics, "bestMetrics": self.best.metrics or {}}
+            if self.state.stopped_early:
+                fields["stoppedEarly"] = True
+            self._report(**fields)
+        return new_best
+
+    # ---------------------------------------------------------------- the end
+
+    def _finish(self) -> dict[str, Any]:
+        """Final checkpoint, test of the best checkpoint, export; returns the result (meaningful on rank 0)."""
+        if self.last_saved_step != self.state.step:
+            self.save_checkpoint()
+        best_step = self.best.step if self.best.step is not None else self.state.step
+        best_uri = ckpt.checkpoint_uri(self.root, best_step)
+        test_metrics: dict[str, float] = {}
+        if self.plan.has_test:
+            if best_step != self.state.step:
+                local = self._local_checkpoint(best_uri)
+                self.engine.load_checkpoint(
+                    str(local),
+                    tag=ckpt.DEEPSPEED_TAG,
+                    load_module_strict=self.spec.model.lora is None,
+                    load_optimizer_states=False,
+                    load_lr_scheduler_states=False,
+                    load_module_only=True,
+                )
+            test_metrics = self.evaluate("test")
+        result: dict[str, Any] = {}
+        if self.is_rank0:
+            result = self._export(best_uri, best_step, test_metrics)
+        self._barrier()
+        return result
+
+    def _export(self, best_uri: str, best_step: int, test_metrics: dict[str, float]) -> dict[str, Any]:
+        """Export the best checkpoint as the inference-ready model and write metrics.json (rank 0)."""
+        best_metrics = self.best.metrics or {}
+        if test_metrics:
+            log.info("test (best checkpoint, step %d) %s", best_step, _fmt(test_metrics))
+            if self.curves:
+                self.curves.evaluation(best_step, "test", test_metrics)
+        model, config, _ = load_model_dir(self._local_checkpoint(best_uri))
+        version = ckpt.model_version(self.state.run_id, best_step)
+        metrics = {"validation": best_metrics, "test": test_metrics}
+        info = {**self._info(best_step, metrics), "checkpoint": best_uri}
+        output = self.settings.output_uri
+        if storage.is_remote(output):
+            export_model(output, model, config, self.tokenizer, info)
+        else:
+            # Export beside the target, then swap it in, so a reader never sees half a model directory.
+            target = Path(storage.local_path(output))
+            staging = target.with_name(f".tmp-{target.name}")
+            shutil.rmtree(staging, ignore_errors=True)
+            export_model(str(staging), model, config, self.tokenizer, info)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        summary = {
+            "modelUri": output,
+            "modelVersion": version,
+            "step": self.state.step,
+            "totalSteps": self.plan.total_steps,
+            "bestStep": best_step,
+            "bestCheckpoint": best_uri,
+            "bestMetrics": best_metrics,
+            "testMetrics": test_metrics,
+            "stoppedEarly": self.state.stopped_early,
+            "createdAt": now_rfc3339(),
+        }
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        storage.write_text_atomic(storage.join(output, ckpt.METRICS_FILE), text)
+        storage.write_text_atomic(storage.join(self.root, ckpt.METRICS_FILE), text)
+        log.info("exported %s (version %s) from %s", output, version, best_uri)
+        return {
+            **summary,
+            "metrics": {"validation": best_metrics, "test": test_metrics},
+            "steps": self.state.step,
+            "resumedFromStep": self.resumed_from,
+            "latestCheckpoint": ckpt.checkpoint_uri(self.root, self.state.step),
+            "tokensSeen": self.state.tokens_seen,
+        }
+
+
+def build_engine(
+    spec: TrainingJobSpec,
+    plan: TrainPlan,
+    model_config: ModelConfig,
+    deepspeed_config: dict[str, Any],
+    *,
+    use_gpu: bool,
+    pretrained_state: dict[str, torch.Tensor] | None = None,
+) -> tuple[Any, Any, Any]:
+    """(DeepSpeed engine, optimizer, LR scheduler) for the spec: network (pretrained weights, LoRA), optimizer and
+    schedule from spec.training unless the raw DeepSpeed config names its own; torch.compile when the raw config
+    has a `compile` section (DeepCompile with compile.deepcompile). The same on every worker and in benchmarks."""
+    import deepspeed
+
+    training = spec.training
+    torch.manual_seed(training.seed)  # identical initial weights on every worker
+    network = build_network(model_config, spec.model.lora, pretrained_state)
+    groups = optimizer_param_groups(network, training.weight_decay)
+    optimizer = scheduler = None
+    if not raw_builds_optimizer(spec):
+        optimizer = build_optimizer(
+            groups, training, use_gpu=use_gpu, offload_optimizer=spec.deepspeed.offload_optimizer == "cpu"
+        )
+    if optimizer is not None and not raw_builds_scheduler(spec):
+        peak_share = training.min_learning_rate_ratio
+        schedule = lr_lambda(training.schedule, training.warmup_steps, plan.total_steps, peak_share)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=network,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        model_parameters=groups if optimizer is None else None,
+        config=deepspeed_config,
+    )
+    if "compile" in spec.deepspeed.config:
+        engine.compile()
+    return engine, optimizer, scheduler or engine.lr_scheduler
+
+
+def forward_batch(
+    engine: Any, batch: dict[str, Any], model_config: ModelConfig, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss, logits, tokens) of one Ray Data batch; loss is the mean or the sum over the batch's targets."""
+    device = engine.device
+    if model_config.task == CLASSIFICATION:
+        ids, mask, labels = collate_classification(batch["input_ids"], batch["label"], model_config.pad_token_id)
+        tokens = int(mask.sum())  # counted on the host, before the copy: no device sync
+        ids, mask, labels = (t.to(device, non_blocking=True) for t in (ids, mask, labels))
+        logits = engine(ids, attention_mask=mask)
+        return F.cross_entropy(logits.float(), labels, reduction=reduction), logits, tokens
+    inputs, targets = collate_language_modeling(batch["input_ids"])
+    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    logits, _ = engine(inputs)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
+    return loss, logits, targets.numel()
+
+
+def _adapt(
+    state: dict[str, torch.Tensor], source_task: str, config: ModelConfig, directory: Path
+) -> dict[str, torch.Tensor]:
+    """Pretrained weights renamed for the network being trained (see modeling.adapt_state_dict)."""
+    source_labels: list[str] = []
+    config_file = directory / "config.json"
+    if config_file.is_file():
+        source_labels = json.loads(config_file.read_text()).get("labels") or []
+    return adapt_state_dict(state, source_task, config.task, same_labels=source_labels == config.labels)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
