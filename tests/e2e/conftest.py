@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,14 @@ def reduced_quickstart(tmp_path: Path) -> Path:
     return out
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[..., int]:
+    """A function returning a TCP port nothing listens on."""
+    return _free_port

@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -61,7 +60,7 @@ def condition(status: dict, type_: str) -> dict:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
-def test_reduced_quickstart_end_to_end(reduced_quickstart: Path):
+def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
     workdir = reduced_quickstart.parent
     port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"

@@ -60,14 +60,46 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class ChildVersions:
+    """Per resource, the resourceVersion of its child in the latest watch event, and the one its status was last
+    derived from and written with. Where they agree nothing changed since, and the periodic resync skips the
+    resource without an API call (thousands of running jobs would otherwise cost a read each per interval)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], str] = {}
+        self._derived: dict[tuple[str, str, str], str] = {}
+
+    def seen(self, key: tuple[str, str, str], version: str) -> None:
+        """A watch event showed the child at this version ("" when it was deleted)."""
+        self._seen[key] = version
+
+    def derived(self, key: tuple[str, str, str], version: str | None) -> None:
+        """The status was written from the child at this version (None: no child)."""
+        if version is None:
+            self._derived.pop(key, None)
+        else:
+            self._derived[key] = version
+
+    def up_to_date(self, key: tuple[str, str, str]) -> bool:
+        """Whether the status reflects the child as last seen."""
+        return key in self._derived and self._derived[key] == self._seen.get(key)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        """Drop a deleted resource."""
+        self._seen.pop(key, None)
+        self._derived.pop(key, None)
+
+
 @dataclass
 class OperatorContext:
-    """What every handler needs, kept in kopf's memo: settings, the API client, metrics, per-resource locks."""
+    """What every handler needs, kept in kopf's memo: settings, the API client, metrics, per-resource locks and
+    child versions."""
 
     config: OperatorConfig
     api: KubeApi
     phases: PhaseTracker = PHASE_TRACKER
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    children: ChildVersions = field(default_factory=ChildVersions)
 
 
 def context(memo: Any) -> OperatorContext:
@@ -82,6 +114,7 @@ class Outcome:
     status: dict[str, Any]
     result: str = "ok"
     retried: bool = False
+    child_version: str | None = None  # resourceVersion of the child the status was derived from
 
     @property
     def invalid(self) -> bool:
@@ -89,12 +122,33 @@ class Outcome:
         return self.result == "invalid"
 
 
-Reconcile = Callable[..., Awaitable[Outcome | None]]
+Reconcile = Callable[..., Awaitable[Outcome]]
 
 
-def child_reported(child: Mapping[str, Any]) -> bool:
-    """Whether KubeRay has reported on a child yet: until then its event tells nothing the creator did not know."""
-    return bool(child.get("status"))
+async def follow_child(
+    ctx: OperatorContext,
+    kind: str,
+    owner: str | None,
+    child: Mapping[str, Any],
+    event_type: str | None,
+    reconcile: Reconcile,
+) -> None:
+    """A child changed (a watch event): reconcile its owner with it. A child KubeRay has not reported on yet
+    tells nothing its creator did not know, and is skipped."""
+    namespace = child.get("metadata", {}).get("namespace")
+    if not owner or not namespace:
+        return
+    deleted = event_type == "DELETED"
+    ctx.children.seen((kind, namespace, owner), "" if deleted else child["metadata"].get("resourceVersion", ""))
+    if deleted or child.get("status"):
+        await reconcile_via_api(ctx, kind, namespace, owner, reconcile, child=MISSING if deleted else child)
+
+
+async def resync(ctx: OperatorContext, kind: str, body: Mapping[str, Any], reconcile: Reconcile) -> None:
+    """The periodic re-check: reconcile unless the status already reflects the child as last seen."""
+    namespace, name = identity(body)
+    if not ctx.children.up_to_date((kind, namespace, name)):
+        await reconcile_via_api(ctx, kind, namespace, name, reconcile, body=dict(body))
 
 
 def identity(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -104,12 +158,18 @@ def identity(body: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def make_outcome(
-    kind: str, body: Mapping[str, Any], observation: Observation, result: str = "ok", retried: bool = False
+    kind: str,
+    body: Mapping[str, Any],
+    observation: Observation,
+    result: str = "ok",
+    retried: bool = False,
+    child: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """Derive the status for an observation of the resource."""
+    """Derive the status for an observation of the resource (child: the child object it was derived from)."""
     meta = body.get("metadata") or {}
     status = derive_status(kind, body.get("status") or {}, meta.get("generation"), observation)
-    return Outcome(status=status, result=result, retried=retried)
+    version = (child or {}).get("metadata", {}).get("resourceVersion")
+    return Outcome(status=status, result=result, retried=retried, child_version=version)
 
 
 def _finish(ctx: OperatorContext, kind: str, body: Mapping[str, Any], outcome: Outcome, started: float) -> None:
@@ -133,8 +193,6 @@ async def reconcile_in_handler(
     patch: kopf.Patch,
     memo: Any,
     reconcile: Reconcile,
-    *,
-    permanent_on_invalid: bool = True,
 ) -> None:
     """Run the kind's reconcile for a resource's own handler and write the status through kopf's patch.
 
@@ -153,14 +211,11 @@ async def reconcile_in_handler(
     except ApiRejected as exc:
         _record(kind, "error", started)
         raise kopf.TemporaryError(f"Kubernetes API refused a request: {exc}", delay=REJECTED_DELAY) from None
-    if outcome is None:
-        _record(kind, "ok", started)
-        return
     changes = status_patch(body.get("status") or {}, outcome.status)
     if changes:
         patch.status.update(changes)
     _finish(ctx, kind, body, outcome, started)
-    if outcome.invalid and permanent_on_invalid:
+    if outcome.invalid:
         raise kopf.PermanentError(outcome.status.get("message") or "invalid spec")
 
 
@@ -188,11 +243,9 @@ async def reconcile_via_api(
                 if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                     return
                 outcome = await reconcile(ctx, body, child=child)
-                if outcome is None:
-                    _record(kind, "ok", started)
-                    return
                 changes = status_patch(body.get("status") or {}, outcome.status)
                 if not changes:
+                    ctx.children.derived((kind, namespace, name), outcome.child_version)
                     _finish(ctx, kind, body, outcome, started)
                     return
                 version = body["metadata"].get("resourceVersion")
@@ -205,6 +258,7 @@ async def reconcile_via_api(
                     child = MISSING  # read everything again
                     await asyncio.sleep(0.05 * 2**attempt)
                     continue
+                ctx.children.derived((kind, namespace, name), outcome.child_version)
                 _finish(ctx, kind, body, outcome, started)
                 return
             log.warning("%s %s/%s: status kept changing underneath; the resync will retry", kind, namespace, name)

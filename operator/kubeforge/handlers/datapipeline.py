@@ -14,11 +14,11 @@ from .common import (
     MISSING,
     OperatorContext,
     Outcome,
-    child_reported,
     context,
+    follow_child,
     identity,
     reconcile_in_handler,
-    reconcile_via_api,
+    resync,
 )
 from .jobs import delete_attempts, is_active, propagate_suspend, reconcile_job
 
@@ -60,17 +60,12 @@ async def datapipeline_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old
 
 async def datapipeline_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Periodic re-check of an unfinished DataPipeline, in case a child event was missed."""
-    namespace, name = identity(body)
-    await reconcile_via_api(context(memo), KIND, namespace, name, reconcile_datapipeline, body=dict(body))
+    await resync(context(memo), KIND, body, reconcile_datapipeline)
 
 
 async def datapipeline_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
     """A DataPipeline's RayJob changed: follow its status."""
-    owner = labels.get(owner_label(KIND))
-    namespace = body.get("metadata", {}).get("namespace")
-    if owner and namespace and (type == "DELETED" or child_reported(body)):
-        child = MISSING if type == "DELETED" else body
-        await reconcile_via_api(context(memo), KIND, namespace, owner, reconcile_datapipeline, child=child)
+    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_datapipeline)
 
 
 async def datapipeline_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -78,6 +73,7 @@ async def datapipeline_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     ctx = context(memo)
     await delete_attempts(ctx, KIND, body)
     ctx.phases.forget(KIND, *identity(body))
+    ctx.children.forget((KIND, *identity(body)))
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

@@ -60,9 +60,10 @@ def max_retries(body: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def name_conflict(kind: str, child: str) -> ChildState:
+def name_conflict(kind: str, child: str, child_kind: str = "RayJob") -> ChildState:
     """The state of a resource whose child's name is taken by an object it does not own."""
-    return ChildState("Pending", "NameConflict", f"RayJob {child} exists and is not owned by this {kind}: rename it")
+    message = f"{child_kind} {child} exists and is not owned by this {kind}: rename one of them"
+    return ChildState("Pending", "NameConflict", message)
 
 
 async def manifest_from_spec(
@@ -149,7 +150,7 @@ async def reconcile_job(
         retries=attempt,
         extra=extra(body, state) if extra is not None else {},
     )
-    return make_outcome(kind, body, observation, retried=retried)
+    return make_outcome(kind, body, observation, retried=retried, child=child)
 
 
 async def propagate_suspend(ctx: OperatorContext, kind: str, body: Mapping[str, Any], suspend: bool) -> None:

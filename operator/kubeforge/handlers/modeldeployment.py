@@ -20,14 +20,15 @@ from .common import (
     MISSING,
     OperatorContext,
     Outcome,
-    child_reported,
     context,
+    follow_child,
     identity,
     make_outcome,
     reconcile_in_handler,
     reconcile_via_api,
+    resync,
 )
-from .jobs import create_child
+from .jobs import create_child, name_conflict
 from .kube import RAYSERVICES, ApiRejected, NotFound, Resource, kubeforge_resource
 
 KIND = "ModelDeployment"
@@ -157,11 +158,14 @@ async def reconcile_modeldeployment(
     rolling_out = False
     if dependency.ready and model is not None:
         manifest = build_rayservice(deployment, ctx.config, model=model, canary=canary)
+        wanted = manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
         if child is None:
             child = await create_child(ctx, RAYSERVICES, body, manifest)
-        elif (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != manifest["metadata"][
-            "annotations"
-        ][ANNOTATION_SPEC_HASH]:
+            if child is None:
+                conflict = name_conflict(KIND, service_name, "RayService")
+                observation = Observation(child=conflict, dependency=dependency, suspend_requested=suspend)
+                return make_outcome(KIND, body, observation, "waiting")
+        elif (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != wanted:
             child = await roll_out(ctx, body, child, manifest)
             rolling_out = True
         if monitoring:
@@ -185,7 +189,7 @@ async def reconcile_modeldeployment(
         suspend_requested=suspend,
         extra=extra,
     )
-    return make_outcome(KIND, body, observation, "ok" if dependency.ready else "waiting")
+    return make_outcome(KIND, body, observation, "ok" if dependency.ready else "waiting", child=child)
 
 
 async def _reconcile_with_monitoring(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
@@ -209,17 +213,12 @@ async def modeldeployment_update(body: kopf.Body, patch: kopf.Patch, memo: Any, 
 
 async def modeldeployment_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Periodic re-check of the model and the RayService, in case an event was missed."""
-    namespace, name = identity(body)
-    await reconcile_via_api(context(memo), KIND, namespace, name, reconcile_modeldeployment, body=dict(body))
+    await resync(context(memo), KIND, body, reconcile_modeldeployment)
 
 
 async def modeldeployment_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
     """A ModelDeployment's RayService changed: follow its status."""
-    owner = labels.get(owner_label(KIND))
-    namespace = body.get("metadata", {}).get("namespace")
-    if owner and namespace and (type == "DELETED" or child_reported(body)):
-        child = MISSING if type == "DELETED" else body
-        await reconcile_via_api(context(memo), KIND, namespace, owner, reconcile_modeldeployment, child=child)
+    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_modeldeployment)
 
 
 def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
@@ -254,6 +253,7 @@ async def modeldeployment_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
         except ApiRejected:
             pass  # no Prometheus Operator, or no permission: nothing of ours can be there
     ctx.phases.forget(KIND, namespace, name)
+    ctx.children.forget((KIND, namespace, name))
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

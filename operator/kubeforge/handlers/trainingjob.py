@@ -15,11 +15,12 @@ from .common import (
     MISSING,
     OperatorContext,
     Outcome,
-    child_reported,
     context,
+    follow_child,
     identity,
     reconcile_in_handler,
     reconcile_via_api,
+    resync,
 )
 from .jobs import delete_attempts, is_active, propagate_suspend, reconcile_job
 from .kube import kubeforge_resource
@@ -75,17 +76,12 @@ async def trainingjob_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old:
 
 async def trainingjob_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Periodic re-check of an unfinished TrainingJob (its data, its RayJob), in case an event was missed."""
-    namespace, name = identity(body)
-    await reconcile_via_api(context(memo), KIND, namespace, name, reconcile_trainingjob, body=dict(body))
+    await resync(context(memo), KIND, body, reconcile_trainingjob)
 
 
 async def trainingjob_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
     """A TrainingJob's RayJob changed: follow its status, retry a failure."""
-    owner = labels.get(owner_label(KIND))
-    namespace = body.get("metadata", {}).get("namespace")
-    if owner and namespace and (type == "DELETED" or child_reported(body)):
-        child = MISSING if type == "DELETED" else body
-        await reconcile_via_api(context(memo), KIND, namespace, owner, reconcile_trainingjob, child=child)
+    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_trainingjob)
 
 
 def trainingjob_data_refs(spec: Any, status: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
@@ -115,6 +111,7 @@ async def trainingjob_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     ctx = context(memo)
     await delete_attempts(ctx, KIND, body)
     ctx.phases.forget(KIND, *identity(body))
+    ctx.children.forget((KIND, *identity(body)))
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

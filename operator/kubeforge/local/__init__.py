@@ -1,8 +1,9 @@
 """`kubeforge run`: the three kinds on one machine, on an in-process Ray, through the same entry points as a cluster.
 
-Parts: `plan` (references and order, pure), `resources` (the locally applied objects: generation, spec hash, URIs),
-`status` (phase and condition transitions, pure, and the status files), `display` (progress from the status files),
-`report` (the run report), `runner` (the glue that runs the steps).
+Parts: `plan` (references, order and capacity, pure), `resources` (the locally applied objects: generation, spec
+hash, absolute locations), `status` (phase and condition transitions, pure, and the status files), `summary`
+(readable numbers and metrics), `display` (progress bars from the status files), `serving` (the sample request and
+curl commands), `report` (the run report), `status_command` (`kubeforge status`), `runner` (the glue).
 """
 
 DEFAULT_STATE_DIR = ".kubeforge"

@@ -236,8 +236,7 @@ def capacity_problems(manifests: Sequence[Manifest], cpus: float) -> list[Proble
                 )
                 problems.append(_problem(manifest, "spec.workers.cpu", message))
         elif manifest.kind == "ModelDeployment":
-            versions = 2 if spec.canary is not None else 1
-            replicas = versions * max(spec.replicas.min, 1)
+            replicas = max(spec.replicas.min, 1)  # each replica serves every version (stable and canary)
             need = replicas * parse_quantity(spec.resources.cpu)
             if need > cpus:
                 message = (

@@ -204,9 +204,34 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
             # kmock marks objects with finalizers by patching deletionTimestamp: give that write a version too.
             self.objects[key].patch({"metadata": {"resourceVersion": self._next_version()}})
 
+    # kmock finds the object of a get/create/patch/delete by scanning every stored object (quadratic over a long
+    # run); these look it up by its key instead. The state changes happen in kmock's _handle as before.
+
+    async def _stored(self, request: rendering.Request, namespace: str | None, name: str | None) -> dict[str, Any]:
+        key = (request.resource, namespace, name)
+        async with self._lock:
+            if key not in self.objects:
+                raise kmock.KubernetesObjectNotFoundError()
+            return self.objects[key].last.raw
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            return self.objects[key].raw
+
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         # An API server answers a create with 201 Created (the official client reads the body only then).
-        return kmock.Response(status=201, payload=await super()._serve_create(request))
+        meta = request.data.get("metadata", {}) if isinstance(request.data, Mapping) else {}
+        stored = await self._stored(request, request.namespace or meta.get("namespace"), meta.get("name"))
+        return kmock.Response(status=201, payload=stored)
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        return await self._stored(request, request.namespace, request.name)
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        return await self._stored(request, request.namespace, request.name)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         # Read the version first: the snapshot then holds at least everything up to it.

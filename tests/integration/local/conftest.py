@@ -25,7 +25,7 @@ def ports() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-def small_datapipeline(name: str = "corpus", max_documents: int = 300) -> dict:
+def _small_datapipeline(name: str = "corpus", max_documents: int = 300) -> dict:
     """A DataPipeline over a small slice of the builtin corpus, with both dedup steps."""
     return {
         **HEAD,
@@ -41,7 +41,7 @@ def small_datapipeline(name: str = "corpus", max_documents: int = 300) -> dict:
     }
 
 
-def small_trainingjob(name: str = "gpt", data: str = "corpus", steps: int = 40, checkpoint_every: int = 10) -> dict:
+def _small_trainingjob(name: str = "gpt", data: str = "corpus", steps: int = 40, checkpoint_every: int = 10) -> dict:
     """A one-layer GPT trained on two CPU workers for `steps` steps, checkpointing every `checkpoint_every`."""
     return {
         **HEAD,
@@ -76,3 +76,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kubeforge_trainer.serve.tiny_model import build_tiny_language_model
 
     return build_tiny_language_model(tmp_path_factory.mktemp("model") / "model", version="v1", steps=20).path
+
+
+@pytest.fixture
+def small_datapipeline() -> Callable[..., dict]:
+    """Builder of DataPipelines over a small slice of the builtin corpus."""
+    return _small_datapipeline
+
+
+@pytest.fixture
+def small_trainingjob() -> Callable[..., dict]:
+    """Builder of small TrainingJobs (two CPU workers, frequent checkpoints)."""
+    return _small_trainingjob

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import small_datapipeline, small_trainingjob
 from kubeforge import conditions as c
 from kubeforge.cli import main
 from kubeforge.local.status import StatusStore
@@ -57,7 +56,7 @@ def test_serves_a_model_directory_answers_and_stops_with_the_run(
 
 
 def test_a_data_step_that_fails_on_bad_input_fails_in_one_line_and_blocks_training(
-    write_docs, tmp_path, monkeypatch, capsys
+    write_docs, tmp_path, monkeypatch, capsys, small_datapipeline, small_trainingjob
 ):
     monkeypatch.chdir(tmp_path)
     pipeline = small_datapipeline()
@@ -93,7 +92,9 @@ def _kubeforge(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     )
 
 
-def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(write_docs, tmp_path):
+def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
+    write_docs, tmp_path, small_datapipeline, small_trainingjob
+):
     path = write_docs(small_datapipeline(), small_trainingjob(steps=40, checkpoint_every=10))
     store = StatusStore(tmp_path / ".kubeforge")
     first = _kubeforge(["run", str(path), "--plain"], tmp_path)

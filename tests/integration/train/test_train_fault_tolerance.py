@@ -18,12 +18,13 @@ STEPS = 160
 LEARNING_RATE = 0.01
 
 
-def long_job(helpers, name, data, root, max_worker_failures):
+def long_job(helpers, name, data, root, max_worker_failures, zero_stage):
     """A run long enough that a kill after its first checkpoint lands mid-training (each step is milliseconds)."""
     return helpers.make_job(
         name,
         data,
         root,
+        deepspeed={"zeroStage": zero_stage},
         training={"maxSteps": STEPS, "learningRate": LEARNING_RATE, "warmupSteps": 4, "logIntervalSteps": 10},
         evaluation={"intervalSteps": 1000},
         checkpoint={"intervalSteps": 10, "keepLast": 2},
@@ -55,8 +56,9 @@ def check_resumed_curve(helpers, root, resumed_from: int) -> None:
 
 
 def test_killed_worker_is_replaced_and_the_run_finishes(ray_local, lm_dataset, tmp_path, status_file, helpers) -> None:
+    """ZeRO-3: the resumed workers reload their own parameter and optimizer shards."""
     root = tmp_path / "ckpt"
-    job = long_job(helpers, "ft-inrun", lm_dataset, root, max_worker_failures=1)
+    job = long_job(helpers, "ft-inrun", lm_dataset, root, max_worker_failures=1, zero_stage=3)
     killer, killed = kill_in_background(helpers, root / "step-00000010" / "_COMPLETE")
 
     result = run_trainingjob(job, str(lm_dataset), status_file("ft-inrun").reporter)
@@ -73,8 +75,9 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_local, lm_dataset, t
 
 
 def test_failed_run_resumes_when_run_again(ray_local, lm_dataset, tmp_path, status_file, helpers) -> None:
+    """ZeRO-1: the first run fails with a one-line error; running the same job again continues it."""
     root = tmp_path / "ckpt"
-    job = long_job(helpers, "ft-rerun", lm_dataset, root, max_worker_failures=0)
+    job = long_job(helpers, "ft-rerun", lm_dataset, root, max_worker_failures=0, zero_stage=1)
     status = status_file("ft-rerun")
     killer, killed = kill_in_background(helpers, root / "step-00000010" / "_COMPLETE")
 

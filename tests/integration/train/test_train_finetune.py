@@ -1,19 +1,123 @@
-"""Fine-tuning a local Hugging Face GPT-2 directory with LoRA (peft) under ZeRO-2 on two workers: the export is a
-plain kubeforge model whose untouched weights are exactly the Hugging Face ones and whose attention weights carry
-the merged adapters."""
+"""Fine-tuning on two CPU workers: a LoRA classifier from a kubeforge language model on a toy task with a known
+answer (the reported test metrics equal a recomputation from the export; early stopping and the best checkpoint
+follow the validation curve; only the adapters and the head trained), and a LoRA fine-tune of a local Hugging Face
+GPT-2 directory (the export's untouched weights are exactly the Hugging Face ones)."""
 
 from __future__ import annotations
 
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 import torch
-from kubeforge_trainer.models import load_model_dir
+import torch.nn.functional as F
+from kubeforge_trainer.models import ModelConfig, build_model, load_model_dir, save_model_dir
 from kubeforge_trainer.models.hf import load_hf_gpt2_dir
 from kubeforge_trainer.train import run_trainingjob
+from kubeforge_trainer.train.evaluation import is_improvement
 from tokenizers import Tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def recompute_metrics(model_dir, dataset, split: str) -> dict[str, float]:
+    """Loss, accuracy and macro precision/recall/F1 of an exported classifier, one document at a time."""
+    model, config, _ = load_model_dir(model_dir)
+    table = pq.read_table(dataset / split)
+    truth = table.column("label").to_pylist()
+    losses, predicted = [], []
+    with torch.no_grad():
+        for ids, label in zip(table.column("input_ids").to_pylist(), truth, strict=True):
+            logits = model(torch.tensor([ids]))
+            losses.append(float(F.cross_entropy(logits, torch.tensor([label]))))
+            predicted.append(int(logits.argmax(-1)))
+    per_class = []
+    for c in range(config.num_labels):
+        tp = sum(p == t == c for p, t in zip(predicted, truth, strict=True))
+        n_pred, n_true = predicted.count(c), truth.count(c)
+        if not n_pred and not n_true:
+            continue
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        per_class.append((precision, recall, 2 * precision * recall / (precision + recall) if tp else 0.0))
+    return {
+        "loss": sum(losses) / len(losses),
+        "accuracy": sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth),
+        "precision": sum(c[0] for c in per_class) / len(per_class),
+        "recall": sum(c[1] for c in per_class) / len(per_class),
+        "f1": sum(c[2] for c in per_class) / len(per_class),
+    }
+
+
+def test_lora_classifier_from_a_pretrained_language_model(
+    ray_local, classification_dataset, tokenizer_file, tmp_path, status_file, helpers
+) -> None:
+    # A kubeforge-format language model to start from (random weights are enough: LoRA must leave them intact).
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    base_config = ModelConfig(vocab_size=vocab, n_layers=1, n_heads=2, d_model=32, context_length=32)
+    torch.manual_seed(0)
+    pretrained = save_model_dir(tmp_path / "base", build_model(base_config), base_config, tokenizer_file, {})
+    root = tmp_path / "ckpt"
+    job = helpers.make_job(
+        "colours",
+        classification_dataset,
+        root,
+        model={
+            "task": "classification",
+            "pretrained": {"path": str(pretrained), "format": "kubeforge"},
+            "lora": {"rank": 4, "alpha": 8, "targetModules": ["qkv", "proj"]},
+        },
+        training={"maxSteps": 60, "learningRate": 0.02, "warmupSteps": 0, "schedule": "constant"},
+        deepspeed={"zeroStage": 1},
+        evaluation={
+            "intervalSteps": 4,
+            "bestMetric": "accuracy",
+            "bestMode": "max",
+            "earlyStopping": {"metric": "accuracy", "mode": "max", "patience": 3, "minDelta": 0.0},
+        },
+        checkpoint={"intervalSteps": 1000, "keepLast": 1},
+    )
+    status = status_file("colours")
+
+    result = run_trainingjob(job, str(classification_dataset), status.reporter)
+
+    # The toy task is learnable: the colour word decides the class.
+    test = result["testMetrics"]
+    assert set(test) == {"loss", "accuracy", "precision", "recall", "f1"}
+    assert test["accuracy"] >= 0.9, test
+    # The workers' distributed metrics equal a plain recomputation from the exported (best) model.
+    assert recompute_metrics(tmp_path / "ckpt" / "model", classification_dataset, "test") == pytest.approx(
+        test, rel=1e-5, abs=1e-6
+    )
+
+    # Early stopping and the best checkpoint follow the logged validation curve.
+    evals = [r for r in helpers.read_csv_rows(root / "logs" / "eval.csv") if r["split"] == "validation"]
+    accuracies = [(int(r["step"]), float(r["accuracy"])) for r in evals]
+    assert [s for s, _ in accuracies] == list(range(4, result["steps"] + 1, 4))
+    best, waited, stop_at = None, 0, None
+    for step, value in accuracies:
+        if is_improvement(value, best, "max"):
+            best, waited = value, 0
+        else:
+            waited += 1
+            if waited >= 3:
+                stop_at = step
+                break
+    assert result["stoppedEarly"] is (stop_at is not None)
+    assert result["steps"] == (stop_at or 60)
+    assert result["bestStep"] == next(s for s, v in accuracies if v == max(v for _, v in accuracies))
+    assert status.read()["stoppedEarly"] is result["stoppedEarly"]
+
+    # LoRA trained only the adapters (merged into qkv/proj on export) and the head: the rest is the pretrained LM.
+    exported, config, _ = load_model_dir(root / "model")
+    base, _, _ = load_model_dir(pretrained)
+    assert config.task == "classification" and config.labels == ["red", "green", "blue"]
+    for name, param in base.named_parameters():
+        mine = exported.get_parameter(f"gpt.{name}")
+        if name.endswith(("qkv.weight", "proj.weight")):
+            assert not torch.equal(mine, param), name
+        else:
+            assert torch.equal(mine, param), name
 
 
 @pytest.fixture

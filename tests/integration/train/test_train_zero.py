@@ -33,7 +33,10 @@ def test_zero_stage_trains_checkpoints_and_exports(
 ) -> None:
     name = f"zero{stage}"
     root = tmp_path / "ckpt"
-    job = helpers.make_job(name, lm_dataset, root, deepspeed={"zeroStage": stage})
+    # Stages 1 and 3 keep the checkpoint with the *highest* validation loss as "best": the first evaluation, so the
+    # final test must load an earlier checkpoint's weights back into the engine (ZeRO-3: from its shards).
+    evaluation = {"bestMode": "max"} if stage % 2 else {}
+    job = helpers.make_job(name, lm_dataset, root, deepspeed={"zeroStage": stage}, evaluation=evaluation)
     status = status_file(name)
 
     result = run_trainingjob(job, str(lm_dataset), status.reporter)
@@ -48,6 +51,11 @@ def test_zero_stage_trains_checkpoints_and_exports(
 
     # Retention: the last checkpoint (keepLast 1) and the best one, nothing else, no temporary directories.
     best_step = result["bestStep"]
+    evals = [r for r in helpers.read_csv_rows(root / "logs" / "eval.csv") if r["split"] == "validation"]
+    assert [int(r["step"]) for r in evals] == [8, 16, 24]
+    val_losses = [float(r["loss"]) for r in evals]
+    pick = max if stage % 2 else min
+    assert best_step == 8 * (1 + val_losses.index(pick(val_losses)))
     assert complete_checkpoints(str(root)) == sorted({best_step, 24})
     assert not list(root.glob(".tmp-*"))
     best = root / f"step-{best_step:08d}"

@@ -12,7 +12,7 @@ from kubeforge.validate import Manifest, validate_paths
 HEAD = {"apiVersion": "kubeforge.dev/v1alpha1"}
 
 
-def datapipeline(name: str = "corpus", task: str = "languageModeling", **meta: str) -> dict:
+def _datapipeline(name: str = "corpus", task: str = "languageModeling", **meta: str) -> dict:
     """A small valid DataPipeline document."""
     return {
         **HEAD,
@@ -26,7 +26,7 @@ def datapipeline(name: str = "corpus", task: str = "languageModeling", **meta: s
     }
 
 
-def trainingjob(name: str = "gpt", data: str | None = "corpus", task: str = "languageModeling", **meta: str) -> dict:
+def _trainingjob(name: str = "gpt", data: str | None = "corpus", task: str = "languageModeling", **meta: str) -> dict:
     """A small valid TrainingJob document reading DataPipeline `data` (or a dataRef.uri when data is None)."""
     data_ref = {"name": data} if data is not None else {"uri": "/datasets/ready"}
     model: dict = {"task": task, "nLayers": 1, "nHeads": 2, "dModel": 16, "contextLength": 32}
@@ -45,7 +45,7 @@ def trainingjob(name: str = "gpt", data: str | None = "corpus", task: str = "lan
     }
 
 
-def modeldeployment(name: str = "gpt", model: str = "gpt", canary: str | None = None, **meta: str) -> dict:
+def _modeldeployment(name: str = "gpt", model: str = "gpt", canary: str | None = None, **meta: str) -> dict:
     """A small valid ModelDeployment document serving TrainingJob `model`."""
     spec: dict = {"modelRef": {"name": model}}
     if canary:
@@ -75,3 +75,21 @@ def manifests(write_manifests: Callable[..., Path]) -> Callable[..., list[Manife
         return report.manifests
 
     return load
+
+
+@pytest.fixture
+def datapipeline() -> Callable[..., dict]:
+    """Builder of small valid DataPipeline documents."""
+    return _datapipeline
+
+
+@pytest.fixture
+def trainingjob() -> Callable[..., dict]:
+    """Builder of small valid TrainingJob documents."""
+    return _trainingjob
+
+
+@pytest.fixture
+def modeldeployment() -> Callable[..., dict]:
+    """Builder of small valid ModelDeployment documents."""
+    return _modeldeployment

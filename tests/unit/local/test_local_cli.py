@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import datapipeline, modeldeployment, trainingjob
 from kubeforge.cli import main
 from kubeforge.local.status import StatusStore
 
@@ -19,7 +18,9 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_invalid_manifest_is_one_line_per_problem_and_nothing_runs(write_manifests, tmp_path):
+def test_invalid_manifest_is_one_line_per_problem_and_nothing_runs(
+    write_manifests, tmp_path, datapipeline, trainingjob
+):
     bad = trainingjob()
     bad["spec"]["training"]["learningRate"] = -1
     path = write_manifests(datapipeline(), bad)
@@ -32,7 +33,7 @@ def test_invalid_manifest_is_one_line_per_problem_and_nothing_runs(write_manifes
     assert not (tmp_path / ".kubeforge").exists(), "a rejected run leaves no state behind"
 
 
-def test_dangling_reference_is_reported_before_anything_starts(write_manifests, tmp_path):
+def test_dangling_reference_is_reported_before_anything_starts(write_manifests, tmp_path, trainingjob, modeldeployment):
     path = write_manifests(trainingjob("gpt", "missing"), modeldeployment("md", "gpt"))
     result = run_cli(["run", str(path)], tmp_path)
     assert result.returncode == 1
@@ -46,7 +47,7 @@ def test_missing_path(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_busy_port_is_reported_before_anything_starts(write_manifests, tmp_path, capsys, monkeypatch):
+def test_busy_port_is_reported_before_anything_starts(write_manifests, tmp_path, capsys, monkeypatch, modeldeployment):
     import socket
 
     monkeypatch.chdir(tmp_path)

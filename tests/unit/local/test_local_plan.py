@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import datapipeline, modeldeployment, trainingjob
 from kubeforge.local.plan import CycleError, capacity_problems, plan_run, references_of, topological_order
 
 
@@ -11,7 +10,9 @@ def labels(steps) -> list[str]:
     return [s.label for s in steps]
 
 
-def test_runs_data_then_training_then_serving_whatever_the_file_order(manifests):
+def test_runs_data_then_training_then_serving_whatever_the_file_order(
+    manifests, datapipeline, trainingjob, modeldeployment
+):
     docs = manifests(modeldeployment("md", "gpt"), trainingjob("gpt", "corpus"), datapipeline("corpus"))
     steps, problems = plan_run(docs, {})
     assert problems == []
@@ -20,14 +21,14 @@ def test_runs_data_then_training_then_serving_whatever_the_file_order(manifests)
     assert steps[1].external == []
 
 
-def test_independent_resources_keep_file_order_within_a_kind(manifests):
+def test_independent_resources_keep_file_order_within_a_kind(manifests, datapipeline, trainingjob):
     docs = manifests(datapipeline("b"), datapipeline("a"), trainingjob("t2", "a"), trainingjob("t1", "b"))
     steps, problems = plan_run(docs, {})
     assert problems == []
     assert labels(steps) == ["DataPipeline/b", "DataPipeline/a", "TrainingJob/t2", "TrainingJob/t1"]
 
 
-def test_canary_model_is_a_dependency(manifests):
+def test_canary_model_is_a_dependency(manifests, trainingjob, modeldeployment):
     docs = manifests(modeldeployment("md", "gpt", canary="gpt2"), trainingjob("gpt2", None), trainingjob("gpt", None))
     steps, problems = plan_run(docs, {})
     assert problems == []
@@ -35,19 +36,19 @@ def test_canary_model_is_a_dependency(manifests):
     assert {r.field for r in steps[-1].references} == {"spec.modelRef.name", "spec.canary.modelRef.name"}
 
 
-def test_dataref_uri_needs_no_datapipeline(manifests):
+def test_dataref_uri_needs_no_datapipeline(manifests, trainingjob):
     steps, problems = plan_run(manifests(trainingjob("gpt", None)), {})
     assert problems == []
     assert steps[0].references == []
 
 
-def test_reference_to_a_resource_an_earlier_run_completed_resolves_externally(manifests):
+def test_reference_to_a_resource_an_earlier_run_completed_resolves_externally(manifests, trainingjob):
     steps, problems = plan_run(manifests(trainingjob("gpt", "corpus")), {("DataPipeline", "corpus"): "Succeeded"})
     assert problems == []
     assert [r.key for r in steps[0].external] == [("DataPipeline", "corpus")]
 
 
-def test_missing_reference_names_resource_field_and_fix(manifests):
+def test_missing_reference_names_resource_field_and_fix(manifests, trainingjob):
     _, problems = plan_run(manifests(trainingjob("gpt", "nope")), {})
     assert len(problems) == 1
     text = str(problems[0])
@@ -56,14 +57,14 @@ def test_missing_reference_names_resource_field_and_fix(manifests):
     assert "\n" not in text
 
 
-def test_reference_to_an_earlier_run_that_did_not_succeed_says_how_it_ended(manifests):
+def test_reference_to_an_earlier_run_that_did_not_succeed_says_how_it_ended(manifests, modeldeployment):
     _, problems = plan_run(manifests(modeldeployment("md", "gpt")), {("TrainingJob", "gpt"): "Failed"})
     assert len(problems) == 1
     assert "ModelDeployment/md: spec.modelRef.name: TrainingJob 'gpt' not found" in str(problems[0])
     assert "its last local run ended Failed" in str(problems[0])
 
 
-def test_same_name_in_two_namespaces_is_ambiguous(manifests):
+def test_same_name_in_two_namespaces_is_ambiguous(manifests, datapipeline, trainingjob):
     docs = manifests(
         datapipeline("corpus", namespace="a"), datapipeline("corpus", namespace="b"), trainingjob(namespace="a")
     )
@@ -73,20 +74,20 @@ def test_same_name_in_two_namespaces_is_ambiguous(manifests):
     assert "ambiguous" in str(problems[0])
 
 
-def test_reference_across_namespaces_is_rejected(manifests):
+def test_reference_across_namespaces_is_rejected(manifests, datapipeline, trainingjob):
     docs = manifests(datapipeline("corpus", namespace="team-a"), trainingjob("gpt", "corpus", namespace="team-b"))
     _, problems = plan_run(docs, {})
     assert len(problems) == 1
     assert "TrainingJob/gpt: spec.dataRef.name: DataPipeline 'corpus' is in namespace 'team-a'" in str(problems[0])
 
 
-def test_unset_namespace_is_default(manifests):
+def test_unset_namespace_is_default(manifests, datapipeline, trainingjob):
     docs = manifests(datapipeline("corpus", namespace="default"), trainingjob("gpt", "corpus"))
     _, problems = plan_run(docs, {})
     assert problems == []
 
 
-def test_task_mismatch_between_data_and_model_is_caught_before_running(manifests):
+def test_task_mismatch_between_data_and_model_is_caught_before_running(manifests, datapipeline, trainingjob):
     docs = manifests(
         datapipeline("corpus", task="languageModeling"), trainingjob("gpt", "corpus", task="classification")
     )
@@ -95,13 +96,13 @@ def test_task_mismatch_between_data_and_model_is_caught_before_running(manifests
     assert "TrainingJob/gpt: spec.model.task: is 'classification' but DataPipeline/corpus prepares" in str(problems[0])
 
 
-def test_every_problem_is_reported_at_once(manifests):
+def test_every_problem_is_reported_at_once(manifests, trainingjob, modeldeployment):
     docs = manifests(trainingjob("a", "x"), trainingjob("b", "y"), modeldeployment("md", "c"))
     _, problems = plan_run(docs, {})
     assert sorted(p.resource for p in problems) == ["ModelDeployment/md", "TrainingJob/a", "TrainingJob/b"]
 
 
-def test_references_of_each_kind(manifests):
+def test_references_of_each_kind(manifests, datapipeline, trainingjob, modeldeployment):
     dp, tj, md = manifests(datapipeline(), trainingjob(), modeldeployment(canary="other"))
     assert references_of(dp) == []
     assert [(r.field, r.kind, r.name) for r in references_of(tj)] == [("spec.dataRef.name", "DataPipeline", "corpus")]
@@ -122,7 +123,7 @@ def test_topological_order_reports_the_cycle():
     assert str(info.value).count("->") == 3
 
 
-def test_training_workers_must_leave_a_cpu_for_the_data_stream(manifests):
+def test_training_workers_must_leave_a_cpu_for_the_data_stream(manifests, trainingjob):
     job = trainingjob()
     job["spec"]["workers"] = {"count": 2, "cpu": 1}
     (tj,) = manifests(job)
@@ -136,11 +137,14 @@ def test_training_workers_must_leave_a_cpu_for_the_data_stream(manifests):
     assert capacity_problems(manifests(job), cpus=2) == []
 
 
-def test_deployment_replicas_must_fit(manifests):
+def test_deployment_replicas_must_fit(manifests, modeldeployment):
     md = modeldeployment(canary="other")
-    md["spec"]["resources"] = {"cpu": 2}
+    md["spec"]["resources"] = {"cpu": 3}
+    md["spec"]["replicas"] = {"min": 1, "max": 4}
     problems = capacity_problems(manifests(md), cpus=2)
     assert len(problems) == 1
-    assert "ModelDeployment/gpt: spec.resources.cpu: 2 replica(s) x 2 CPU need 4 CPUs" in str(problems[0])
+    assert "ModelDeployment/gpt: spec.resources.cpu: 1 replica(s) x 3 CPU need 3 CPUs" in str(problems[0])
     md["spec"]["resources"] = {"cpu": 1}
-    assert capacity_problems(manifests(md), cpus=2) == []
+    assert capacity_problems(manifests(md), cpus=2) == [], "autoscaling beyond the machine is allowed"
+    md["spec"]["replicas"] = {"min": 3, "max": 4}
+    assert len(capacity_problems(manifests(md), cpus=2)) == 1

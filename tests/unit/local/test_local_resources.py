@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import datapipeline, modeldeployment, trainingjob
 from kubeforge.api import DataPipeline, TrainingJob
 from kubeforge.constants import ANNOTATION_SPEC_HASH
 from kubeforge.local.resources import (
@@ -28,7 +27,7 @@ def test_absolute_location():
     assert absolute_location("~/x", BASE) == str(Path.home() / "x")
 
 
-def test_every_location_field_of_each_kind_is_made_absolute():
+def test_every_location_field_of_each_kind_is_made_absolute(datapipeline, trainingjob, modeldeployment):
     dp = datapipeline()
     dp["spec"]["source"] = {"uris": ["in/a.jsonl", "s3://b/c.jsonl"], "format": "jsonl"}
     dp["spec"]["tokenizer"] = {"path": "tok.json"}
@@ -59,7 +58,7 @@ def test_spec_hash_ignores_key_order_and_sees_values():
     assert spec_hash({"a": 1}) != spec_hash({"a": 2})
 
 
-def test_generation_starts_at_one_and_bumps_only_when_the_spec_changes():
+def test_generation_starts_at_one_and_bumps_only_when_the_spec_changes(datapipeline):
     wire = datapipeline()
     first = applied_object(None, wire, "2025-01-01T00:00:00Z")
     meta = first["metadata"]
@@ -77,14 +76,14 @@ def test_generation_starts_at_one_and_bumps_only_when_the_spec_changes():
     assert bumped["metadata"]["uid"] == meta["uid"]
 
 
-def test_user_annotations_are_kept():
+def test_user_annotations_are_kept(trainingjob):
     wire = trainingjob()
     wire["metadata"]["annotations"] = {"team": "nlp"}
     obj = applied_object(None, wire, "2025-01-01T00:00:00Z")
     assert obj["metadata"]["annotations"]["team"] == "nlp"
 
 
-def test_store_round_trip_gives_the_typed_resource_the_entry_points_take(tmp_path):
+def test_store_round_trip_gives_the_typed_resource_the_entry_points_take(tmp_path, datapipeline, trainingjob):
     store = ResourceStore(tmp_path)
     assert store.get("DataPipeline", "corpus") is None
     obj = store.apply(with_absolute_locations("DataPipeline", datapipeline(), BASE), "2025-01-01T00:00:00Z")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from conftest import datapipeline, modeldeployment, trainingjob
 from kubeforge import conditions as c
 from kubeforge.local.plan import plan_run
 from kubeforge.local.runner import LocalRun, RunOptions, manifest_paths, one_line, root_cause
@@ -47,7 +46,9 @@ def test_root_cause_and_one_line():
     assert one_line(KeyError()) == "KeyError"
 
 
-def test_a_step_that_cannot_start_fails_in_one_line_and_blocks_its_dependents(write_manifests, tmp_path):
+def test_a_step_that_cannot_start_fails_in_one_line_and_blocks_its_dependents(
+    write_manifests, tmp_path, trainingjob, modeldeployment
+):
     (tmp_path / "not-a-dataset").mkdir()
     job = trainingjob("gpt", None)
     job["spec"]["dataRef"]["uri"] = "not-a-dataset"
@@ -79,7 +80,7 @@ def test_a_step_that_cannot_start_fails_in_one_line_and_blocks_its_dependents(wr
     assert "| 2 | ModelDeployment/md | Pending |" in reports[0].read_text()
 
 
-def test_a_changed_spec_is_a_new_generation_with_a_fresh_status(write_manifests, tmp_path):
+def test_a_changed_spec_is_a_new_generation_with_a_fresh_status(write_manifests, tmp_path, trainingjob):
     job = trainingjob("gpt", None)
     job["spec"]["dataRef"]["uri"] = "missing"
     path = write_manifests(job)
@@ -100,7 +101,7 @@ def test_a_changed_spec_is_a_new_generation_with_a_fresh_status(write_manifests,
     assert "step" not in second, "a new generation starts from a clean status"
 
 
-def test_relative_locations_resolve_against_the_working_directory(write_manifests, tmp_path):
+def test_relative_locations_resolve_against_the_working_directory(write_manifests, tmp_path, datapipeline):
     path = write_manifests(datapipeline("corpus"))
     run = LocalRun(RunOptions(paths=[str(path)], workdir=tmp_path, plain=True, num_cpus=4), io.StringIO())
     steps, _ = plan_run(validate_paths([path]).manifests, {})
@@ -110,7 +111,9 @@ def test_relative_locations_resolve_against_the_working_directory(write_manifest
     assert stored["metadata"]["generation"] == 1
 
 
-def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(write_manifests, tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(
+    write_manifests, tmp_path, monkeypatch, capsys, datapipeline
+):
     path = write_manifests(datapipeline("corpus"))
 
     def broken(self, step):
@@ -128,7 +131,9 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(write_man
     assert "Traceback" in log and "second line" in log
 
 
-def test_new_resources_are_pending_on_what_they_reference_until_they_run(write_manifests, tmp_path):
+def test_new_resources_are_pending_on_what_they_reference_until_they_run(
+    write_manifests, tmp_path, datapipeline, trainingjob, modeldeployment
+):
     path = write_manifests(datapipeline("corpus"), trainingjob("gpt", "corpus"), modeldeployment("md", "gpt"))
     run = LocalRun(RunOptions(paths=[str(path)], workdir=tmp_path, plain=True, num_cpus=4), io.StringIO())
     steps, _ = plan_run(validate_paths([path]).manifests, {})

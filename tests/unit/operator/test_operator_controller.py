@@ -7,6 +7,7 @@ from kubeforge.cli import COMMANDS, build_parser
 from kubeforge.config import OperatorConfig
 from kubeforge.constants import FINALIZER
 from kubeforge.controller import configure_settings, register
+from kubeforge.handlers.common import ChildVersions
 from kubeforge.handlers.kube import connection_info
 from kubernetes import client
 
@@ -56,3 +57,21 @@ def test_kubeforge_operator_is_a_cli_command() -> None:
     assert "operator" in COMMANDS
     args = build_parser(COMMANDS).parse_args(["operator"])
     assert args.func is COMMANDS["operator"][0]
+
+
+def test_the_resync_skips_only_resources_whose_status_reflects_the_child_as_last_seen() -> None:
+    versions = ChildVersions()
+    key = ("TrainingJob", "ml", "gpt")
+    assert not versions.up_to_date(key)  # never derived: re-check
+    versions.seen(key, "7")
+    versions.derived(key, "7")
+    assert versions.up_to_date(key)
+    versions.seen(key, "9")  # KubeRay changed the RayJob; that event's reconcile has not written yet
+    assert not versions.up_to_date(key)
+    versions.derived(key, "9")
+    assert versions.up_to_date(key)
+    versions.derived(key, None)  # no child (waiting for data): always re-check
+    assert not versions.up_to_date(key)
+    versions.derived(key, "9")
+    versions.forget(key)
+    assert not versions.up_to_date(key)

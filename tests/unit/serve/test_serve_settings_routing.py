@@ -16,14 +16,14 @@ from kubeforge_trainer.serve.settings import (
     CANARY,
     STABLE,
     ModelVersion,
+    admission_limits,
     batch_limits,
-    ingress_deployment_options,
-    model_deployment_options,
     model_user_config,
     parse_app_args,
     parse_model_user_config,
     parse_quantity,
     scaling_options,
+    server_deployment_options,
     torch_threads,
 )
 
@@ -116,7 +116,7 @@ def test_fixed_and_autoscaled_replicas() -> None:
     }
 
 
-def test_model_deployment_options_map_every_field() -> None:
+def test_server_deployment_options_map_every_field() -> None:
     spec = ModelDeploymentSpec.model_validate(
         {
             "modelUri": "x",
@@ -126,9 +126,11 @@ def test_model_deployment_options_map_every_field() -> None:
             "generation": {"maxTokens": 9, "temperature": 0.5, "topP": 0.8, "stop": ["\n"]},
         }
     )
-    options = model_deployment_options(spec)
-    assert options["max_ongoing_requests"] == 8
-    assert options["max_queued_requests"] == 20
+    options = server_deployment_options(spec)
+    assert admission_limits(spec) == (8, 20)
+    # The replica admits 8 + 20 model requests itself (JSON 503 beyond); Serve lets it take a few more.
+    assert options["max_ongoing_requests"] > 8 + 20
+    assert options["max_queued_requests"] == 3 * options["max_ongoing_requests"]  # what 3 replicas accept
     assert options["ray_actor_options"] == {"num_cpus": 1.5, "memory": float(2**30), "num_gpus": 1}
     assert options["autoscaling_config"]["max_replicas"] == 3
     batching, generation = parse_model_user_config(options["user_config"])
@@ -139,17 +141,6 @@ def test_model_deployment_options_map_every_field() -> None:
 def test_batch_limits() -> None:
     assert batch_limits(BatchingSpec(enabled=True, max_batch_size=8, max_wait_ms=20)) == (8, 0.02)
     assert batch_limits(BatchingSpec(enabled=False, max_batch_size=8, max_wait_ms=20)) == (1, 0.0)
-
-
-def test_ingress_takes_more_than_the_models_hold() -> None:
-    spec = ModelDeploymentSpec.model_validate(
-        {"modelUri": "x", "replicas": {"min": 1, "max": 2, "maxOngoingRequests": 4, "maxQueuedRequests": 10}}
-    )
-    options = ingress_deployment_options(spec, version_count=2)
-    models_hold = 2 * (2 * 4 + 10)
-    assert options["max_ongoing_requests"] > models_hold
-    assert options["autoscaling_config"]["max_replicas"] == 2
-    assert options["ray_actor_options"] == {"num_cpus": 0}
 
 
 def test_user_config_is_json_ready() -> None:

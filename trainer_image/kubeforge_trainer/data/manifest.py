@@ -28,7 +28,8 @@ class OpStats:
     rows_out: int = 0
     rows_errored: int = 0
     seconds: float = 0.0
-    """Time spent in the operation: summed over its tasks for row-local ones, wall clock for whole-dataset ones."""
+    """CPU seconds spent in the operation, summed over its tasks (and the driver's share of whole-dataset ones): it
+    stays meaningful on a busy node, where wall time does not."""
 
     @property
     def rows_dropped(self) -> int:
@@ -129,6 +130,7 @@ def build_manifest(
     input_digest: str,
     tokenizer_file: str,
     stage_seconds: dict[str, float] | None = None,
+    stage_cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The _manifest.json document."""
     totals = accounting(operations)
@@ -153,7 +155,8 @@ def build_manifest(
         # Where the time went (varies between runs; everything above does not, except createdAt).
         "timings": {
             "stageSeconds": {k: round(v, 3) for k, v in (stage_seconds or {}).items()},
-            "operationSeconds": {op.name: round(op.seconds, 3) for op in operations},
+            "operationCpuSeconds": {op.name: round(op.seconds, 3) for op in operations if op.seconds},
+            "stageCpuSeconds": {k: round(v, 3) for k, v in (stage_cpu_seconds or {}).items()},
         },
     }
 

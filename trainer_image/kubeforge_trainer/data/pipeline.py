@@ -72,55 +72,66 @@ def _separate(block: pa.Table) -> tuple[pa.Table, list[dict]]:
     return stages.split_stats_rows(block)
 
 
+# The tasks of whole-dataset operations also return their CPU seconds (the last value), which the driver adds up.
+
+
 @ray.remote(num_cpus=1)
-def _exact_map(block: pa.Table, normalize: bool, partitions: int) -> list[pa.Table] | pa.Table:
+def _exact_map(block: pa.Table, normalize: bool, partitions: int) -> list:
+    started = time.process_time()
     hashes = hashing.content_hashes(block.column(TEXT), normalize)
     keys = pa.table({"h": pa.array(hashes, pa.uint64()), "rid": block.column(RID)})
-    pieces = stages.partitioned(keys, hashes, partitions)
-    return pieces if partitions > 1 else pieces[0]
+    return [*stages.partitioned(keys, hashes, partitions), time.process_time() - started]
 
 
 @ray.remote(num_cpus=1)
-def _exact_reduce(*parts: pa.Table) -> np.ndarray:
+def _exact_reduce(*parts: pa.Table) -> tuple[np.ndarray, float]:
+    started = time.process_time()
     keys = pa.concat_tables(parts)
-    return stages.exact_duplicates(keys.column("h").to_numpy(), keys.column("rid").to_numpy())
+    drops = stages.exact_duplicates(keys.column("h").to_numpy(), keys.column("rid").to_numpy())
+    return drops, time.process_time() - started
 
 
 @ray.remote(num_cpus=1)
 def _minhash_map(block: pa.Table, num_perm: int, bands: int, shingle: int, seed: int, partitions: int) -> list:
+    started = time.process_time()
     sig = minhash.signatures(block.column(TEXT), num_perm, shingle, seed)
     rids = block.column(RID).to_numpy()
     usable = minhash.has_shingles(sig)
     keys = minhash.band_keys(sig[usable], bands).ravel()
     table = pa.table({"key": pa.array(keys, pa.uint64()), "rid": pa.array(np.repeat(rids[usable], bands))})
-    return [(rids, sig), *stages.partitioned(table, keys, partitions)]
+    return [(rids, sig), *stages.partitioned(table, keys, partitions), time.process_time() - started]
 
 
 @ray.remote(num_cpus=1)
-def _candidate_reduce(*parts: pa.Table) -> np.ndarray:
+def _candidate_reduce(*parts: pa.Table) -> tuple[np.ndarray, float]:
+    started = time.process_time()
     table = pa.concat_tables(parts)
-    return minhash.candidate_pairs(table.column("key").to_numpy(), table.column("rid").to_numpy())
+    pairs = minhash.candidate_pairs(table.column("key").to_numpy(), table.column("rid").to_numpy())
+    return pairs, time.process_time() - started
 
 
 @ray.remote(num_cpus=1)
-def _take_signatures(signatures: tuple[np.ndarray, np.ndarray], needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _take_signatures(signatures: tuple[np.ndarray, np.ndarray], needed: np.ndarray) -> tuple:
+    started = time.process_time()
     rids, sig = signatures
     rows = np.flatnonzero(np.isin(rids, needed))
-    return rids[rows], sig[rows]
+    return rids[rows], sig[rows], time.process_time() - started
 
 
 @ray.remote(num_cpus=1)
-def _numeric_values(block: pa.Table, column: str) -> np.ndarray:
+def _numeric_values(block: pa.Table, column: str) -> tuple[np.ndarray, float]:
+    started = time.process_time()
     values = block.column(column).drop_null()
-    return values.to_numpy() if len(values) else np.zeros(0)
+    return (values.to_numpy() if len(values) else np.zeros(0)), time.process_time() - started
 
 
 @ray.remote(num_cpus=1, num_returns=2)
 def _filter_then_clean(block: pa.Table, drops: np.ndarray | None, bounds: tuple | None, steps: Sequence[Step]) -> tuple:
+    started = time.process_time()
     table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
-    after = table.num_rows
+    after, cpu = table.num_rows, time.process_time() - started
     table, counts = stages.apply_local_steps(table, steps)
-    return table, {"global": [block.num_rows, after], "steps": counts}
+    return table, {"global": [block.num_rows, after, 0, cpu], "steps": counts}
 
 
 @ray.remote(num_cpus=1, num_returns=2)
@@ -170,19 +181,22 @@ def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequ
     return tokenize.train_bpe(train_texts(), vocab_size, min_frequency).to_str()
 
 
-@ray.remote(num_cpus=1, num_returns=4)
+@ray.remote(num_cpus=1, num_returns=5)
 def _tokenize_block(block: pa.Table, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict) -> list:
+    started = time.process_time()
     meta, outputs = stages.tokenize_block(block, assigned, tokenize.Tokenizer.from_str(tokenizer_json), task, settings)
-    return [meta, *outputs]
+    return [meta, time.process_time() - started, *outputs]
 
 
 @ray.remote(num_cpus=1)
 def _write_shard(
     output_uri: str, tmp: str, final: str, settings: dict, pieces: list, *outputs: Any
-) -> writer.ShardInfo:
+) -> tuple[writer.ShardInfo, float]:
+    started = time.process_time()
     parts = [stages.slice_output(o, start, end) for o, (start, end) in zip(outputs, pieces, strict=True)]
     table, tokens = stages.shard_table(settings["task"], settings["sequence_length"], parts)
-    return writer.write_shard(output_uri, tmp, final, table, settings["compression"], tokens)
+    info = writer.write_shard(output_uri, tmp, final, table, settings["compression"], tokens)
+    return info, time.process_time() - started
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
@@ -200,29 +214,37 @@ class _Run:
         self.errors: list[dict] = []
         self.files_errored = 0
         self.stage_seconds: dict[str, float] = {}
+        self.stage_cpu: dict[str, float] = {}
         self._stage: str | None = None
         self._stage_started = 0.0
 
-    def _enter(self, stage: str | None) -> float:
-        """Start timing a stage (ending the previous one); returns the seconds the previous one took."""
+    def _enter(self, stage: str | None) -> None:
+        """Start timing a stage (wall clock), ending the previous one."""
         now = time.perf_counter()
-        took = now - self._stage_started if self._stage else 0.0
         if self._stage:
-            self.stage_seconds[self._stage] = self.stage_seconds.get(self._stage, 0.0) + took
+            self.stage_seconds[self._stage] = self.stage_seconds.get(self._stage, 0.0) + now - self._stage_started
         self._stage, self._stage_started = stage, now
-        return took
 
     # -- driver
 
     def execute(self) -> dict:
+        """Check the spec, start Ray if needed and run the stages; returns the manifest."""
         plan = plan_pipeline(self.spec)
         if not ray.is_initialized():
             ray.init()
         from ray.data import DataContext
 
+        # Block order must follow input order (row ids, keepers of duplicates, packing); the process-wide setting is
+        # put back afterwards for whatever runs next in this process (the local runner trains here too).
         context = DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
+        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+        context.execution_options.preserve_order, context.enable_progress_bars = True, False
+        try:
+            return self._execute(plan)
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+    def _execute(self, plan: Plan) -> dict:
         self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.partitions = self.cores
 
@@ -370,43 +392,47 @@ class _Run:
         self._enter(step.name)
         self._report(progress=step.name)
         drops, bounds = None, None
+        op = self.operations[position[step.index]]
         if step.kind == "exactDedup":
-            drops = ray.put(self._exact_drops(step, blocks))
+            drops = ray.put(self._exact_drops(step, blocks, op))
         elif step.kind == "nearDedup":
-            drops = ray.put(self._near_drops(step, blocks))
+            drops = ray.put(self._near_drops(step, blocks, op))
         else:
-            bounds = self._outlier_range(step, blocks)
+            bounds = self._outlier_range(step, blocks, op)
         outputs = [_filter_then_clean.remote(b, drops, bounds, after) for b in blocks]
         self._wait([o[1] for o in outputs], step.name)
         for stats in ray.get([o[1] for o in outputs]):
-            self.operations[position[step.index]].add(*stats["global"])
+            op.add(*stats["global"])
             for local, (rows_in, rows_out, seconds) in zip(after, stats["steps"], strict=True):
                 self.operations[position[local.index]].add(rows_in, rows_out, 0, seconds)
-        self.operations[position[step.index]].seconds += time.perf_counter() - self._stage_started
         self._report_operations(f"{step.name} done")
         return [o[0] for o in outputs]
 
-    def _exact_drops(self, step: Step, blocks: list) -> np.ndarray:
+    def _exact_drops(self, step: Step, blocks: list, stats: manifest.OpStats) -> np.ndarray:
         parts = self.partitions
-        maps = [_exact_map.options(num_returns=parts).remote(b, step.params.normalize, parts) for b in blocks]
-        maps = [m if isinstance(m, list) else [m] for m in maps]
+        maps = [_exact_map.options(num_returns=parts + 1).remote(b, step.params.normalize, parts) for b in blocks]
         reduces = [_exact_reduce.remote(*[m[p] for m in maps]) for p in range(parts)]
         self._wait(reduces, step.name)
-        drops = [d for d in ray.get(reduces) if len(d)]
+        results = ray.get(reduces)
+        stats.seconds += sum(ray.get([m[-1] for m in maps])) + sum(cpu for _, cpu in results)
+        drops = [d for d, _ in results if len(d)]
         return np.sort(np.concatenate(drops)) if drops else np.zeros(0, dtype=np.int64)
 
-    def _near_drops(self, step: Step, blocks: list) -> np.ndarray:
+    def _near_drops(self, step: Step, blocks: list, stats: manifest.OpStats) -> np.ndarray:
         p = step.params
         parts = self.partitions
         maps = [
-            _minhash_map.options(num_returns=parts + 1).remote(b, p.num_perm, p.bands, p.shingle_size, p.seed, parts)
+            _minhash_map.options(num_returns=parts + 2).remote(b, p.num_perm, p.bands, p.shingle_size, p.seed, parts)
             for b in blocks
         ]
         reduces = [_candidate_reduce.remote(*[m[1 + i] for m in maps]) for i in range(parts)]
         self._wait(reduces, step.name)
-        pairs = [c for c in ray.get(reduces) if len(c)]
+        results = ray.get(reduces)
+        stats.seconds += sum(ray.get([m[-1] for m in maps])) + sum(cpu for _, cpu in results)
+        pairs = [c for c, _ in results if len(c)]
         if not pairs:
             return np.zeros(0, dtype=np.int64)
+        started = time.process_time()
         candidates = np.unique(np.concatenate(pairs), axis=0)
         needed = ray.put(np.unique(candidates))
         found = ray.get([_take_signatures.remote(m[0], needed) for m in maps])
@@ -417,12 +443,15 @@ class _Run:
         a = sigs[np.searchsorted(rids, candidates[:, 0])]
         b = sigs[np.searchsorted(rids, candidates[:, 1])]
         verified = candidates[minhash.similar(a, b, p.threshold)]
-        return minhash.duplicate_rows(verified)
+        drops = minhash.duplicate_rows(verified)
+        stats.seconds += time.process_time() - started + sum(f[2] for f in found)
+        return drops
 
-    def _outlier_range(self, step: Step, blocks: list) -> tuple[str, float, float]:
+    def _outlier_range(self, step: Step, blocks: list, stats: manifest.OpStats) -> tuple[str, float, float]:
         column = numeric_column(step.params.column)
-        values = ray.get([_numeric_values.remote(b, column) for b in blocks])
-        merged = np.concatenate(values) if values else np.zeros(0)
+        results = ray.get([_numeric_values.remote(b, column) for b in blocks])
+        stats.seconds += sum(cpu for _, cpu in results)
+        merged = np.concatenate([v for v, _ in results]) if results else np.zeros(0)
         low, high = stages.outlier_bounds(merged, step.params.method, step.params.threshold)
         return (column, low, high)
 
@@ -465,6 +494,7 @@ class _Run:
         ]
         self._wait([t[0] for t in tokenized], "tokenize")
         metas = ray.get([t[0] for t in tokenized])
+        self.stage_cpu["tokenize"] = sum(ray.get([t[1] for t in tokenized]))
 
         run_id = uuid.uuid4().hex[:12]
         compression = self.spec.output.compression
@@ -474,7 +504,7 @@ class _Run:
         tails: dict[str, int] = {}
         for index, name in enumerate(split.SPLITS):
             units = [m[name]["units"] for m in metas]
-            outputs = [t[1 + index] for t in tokenized]
+            outputs = [t[2 + index] for t in tokenized]
             total = sum(units)
             usable = total
             if plan.task == "languageModeling":
@@ -500,7 +530,9 @@ class _Run:
         self._enter("write")
         self._report(progress="write")
         self._wait([t for _, t in shard_tasks], "write")
-        infos = ray.get([t for _, t in shard_tasks])
+        written = ray.get([t for _, t in shard_tasks])
+        infos = [info for info, _ in written]
+        self.stage_cpu["write"] = sum(cpu for _, cpu in written)
         for name in split.SPLITS:
             mine = [info for (n, _), info in zip(shard_tasks, infos, strict=True) if n == name]
             documents = sum(m[name]["documents"] for m in metas)
@@ -531,6 +563,7 @@ class _Run:
             input_digest=input_digest,
             tokenizer_file=tokenize.TOKENIZER_FILE,
             stage_seconds=self.stage_seconds,
+            stage_cpu_seconds=self.stage_cpu,
         )
         self._commit(infos, tok_json, document)
         self._report(**self._status(document))

@@ -40,7 +40,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     TOKENS_GENERATED: ("counter", ("model", "version"), "Tokens generated."),
     PROMPT_TOKENS: ("counter", ("model", "version"), "Prompt tokens processed."),
     BATCH_SIZE: ("histogram", ("model", "version"), "Requests (prompts or inputs) per batch."),
-    QUEUE_DEPTH: ("gauge", ("model", "version"), "Prompts or inputs in a replica waiting for a batch."),
+    QUEUE_DEPTH: ("gauge", ("model", "version"), "Prompts or inputs in a replica not yet in a running batch."),
     MODEL_LOAD_SECONDS: ("gauge", ("model", "version"), "Seconds the replica took to fetch and load its model."),
 }
 
@@ -65,8 +65,8 @@ def _metric(name: str, boundaries: Sequence[float] | None = None):  # -> ray.ser
     return serve_metrics.Histogram(name, description=description, boundaries=list(boundaries or []), tag_keys=labels)
 
 
-class IngressMetrics:
-    """Metrics the HTTP ingress records: every request, with its version, route, status code and latency."""
+class RequestMetrics:
+    """Metrics of every HTTP request: its version, route, status code and latency."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -81,7 +81,7 @@ class IngressMetrics:
 
 
 class ModelMetrics:
-    """Metrics a model replica records: token timings and counts, batch sizes, queue depth, load time."""
+    """Metrics of one model version in a replica: token timings and counts, batch sizes, queue depth, load time."""
 
     def __init__(self, model: str, version: str) -> None:
         self.tags = {"model": model, "version": version}

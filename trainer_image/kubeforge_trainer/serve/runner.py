@@ -167,7 +167,7 @@ class ModelRunner:
         return tasks
 
     def generate(self, tasks: Sequence[GenerationTask]) -> None:
-        """Run one batch of generation tasks to completion (blocking; call from a worker thread)."""
+        """Run one batch of generation tasks to completion (blocking; the server calls it from a worker thread)."""
         engine.generate(
             self.model, tasks, self.config.eos_token_id, self.config.pad_token_id, self.decode, self.generator
         )

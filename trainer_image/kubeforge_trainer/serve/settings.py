@@ -38,7 +38,7 @@ _SUFFIXES = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-INGRESS_HEADROOM = 32  # requests the ingress takes beyond the models' capacity: health checks, /v1/models, errors
+REPLICA_HEADROOM = 32  # requests a replica takes beyond its admission limits: health checks, /v1/models, errors
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,25 @@ def parse_model_user_config(config: dict[str, Any]) -> tuple[BatchingSpec, Gener
 
 
 def batch_limits(batching: BatchingSpec) -> tuple[int, float]:
-    """(max_batch_size, batch_wait_timeout_s) for serve.batch; batching disabled is batches of one, no wait."""
+    """(max batch size, max wait in seconds) of the batchers; batching disabled is batches of one, no wait."""
     if not batching.enabled:
         return 1, 0.0
     return batching.max_batch_size, batching.max_wait_ms / 1000.0
 
 
-def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """Ray Serve options of one model version's deployment: replicas, autoscaling, queue bounds, resources."""
+def admission_limits(spec: ModelDeploymentSpec) -> tuple[int, int]:
+    """(requests a replica runs at once, requests that may wait for them) before it answers 503."""
+    return spec.replicas.max_ongoing_requests, spec.replicas.max_queued_requests
+
+
+def server_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Ray Serve options of the app's deployment: replicas, autoscaling, request limits, resources, user_config.
+
+    The replica enforces maxOngoingRequests and maxQueuedRequests itself (AdmissionGate), so overload is answered
+    with the API's JSON 503. Serve lets a replica take that many requests plus headroom for health checks and
+    /v1/models. Serve's own queue at the proxy also holds requests while it assigns them to replicas, so it is
+    bounded by what all replicas together accept: it refuses (plain-text 503) only when no replica could take more.
+    """
     resources = spec.resources
     actor_options: dict[str, Any] = {
         "num_cpus": parse_quantity(resources.cpu),
@@ -151,40 +162,14 @@ def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
     }
     if resources.gpu:
         actor_options["num_gpus"] = resources.gpu
+    running, queued = admission_limits(spec)
+    per_replica = running + queued + REPLICA_HEADROOM
     return {
         **scaling_options(spec.replicas),
-        "max_ongoing_requests": spec.replicas.max_ongoing_requests,
-        # Overload beyond this queue is answered 503 at once (BackPressureError in the ingress) instead of waiting.
-        "max_queued_requests": spec.replicas.max_queued_requests,
+        "max_ongoing_requests": per_replica,
+        "max_queued_requests": per_replica * spec.replicas.max,
         "ray_actor_options": actor_options,
         "user_config": model_user_config(spec),
         # A model that cannot load (bad URI, corrupt weights) fails the deployment after a few tries, not twenty.
         "max_constructor_retry_count": 3,
-    }
-
-
-def ingress_deployment_options(spec: ModelDeploymentSpec, version_count: int) -> dict[str, Any]:
-    """Ray Serve options of the HTTP ingress.
-
-    The ingress only waits on model calls, so it takes more requests at once than all model replicas and their
-    queues hold: the model deployments' bounded queues are then what overflows first, and they are answered
-    with a JSON 503 by the ingress rather than by Ray's proxy.
-    """
-    replicas = spec.replicas
-    capacity = version_count * (replicas.max * replicas.max_ongoing_requests + replicas.max_queued_requests)
-    ongoing = capacity + INGRESS_HEADROOM
-    scaling: dict[str, Any] = {"num_replicas": 1}
-    if replicas.max > 1:
-        scaling = {
-            "autoscaling_config": {
-                "min_replicas": 1,
-                "max_replicas": replicas.max,
-                "target_ongoing_requests": max(replicas.max_ongoing_requests, 1),
-            }
-        }
-    return {
-        **scaling,
-        "max_ongoing_requests": ongoing,
-        "max_queued_requests": ongoing,
-        "ray_actor_options": {"num_cpus": 0},
     }

@@ -131,7 +131,10 @@ def _choose_run_id(job: TrainingJob, settings: RunSettings) -> RunSettings:
 
 def _forward_progress(message: dict[str, Any], reporter: Any, result: dict[str, Any]) -> None:
     if "status" in message:
-        reporter.report(**message["status"])
+        try:
+            reporter.report(**message["status"])
+        except ValueError as exc:  # a progress update must never end a training run
+            log.warning("progress update %s not reported: %s", message["status"], exc)
     elif "result" in message:
         result.update(message["result"])
 

@@ -232,8 +232,14 @@ class WorkerRun:
             "trainingJob": self.settings.resource_name,
         }
 
+    def _sync_tokens(self) -> None:
+        """Add the tokens all workers trained on since the last sync to the state (a collective)."""
+        self.state.tokens_seen += int(self._all_sum([float(self.pending_tokens)])[0])
+        self.pending_tokens = 0
+
     def save_checkpoint(self) -> str:
         """Write a complete checkpoint of the current step (a collective); returns its URI."""
+        self._sync_tokens()
         step = self.state.step
         name = ckpt.checkpoint_name(step)
         final = ckpt.checkpoint_uri(self.root, step)
@@ -245,7 +251,9 @@ class WorkerRun:
                 shutil.rmtree(staging, ignore_errors=True)
         self._barrier()
         lora = self.spec.model.lora is not None
-        self.engine.save_checkpoint(staging, tag=ckpt.DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=lora)
+        # The `latest` file is what DeepSpeed's ZeRO-3 weight consolidation looks for when the best checkpoint is
+        # loaded for the final test (load_module_only).
+        self.engine.save_checkpoint(staging, tag=ckpt.DEEPSPEED_TAG, save_latest=True, exclude_frozen_parameters=lora)
         parameters = gather_full_parameters(self.engine.module, self.spec.deepspeed.zero_stage, self.is_rank0)
         if self.is_rank0:
             model = plain_model_from_parameters(self.model_config, self.spec.model.lora, parameters)
@@ -314,8 +322,22 @@ class WorkerRun:
         self.tokenizer = self._local_tokenizer()
         if self.is_rank0 and self.settings.precision != self.spec.training.precision:
             log.info("precision %s falls back to %s on CPU", self.spec.training.precision, self.settings.precision)
+        building = time.monotonic()
         self._build_engine()
         self._comm_device = self.engine.device if self.settings.use_gpu else torch.device("cpu")
+        if self.is_rank0:
+            params = list(self.engine.module.parameters())
+            total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+            trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad)
+            log.info(
+                "DeepSpeed ZeRO-%d engine on %d %s worker(s): %s parameters (%s trainable), ready in %.1f s",
+                self.spec.deepspeed.zero_stage,
+                self.world,
+                "GPU" if self.settings.use_gpu else "CPU",
+                f"{total:,}",
+                f"{trainable:,}",
+                time.monotonic() - building,
+            )
         self.restore()
         self.resumed_from = self.state.step
         evaluation = self.spec.evaluation
@@ -346,6 +368,7 @@ class WorkerRun:
         plan, training = self.plan, self.spec.training
         epoch, skip = data_position(self.state.micro_batches_done, plan.micro_batches_per_epoch)
         self.window = {"loss": 0.0, "micro": 0.0, "tokens": 0.0, "start": time.monotonic()}
+        self.pending_tokens = 0
         self.attempt_start, self.attempt_start_step = time.monotonic(), self.state.step
         while not self._done():
             batches = shard.iter_batches(
@@ -371,6 +394,7 @@ class WorkerRun:
                 self.window["loss"] += loss.detach()  # stays on the device: no sync per micro-batch
                 self.window["micro"] += 1
                 self.window["tokens"] += tokens
+                self.pending_tokens += tokens
                 if boundary:
                     self.state.step += 1
                     self._after_step(epoch_fraction=self.state.micro_batches_done / plan.micro_batches_per_epoch)
@@ -407,7 +431,7 @@ class WorkerRun:
         eta = eta_seconds(step - self.attempt_start_step, now - self.attempt_start, self.plan.total_steps - step)
         loss = loss_sum / micro if micro else float("nan")
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.state.tokens_seen += int(tokens)
+        self._sync_tokens()
         self.window = {"loss": 0.0, "micro": 0.0, "tokens": 0.0, "start": now}
         if not self.is_rank0:
             return
