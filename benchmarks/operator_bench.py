@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -135,8 +136,9 @@ def run(jobs: int, rate: float | None, workdir: Path) -> dict[str, Any]:
                 children = server.call(lambda emulator: dict(emulator.created_at))
                 return all(("rayjobs", NAMESPACE, f"{name}-train") in children for name in created)
 
-            wait_until("every RayJob", all_children, 300)
+            wait_until("every RayJob", all_children, 600)
             child_latency = [children[("rayjobs", NAMESPACE, f"{name}-train")] - t for name, t in created.items()]
+            all_children_seconds = max(children[("rayjobs", NAMESPACE, f"{n}-train")] for n in created) - started
 
             # KubeRay reports Running: latency from the child's status patch to the parent's phase Running.
             patched: dict[str, float] = {}
@@ -163,6 +165,7 @@ def run(jobs: int, rate: float | None, workdir: Path) -> dict[str, Any]:
         "jobs": jobs,
         "rate": rate,
         "create_seconds": create_seconds,
+        "all_children_seconds": all_children_seconds,
         "child_latency": child_latency,
         "status_latency": status_latency,
         "idle_rss": idle_rss,
@@ -192,23 +195,26 @@ def report(results: list[dict[str, Any]]) -> str:
         "The operator runs as `kubeforge operator` in its own process with production settings (resync every 10 s)",
         "against the kmock-based API emulator (`kubeforge.testing`) over HTTP on 127.0.0.1, which runs in the",
         "benchmark's process on the same CPUs. Each TrainingJob references one Succeeded DataPipeline, so every start",
-        "reads it. *Child latency*: from just before the TrainingJob's POST to the creation of its RayJob.",
+        "reads it. The benchmark process runs with its garbage collector off (the emulator's full collections",
+        "stalled it for seconds); the operator runs as in production. *Child latency*: from just before the",
+        "TrainingJob's POST to the creation of its RayJob.",
         "*Status latency*: from KubeRay's status patch of a RayJob (Running) to the TrainingJob's phase Running, as",
         "seen by a watch. RSS: resident memory of the operator process (psutil). Operator CPU per job: user + system",
         "CPU time of the operator process over the whole run (create, one status change, a resync period) divided",
         "by the jobs; it does not depend on the machine's load. Load avg: the machine's 1-minute load average at the",
         "end of the run (other work shares this machine; on 2 CPUs anything above 2 means waiting for a CPU).",
         "",
-        "| TrainingJobs | created at | child p50 | child p99 | child max | status p50 | status p99 "
-        "| RSS idle | RSS peak | RSS settled | operator CPU per job | load avg | targets (p99 < 1 s, RSS < 300 MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TrainingJobs | created at | all children after | child p50 | child p99 | child max | status p50 "
+        "| status p99 | RSS idle | RSS peak | RSS settled | operator CPU per job | load avg "
+        "| targets (p99 < 1 s, RSS < 300 MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         child, status = r["child_latency"], r["status_latency"]
         rate = f"{r['rate']:.0f}/s" if r["rate"] else f"burst ({r['jobs'] / r['create_seconds']:.0f}/s)"
         met = percentile(child, 99) < TARGET_P99_SECONDS and r["peak_rss"] < TARGET_RSS_MB
         lines.append(
-            f"| {r['jobs']} | {rate} | {statistics.median(child) * 1000:.0f} ms "
+            f"| {r['jobs']} | {rate} | {r['all_children_seconds']:.1f} s | {statistics.median(child) * 1000:.0f} ms "
             f"| {percentile(child, 99) * 1000:.0f} ms "
             f"| {max(child) * 1000:.0f} ms | {statistics.median(status) * 1000:.0f} ms "
             f"| {percentile(status, 99) * 1000:.0f} ms | {r['idle_rss']:.0f} MB | {r['peak_rss']:.0f} MB "
@@ -247,4 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("KUBEFORGE_LOG_LEVEL", "WARNING")
+    # The emulator is the harness, not the system under test: its full garbage collections over thousands of
+    # stored object versions stalled it (and so everything) for up to 1.8 s per collection during a burst.
+    gc.disable()
     sys.exit(main())

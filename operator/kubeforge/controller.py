@@ -6,6 +6,7 @@ Run it with `kubeforge operator` (settings from the KUBEFORGE_* environment, see
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ def run(config: OperatorConfig | None = None) -> None:
     kopf.configure(verbose=config.log_level == "DEBUG", quiet=config.log_level in ("WARNING", "ERROR"))
     registry = kopf.OperatorRegistry()
     register(registry, config)
+    warm_up()
+    # Everything imported and built so far lives as long as the process: keep it out of the garbage collector's
+    # full collections, which would otherwise walk it again and again.
+    gc.freeze()
     kopf.run(
         registry=registry,
         clusterwide=not config.watch_namespaces,

@@ -25,7 +25,7 @@ RESOURCES = {
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
 }
 NAMESPACE = "ml"
-WAIT_SECONDS = 20.0
+WAIT_SECONDS = 30.0
 
 # Short resync so a test never waits long for the safety net; events drive everything the tests check.
 TEST_CONFIG = OperatorConfig(

@@ -27,6 +27,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models in this process run on one thread (as a replica with one CPU does); restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """A 2-layer GPT trained 250 steps on standard-library docstrings (version v1)."""
@@ -42,7 +53,7 @@ def tiny_lm_canary(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """A 2-label GPTForClassification (does a docstring line mention "return"?)."""
-    return build_tiny_classifier(tmp_path_factory.mktemp("cls-v1"), version="c1", steps=60, seed=0)
+    return build_tiny_classifier(tmp_path_factory.mktemp("cls-v1"), version="c1", steps=120, seed=0)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 TrainingJob manifests, and a way to kill a training worker process.
 
 The datasets are real: a BPE tokenizer (`tokenizers`) trained on Python standard-library docstrings, packed
-language-modeling rows, and a three-class toy classification task whose answer is known (the class is the colour
-word that ends each document).
+language-modeling rows, and a three-class toy classification task whose answer is known (the class is the word
+that ends each document).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 SEQUENCE_LENGTH = 33  # packed rows: the model sees 32 tokens and predicts the next 32
 CONTEXT = 32
-COLOURS = ("red", "green", "blue")
+CLASSES = ("file", "string", "object")
 STDLIB_MODULES = (
     "json",
     "os",
@@ -121,18 +121,23 @@ def lm_dataset(tmp_path_factory: pytest.TempPathFactory, corpus: list[str], toke
 
 @pytest.fixture(scope="session")
 def classification_dataset(tmp_path_factory: pytest.TempPathFactory, corpus: list[str], tokenizer_file: Path) -> Path:
-    """Toy classification: 4-12 corpus words then a colour word; the label is the colour (3 classes)."""
+    """Toy classification with a known answer: 8 one-token corpus words, then the class word (file, string or
+    object, one token each) that decides the label; every document is 9 tokens long."""
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    words = [w for line in corpus[:400] for w in line.split() if w.isalpha()]
+    assert all(len(tokenizer.encode(word).ids) == 1 for word in CLASSES)
+    words = sorted(
+        {w for line in corpus[:400] for w in line.split() if w.isalpha() and len(tokenizer.encode(w).ids) == 1}
+        - set(CLASSES)
+    )
     rng = random.Random(3)
     splits: dict[str, list[list[int]]] = {}
     labels: dict[str, list[int]] = {}
     for split, count in (("train", 256), ("validation", 24), ("test", 30)):
         splits[split], labels[split] = [], []
         for _ in range(count):
-            label = rng.randrange(len(COLOURS))
-            text = " ".join([*rng.sample(words, rng.randint(4, 12)), COLOURS[label]])
-            splits[split].append(tokenizer.encode(text).ids[:CONTEXT])
+            label = rng.randrange(len(CLASSES))
+            text = " ".join([*rng.sample(words, 8), CLASSES[label]])
+            splits[split].append(tokenizer.encode(text).ids)
             labels[split].append(label)
     return write_dataset(
         tmp_path_factory.mktemp("cls-data"),
@@ -142,7 +147,7 @@ def classification_dataset(tmp_path_factory: pytest.TempPathFactory, corpus: lis
         vocab_size=tokenizer.get_vocab_size(),
         splits=splits,
         labels=labels,
-        label_names=COLOURS,
+        label_names=CLASSES,
         pad_token_id=0,
         eos_token_id=1,
     )

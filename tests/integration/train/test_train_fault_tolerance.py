@@ -14,7 +14,7 @@ from kubeforge_trainer.train.schedule import lr_multiplier
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STEPS = 160
+STEPS = 100
 LEARNING_RATE = 0.01
 
 

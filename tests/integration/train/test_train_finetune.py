@@ -1,7 +1,7 @@
-"""Fine-tuning on two CPU workers: a LoRA classifier from a kubeforge language model on a toy task with a known
-answer (the reported test metrics equal a recomputation from the export; early stopping and the best checkpoint
-follow the validation curve; only the adapters and the head trained), and a LoRA fine-tune of a local Hugging Face
-GPT-2 directory (the export's untouched weights are exactly the Hugging Face ones)."""
+"""Fine-tuning on two CPU workers: a local Hugging Face GPT-2 directory becomes, through LoRA (peft) under ZeRO-1,
+a classifier for a toy task whose answer is known (the word that ends each document decides the class).
+The reported test metrics equal a recomputation from the exported model, early stopping and the best checkpoint
+follow the logged validation curve, and the export's untouched weights are exactly the Hugging Face ones."""
 
 from __future__ import annotations
 
@@ -11,13 +11,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from kubeforge_trainer.models import ModelConfig, build_model, load_model_dir, save_model_dir
+from kubeforge_trainer.models import load_model_dir
 from kubeforge_trainer.models.hf import load_hf_gpt2_dir
 from kubeforge_trainer.train import run_trainingjob
 from kubeforge_trainer.train.evaluation import is_improvement
 from tokenizers import Tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def hf_gpt2_dir(tmp_path, tokenizer_file):
+    """A tiny randomly initialised transformers GPT2LMHeadModel saved with save_pretrained, sharing our tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    torch.manual_seed(1)
+    directory = tmp_path / "hf-gpt2"
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
+    return directory
 
 
 def recompute_metrics(model_dir, dataset, split: str) -> dict[str, float]:
@@ -49,22 +62,17 @@ def recompute_metrics(model_dir, dataset, split: str) -> dict[str, float]:
     }
 
 
-def test_lora_classifier_from_a_pretrained_language_model(
-    ray_local, classification_dataset, tokenizer_file, tmp_path, status_file, helpers
+def test_lora_classifier_fine_tuned_from_a_hugging_face_gpt2(
+    ray_local, classification_dataset, hf_gpt2_dir, tmp_path, status_file, helpers
 ) -> None:
-    # A kubeforge-format language model to start from (random weights are enough: LoRA must leave them intact).
-    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
-    base_config = ModelConfig(vocab_size=vocab, n_layers=1, n_heads=2, d_model=32, context_length=32)
-    torch.manual_seed(0)
-    pretrained = save_model_dir(tmp_path / "base", build_model(base_config), base_config, tokenizer_file, {})
     root = tmp_path / "ckpt"
     job = helpers.make_job(
-        "colours",
+        "toy-classes",
         classification_dataset,
         root,
         model={
             "task": "classification",
-            "pretrained": {"path": str(pretrained), "format": "kubeforge"},
+            "pretrained": {"path": str(hf_gpt2_dir), "format": "huggingface"},
             "lora": {"rank": 4, "alpha": 8, "targetModules": ["qkv", "proj"]},
         },
         training={"maxSteps": 60, "learningRate": 0.02, "warmupSteps": 0, "schedule": "constant"},
@@ -73,92 +81,48 @@ def test_lora_classifier_from_a_pretrained_language_model(
             "intervalSteps": 4,
             "bestMetric": "accuracy",
             "bestMode": "max",
-            "earlyStopping": {"metric": "accuracy", "mode": "max", "patience": 3, "minDelta": 0.0},
+            "earlyStopping": {"metric": "loss", "mode": "min", "patience": 2, "minDelta": 0.01},
         },
         checkpoint={"intervalSteps": 1000, "keepLast": 1},
     )
-    status = status_file("colours")
+    status = status_file("toy-classes")
 
     result = run_trainingjob(job, str(classification_dataset), status.reporter)
 
-    # The toy task is learnable: the colour word decides the class.
+    # The toy task is learnable (the last word decides the class): far above the 1/3 of guessing.
     test = result["testMetrics"]
     assert set(test) == {"loss", "accuracy", "precision", "recall", "f1"}
-    assert test["accuracy"] >= 0.9, test
+    assert test["accuracy"] >= 0.8, test
     # The workers' distributed metrics equal a plain recomputation from the exported (best) model.
-    assert recompute_metrics(tmp_path / "ckpt" / "model", classification_dataset, "test") == pytest.approx(
-        test, rel=1e-5, abs=1e-6
-    )
+    recomputed = recompute_metrics(root / "model", classification_dataset, "test")
+    assert recomputed == pytest.approx(test, rel=1e-5, abs=1e-6)
 
     # Early stopping and the best checkpoint follow the logged validation curve.
     evals = [r for r in helpers.read_csv_rows(root / "logs" / "eval.csv") if r["split"] == "validation"]
     accuracies = [(int(r["step"]), float(r["accuracy"])) for r in evals]
     assert [s for s, _ in accuracies] == list(range(4, result["steps"] + 1, 4))
     best, waited, stop_at = None, 0, None
-    for step, value in accuracies:
-        if is_improvement(value, best, "max"):
-            best, waited = value, 0
+    for row in evals:
+        if is_improvement(float(row["loss"]), best, "min", 0.01):
+            best, waited = float(row["loss"]), 0
         else:
             waited += 1
-            if waited >= 3:
-                stop_at = step
+            if waited >= 2:
+                stop_at = int(row["step"])
                 break
     assert result["stoppedEarly"] is (stop_at is not None)
     assert result["steps"] == (stop_at or 60)
     assert result["bestStep"] == next(s for s, v in accuracies if v == max(v for _, v in accuracies))
     assert status.read()["stoppedEarly"] is result["stoppedEarly"]
 
-    # LoRA trained only the adapters (merged into qkv/proj on export) and the head: the rest is the pretrained LM.
+    # LoRA trained only the adapters (merged into qkv/proj on export) and the head; the rest is Hugging Face's.
     exported, config, _ = load_model_dir(root / "model")
-    base, _, _ = load_model_dir(pretrained)
-    assert config.task == "classification" and config.labels == ["red", "green", "blue"]
-    for name, param in base.named_parameters():
+    assert config.task == "classification" and config.labels == ["file", "string", "object"]
+    assert (config.n_layers, config.d_model, config.context_length) == (1, 32, 32)
+    _, hf_weights, _ = load_hf_gpt2_dir(hf_gpt2_dir)
+    for name, weight in hf_weights.items():
         mine = exported.get_parameter(f"gpt.{name}")
         if name.endswith(("qkv.weight", "proj.weight")):
-            assert not torch.equal(mine, param), name
-        else:
-            assert torch.equal(mine, param), name
-
-
-@pytest.fixture
-def hf_gpt2_dir(tmp_path, tokenizer_file):
-    """A tiny randomly initialised transformers GPT2LMHeadModel saved with save_pretrained, sharing our tokenizer."""
-    transformers = pytest.importorskip("transformers")
-    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
-    config = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=32, n_layer=1, n_head=2)
-    torch.manual_seed(1)
-    directory = tmp_path / "hf-gpt2"
-    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
-    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
-    return directory
-
-
-def test_lora_fine_tune_of_a_hugging_face_gpt2(ray_local, lm_dataset, hf_gpt2_dir, tmp_path, status_file, helpers):
-    root = tmp_path / "ckpt"
-    job = helpers.make_job(
-        "hf-lora",
-        lm_dataset,
-        root,
-        model={
-            "pretrained": {"path": str(hf_gpt2_dir), "format": "huggingface"},
-            "lora": {"rank": 4, "alpha": 8, "targetModules": ["qkv", "proj", "fc1", "fc2"]},
-        },
-        training={"maxSteps": 16, "learningRate": 0.02},
-        deepspeed={"zeroStage": 2},
-    )
-
-    result = run_trainingjob(job, str(lm_dataset), status_file("hf-lora").reporter)
-
-    assert result["steps"] == 16
-    losses = [float(r["loss"]) for r in helpers.read_csv_rows(root / "logs" / "train.csv")]
-    assert losses[-1] < losses[0], losses
-    _, hf_weights, _ = load_hf_gpt2_dir(hf_gpt2_dir)
-    exported, config, _ = load_model_dir(root / "model")
-    assert (config.n_layers, config.d_model, config.context_length) == (1, 32, 32)
-    adapted = ("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")
-    for name, weight in hf_weights.items():
-        mine = exported.get_parameter(name)
-        if name.endswith(adapted):
             assert not torch.equal(mine, weight), name
             assert torch.allclose(mine, weight, atol=0.5), name  # a low-rank update, not a different matrix
         else:

@@ -18,6 +18,7 @@ Ray only orchestrates; every computation is a pure function of the other modules
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_ERRORS_IN_MANIFEST = 100
 TOKENIZER_TRAIN_MAX_BYTES = 256 << 20
 """The tokenizer trains on at most this much of the train split (in order); BPE merges settle long before."""
+BUILTIN_BLOCK_BYTES = 4 << 20
 BUILTIN_DOCS_PER_BLOCK_MIN = 64
 
 
@@ -297,31 +299,39 @@ class _Run:
     # -- input
 
     def _source(self, plan: Plan) -> tuple[Any, str]:
-        """(read chunks, or in-memory tables for the builtin corpus; the input fingerprint)."""
+        """(read chunks, or the builtin corpus as blocks in the object store; the input fingerprint)."""
         source = self.spec.source
         if source.builtin is not None:
-            tables, digest = self._builtin_tables(source.builtin.max_documents)
-            return tables, digest
+            return self._builtin_blocks(source.builtin.max_documents)
         files = resolve_files(source)
         target = chunk_bytes(sum(f.size for f in files), self.cores)
         chunks = plan_chunks(files, plan.read.format, plan.read.text_mode, target)
         return chunks, manifest.fingerprint([(f.uri, f.size, f.mtime) for f in files])
 
-    def _builtin_tables(self, max_documents: int) -> tuple[list[pa.Table], str]:
-        texts = list(builtin.system_docs(max_documents))
-        if not texts:
-            raise DataPipelineError("spec.source.builtin: no documents found on this machine")
-        digest = manifest.fingerprint([("system-docs", max_documents), *((t,) for t in texts)])
-        total = sum(len(t) for t in texts)
-        target = chunk_bytes(total, self.cores)
-        tables, start, size = [], 0, 0
-        for i, text in enumerate(texts):
+    def _builtin_blocks(self, max_documents: int) -> tuple[list[ray.ObjectRef], str]:
+        """The builtin corpus as blocks in the object store, built as the documents come (the driver holds one block's
+        texts at a time), and its fingerprint (a hash of every document)."""
+        digest = hashlib.sha256(f"system-docs {max_documents}".encode())
+        blocks: list[ray.ObjectRef] = []
+        texts: list[str] = []
+        size = 0
+
+        def put() -> None:
+            rids = np.arange(len(texts), dtype=np.int64) + make_rid(len(blocks), 0)
+            blocks.append(ray.put(pa.table({TEXT: pa.array(texts, pa.string()), RID: rids})))
+
+        for text in builtin.system_docs(max_documents):
+            digest.update(hashlib.sha256(text.encode()).digest())
+            texts.append(text)
             size += len(text)
-            if (size >= target and i + 1 - start >= BUILTIN_DOCS_PER_BLOCK_MIN) or i == len(texts) - 1:
-                rids = np.arange(i + 1 - start, dtype=np.int64) + make_rid(len(tables), 0)
-                tables.append(pa.table({TEXT: pa.array(texts[start : i + 1], pa.string()), RID: rids}))
-                start, size = i + 1, 0
-        return tables, digest
+            if size >= BUILTIN_BLOCK_BYTES and len(texts) >= BUILTIN_DOCS_PER_BLOCK_MIN:
+                put()
+                texts, size = [], 0
+        if texts:
+            put()
+        if not blocks:
+            raise DataPipelineError("spec.source.builtin: no documents found on this machine")
+        return blocks, digest.hexdigest()
 
     def _complete_manifest(self, spec_digest: str, input_digest: str) -> dict | None:
         """The existing manifest when it was written for this spec and input and all its shards are there."""
@@ -366,7 +376,7 @@ class _Run:
                 num_cpus=1,
             )
         else:
-            dataset = ray.data.from_arrow(source).map_batches(
+            dataset = ray.data.from_arrow_refs(source).map_batches(
                 stages.clean_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"steps": first}, num_cpus=1
             )
         outputs = [_separate.remote(ref) for ref in dataset.to_arrow_refs()]

@@ -357,7 +357,7 @@ def _relative_path(request: Request) -> str:
     return path or "/"
 
 
-def _read_version(uri: str) -> str:
+def read_model_version(uri: str) -> str:
     """The version recorded in a model directory's kubeforge.json."""
     version = json.loads(storage.read_text(storage.join(uri, INFO_FILE))).get("version")
     if not version:
@@ -379,4 +379,4 @@ def build_from_settings(settings: AppSettings) -> serve.Application:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application a ModelDeployment's RayService runs (import_path kubeforge_trainer.serve:build_app)."""
-    return build_from_settings(parse_app_args(args, read_version=_read_version))
+    return build_from_settings(parse_app_args(args, read_version=read_model_version))

@@ -7,7 +7,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from .app import _read_version, build_from_settings
+from .app import build_from_settings, read_model_version
 from .settings import parse_app_args
 
 LOCAL_HOST = "127.0.0.1"
@@ -19,7 +19,7 @@ def serve_locally(args: dict[str, Any], http_port: int = 8000, route_prefix: str
     The Serve application is named after the ModelDeployment; Serve's HTTP proxy listens on host:http_port (the
     first call in a Ray session fixes the port). Stop it with stop_locally(name).
     """
-    settings = parse_app_args(args, read_version=_read_version)
+    settings = parse_app_args(args, read_version=read_model_version)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     serve.start(http_options={"host": host, "port": http_port})

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import inspect
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,13 @@ def train_tokenizer(lines: list[str], vocab_size: int, path: Path) -> Tokenizer:
     return tokenizer
 
 
-def _train(model: torch.nn.Module, batches, steps: int, lr: float, loss_of) -> float:
+def _train(
+    model: torch.nn.Module,
+    batches: Callable[[int], tuple[torch.Tensor, ...]],
+    steps: int,
+    lr: float,
+    loss_of: Callable[..., torch.Tensor],
+) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     recent: list[float] = []
@@ -126,7 +133,14 @@ def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
-def _save(directory: Path, model, config, tokenizer_file: Path, version: str, metrics: dict) -> Path:
+def _save(
+    directory: Path,
+    model: torch.nn.Module,
+    config: ModelConfig,
+    tokenizer_file: Path,
+    version: str,
+    metrics: dict[str, float],
+) -> Path:
     info = {
         "version": version,
         "packageVersion": importlib.metadata.version("kubeforge"),

@@ -1,0 +1,41 @@
+"""Loading model directories for serving: URIs, versions, and the errors build_app gives before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+from kubeforge_trainer.serve.runner import ModelRunner
+from kubeforge_trainer.serve.tiny_model import TinyModel
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def resource(**spec: object) -> dict:
+    return {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"}, "spec": spec}
+
+
+def test_runner_loads_a_file_uri_and_reads_the_version(tiny_lm: TinyModel) -> None:
+    runner = ModelRunner.load(f"file://{tiny_lm.path}", version="")
+    assert runner.version == "v1"  # from kubeforge.json
+    assert runner.info()["task"] == "languageModeling"
+    assert runner.info()["contextLength"] == tiny_lm.config.context_length
+
+
+def test_a_missing_version_is_read_from_the_model_directory(tiny_lm: TinyModel) -> None:
+    from kubeforge_trainer.serve.app import read_model_version
+    from kubeforge_trainer.serve.settings import parse_app_args
+
+    args = {"resource": resource(modelUri=str(tiny_lm.path)), "modelVersion": ""}  # the operator may not know it
+    (stable,) = parse_app_args(args, read_model_version).versions
+    assert (stable.version, stable.uri, stable.traffic_percent) == ("v1", str(tiny_lm.path), 100)
+
+
+def test_build_app_refuses_a_missing_model_directory(tmp_path) -> None:
+    from kubeforge_trainer.serve import build_app
+
+    with pytest.raises(ValueError, match="does not exist"):
+        build_app({"resource": resource(modelUri=str(tmp_path / "nothing")), "modelVersion": "v1"})
+
+
+def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a kubeforge model directory"):
+        ModelRunner.load(str(tmp_path), version="v1")
