@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=200, help="requests in each one-at-a-time run")
     parser.add_argument("--concurrent", type=int, default=640, help="requests in each concurrent run")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=16, help="completion tokens per request")
+    parser.add_argument(
+        "--max-tokens", type=int, default=48, help="completion tokens per request (the quickstart's maxTokens)"
+    )
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the requests are split into")
     parser.add_argument("--output", type=Path, default=RESULTS)

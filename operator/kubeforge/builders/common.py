@@ -17,6 +17,7 @@ from ..constants import (
     LABEL_MANAGED_BY,
     LABEL_PART_OF,
     MANAGED_BY_VALUE,
+    PVC_MOUNT_ROOT,
     owner_label,
 )
 
@@ -29,8 +30,6 @@ MAX_RAY_NAME_LENGTH = 47
 CHILD_SUFFIX = {"DataPipeline": "data", "TrainingJob": "train", "ModelDeployment": ""}
 
 GPU_RESOURCE = "nvidia.com/gpu"
-# A DataPipeline's spec.source.pvc is mounted read-only at PVC_MOUNT_ROOT/<claimName> in every Ray pod.
-PVC_MOUNT_ROOT = "/mnt/pvc"
 RAY_METRICS_PORT = 8080
 WORKER_GROUP = "workers"
 

@@ -197,7 +197,7 @@ def test_a_pvc_source_is_mounted_read_only_in_every_ray_pod(config: OperatorConf
             {"name": "source", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}}
         ]
         assert pod["spec"]["containers"][0]["volumeMounts"] == [
-            {"name": "source", "mountPath": "/mnt/pvc/corpus", "readOnly": True}
+            {"name": "source", "mountPath": "/mnt/kubeforge/pvc/corpus", "readOnly": True}
         ]
 
 
