@@ -212,8 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the requests are split into")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="kubeforge-serve-bench-") as workdir:
+        report = run_benchmark(args, Path(workdir))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    print(report)
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
+    """Build the models in workdir, measure everything, and return the markdown report."""
     load_before = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="kubeforge-serve-bench-"))
 
     # The quickstart's network size: 2 layers, d_model 128.
     tiny = build_tiny_language_model(
@@ -291,11 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
 
-    report = render(args, runs, ratios, ppl, acc, tiny.config.num_parameters(), load_before, os.getloadavg())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
-    print(report)
-    return 0
+    return render(args, runs, ratios, ppl, acc, tiny.config.num_parameters(), load_before, os.getloadavg())
 
 
 def render(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 READY_LINE = "press Ctrl-C to stop"
 
@@ -78,7 +78,8 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
         workdir,
     )
     try:
-        output = read_until(run, READY_LINE, timeout=300)
+        # Generous: a clean machine also JIT-compiles DeepSpeed's comm op (~1 min) inside the first training run.
+        output = read_until(run, READY_LINE, timeout=780)
         text = "\n".join(output)
         assert "Traceback" not in text
         for label in ("DataPipeline/quickstart-corpus", "TrainingJob/quickstart-gpt", "ModelDeployment/quickstart-gpt"):
@@ -145,7 +146,7 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
         ["run", str(reduced_quickstart), "--plain", "--port", str(port2), "--metrics-port", str(free_port())],
         workdir,
     )
-    out, _ = again.communicate(timeout=300)
+    out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert out.count("= up to date: Succeeded at generation 1") == 2, out
     assert "completion: " in out

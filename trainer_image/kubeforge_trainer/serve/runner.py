@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from .. import storage
 from ..models import ModelConfig, load_model_dir, read_model_info
+from ..models.export import INFO_FILE
 from . import engine
 from .engine import GenerationTask, SamplingParams
 from .protocol import ApiError, Classification, ClassifyRequest, CompletionRequest, StreamDelta, context_error
@@ -80,6 +82,13 @@ def check_classify_lengths(
     return None
 
 
+def _load_local(directory: Path, device: str) -> tuple[nn.Module, ModelConfig, Tokenizer, str]:
+    """(model, config, tokenizer, version recorded in kubeforge.json) of a local model directory."""
+    model, config, tokenizer = load_model_dir(directory, device=device)
+    info = read_model_info(directory) if (directory / INFO_FILE).is_file() else {}
+    return model, config, tokenizer, str(info.get("version", ""))
+
+
 def _unseeded_generator(device: str) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.seed()  # from the OS: replicas must not all draw the same "random" tokens
@@ -103,9 +112,13 @@ class ModelRunner:
     def load(cls, uri: str, version: str, quantization: str = "none", device: str = "cpu") -> ModelRunner:
         """Fetch the model directory (local path, file:// or object store), load it, quantise if asked."""
         started = time.perf_counter()
-        # Each replica downloads into its own directory so replicas on one node never race on the same files.
-        local_dir = storage.materialize_dir(uri, tempfile.mkdtemp(prefix="kubeforge-model-"))
-        model, config, tokenizer = load_model_dir(local_dir, device=device)
+        if storage.is_remote(uri):
+            # Each replica downloads into its own directory (so replicas on a node never race on the same files)
+            # and deletes it once the weights and tokenizer are in memory.
+            with tempfile.TemporaryDirectory(prefix="kubeforge-model-") as tmp:
+                model, config, tokenizer, recorded = _load_local(storage.download_dir(uri, tmp), device)
+        else:
+            model, config, tokenizer, recorded = _load_local(Path(storage.local_path(uri)), device)
         if quantization == "int8":
             model = quantize_int8(model)
         return cls(
@@ -113,7 +126,7 @@ class ModelRunner:
             config=config,
             tokenizer=tokenizer,
             uri=uri,
-            version=version or str(read_model_info(local_dir).get("version", "")),
+            version=version or recorded,
             quantization=quantization,
             load_seconds=time.perf_counter() - started,
             generator=_unseeded_generator(device),
