@@ -20,10 +20,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 READY_LINE = "press Ctrl-C to stop"
 
 
+def _default_sigint() -> None:
+    """Let the child take Ctrl-C even when this test runs as a background job (which ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kubeforge(args: list[str], cwd: Path) -> subprocess.Popen:
     """`kubeforge ARGS` in cwd, stdout and stderr merged, unbuffered."""
     return subprocess.Popen(
         [sys.executable, "-m", "kubeforge.cli", *args],
+        preexec_fn=_default_sigint,
         cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,

@@ -79,10 +79,16 @@ def test_a_data_step_that_fails_on_bad_input_fails_in_one_line_and_blocks_traini
     assert "Traceback" in log
 
 
+def _default_sigint() -> None:
+    """Let the child take Ctrl-C even when this test runs as a background job (which ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kubeforge(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "kubeforge.cli", *args],
+        preexec_fn=_default_sigint,
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
