@@ -188,3 +188,37 @@ class CommonStatus(ApiModel):
     last_progress_time: str | None = Field(
         default=None, description="When the workload last reported progress (RFC 3339)."
     )
+
+
+_QUANTITY_VALUE = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(value: int | float | str) -> float:
+    """A Kubernetes quantity (2, 500m, 4Gi, 1e3) as a number."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _QUANTITY_VALUE.match(value.strip())
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    try:
+        return float(match.group(1)) * _SUFFIX[match.group(2)]
+    except ValueError:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity") from None

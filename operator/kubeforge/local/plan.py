@@ -11,7 +11,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from kubeforge_trainer.train.plan import parse_quantity
+from kubeforge.api.common import parse_quantity
 
 from ..validate import Manifest, Problem
 

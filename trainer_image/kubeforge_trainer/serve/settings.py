@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kubeforge.api.common import parse_quantity
 from kubeforge.api.modeldeployment import (
     BatchingSpec,
     GenerationDefaults,
@@ -21,23 +21,6 @@ from kubeforge.api.modeldeployment import (
 )
 
 STABLE, CANARY = "stable", "canary"
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIXES = {
-    "": 1,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
 REPLICA_HEADROOM = 32  # requests a replica takes beyond its admission limits: health checks, /v1/models, errors
 
 
@@ -63,16 +46,6 @@ class AppSettings:
     def version(self, role: str) -> ModelVersion:
         """The version with this role."""
         return next(v for v in self.versions if v.role == role)
-
-
-def parse_quantity(value: int | float | str) -> float:
-    """A Kubernetes quantity as a number: "500m" -> 0.5, "2Gi" -> 2147483648, 3 -> 3.0."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = _QUANTITY.match(value.strip())
-    if not match or match.group(2) not in _SUFFIXES:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity")
-    return float(match.group(1)) * _SUFFIXES[match.group(2)]
 
 
 def parse_app_args(args: dict[str, Any], read_version: Callable[[str], str]) -> AppSettings:

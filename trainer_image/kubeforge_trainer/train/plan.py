@@ -8,10 +8,10 @@ any worker starts.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kubeforge.api.common import parse_quantity
 from kubeforge.api.trainingjob import TrainingJobSpec
 
 LANGUAGE_MODELING = "languageModeling"
@@ -206,40 +206,6 @@ def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInf
 def data_position(micro_batches_done: int, micro_batches_per_epoch: int) -> tuple[int, int]:
     """(epoch index, micro-batches already consumed in that epoch) after micro_batches_done in total."""
     return divmod(micro_batches_done, micro_batches_per_epoch)
-
-
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": 1,
-    "n": 1e-9,
-    "u": 1e-6,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity(value: int | float | str) -> float:
-    """A Kubernetes quantity (2, 500m, 4Gi, 1e3) as a number."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = _QUANTITY.match(value.strip())
-    if not match or match.group(2) not in _SUFFIX:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity")
-    try:
-        return float(match.group(1)) * _SUFFIX[match.group(2)]
-    except ValueError:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity") from None
 
 
 def worker_resources(cpu: int | float | str, memory: int | float | str, gpu: int) -> dict[str, float]:
