@@ -1,0 +1,211 @@
+"""Byte-level scans of a string column's UTF-8 buffer with numpy: which rows contain a byte, a byte class or a run of
+bytes of a class, and how many bytes of a class each row has.
+
+A vectorised comparison over the whole buffer costs a few percent of a pyarrow substring or RE2 kernel call over the
+same text (those run per row, and RE2 cannot skip ahead for a pattern without a literal prefix), so the cleaning
+operations use these scans as prefilters: a row the scan leaves out cannot match, and skips the expensive kernel.
+Every scan works on raw UTF-8 bytes; a byte below 0x80 is always the ASCII character it encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_ONES = np.uint64(0x0101010101010101)
+_TOP_BYTE = np.uint64(56)
+
+
+@dataclass(frozen=True)
+class Utf8Bytes:
+    """The bytes of a string array: data runs from the first row's start to the last row's end."""
+
+    data: np.ndarray
+    """uint8, every row's bytes in order."""
+    starts: np.ndarray
+    """int64, where each row starts in data."""
+    ends: np.ndarray
+    """int64, where each row ends in data."""
+    valid: np.ndarray
+    """bool, false for null rows (whose bytes, if any, are ignored)."""
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def utf8_bytes(text: pa.Array | pa.ChunkedArray) -> Utf8Bytes:
+    """A zero-copy view of the bytes of a string or binary array (a chunked array is combined first)."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks() if text.num_chunks != 1 else text.chunk(0)
+    n = len(text)
+    large = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
+    buffers = text.buffers()
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Utf8Bytes(np.zeros(0, dtype=np.uint8), empty, empty, np.zeros(0, dtype=bool))
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)[text.offset : text.offset + n + 1]
+    offsets = offsets.astype(np.int64)
+    base, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[base:end] if buffers[2] is not None else np.zeros(0, np.uint8)
+    valid = np.ones(n, dtype=bool) if text.null_count == 0 else text.is_valid().to_numpy(zero_copy_only=False)
+    return Utf8Bytes(data, offsets[:-1] - base, offsets[1:] - base, valid)
+
+
+def rows_with(view: Utf8Bytes, hits: np.ndarray) -> np.ndarray:
+    """Per row, whether any position of its bytes is marked in hits (a bool array as long as view.data)."""
+    hits = np.ascontiguousarray(hits, dtype=bool)
+    n = len(view)
+    if n == 0 or len(view.data) == 0:
+        return np.zeros(n, dtype=bool)
+    marks = hits.view(np.uint8)
+    if view.starts[-1] >= len(marks):
+        # reduceat needs every start to be a valid index: empty rows at the end start at len(data), past the end,
+        # so add a padding byte (only then: the copy costs as much as the scan).
+        marks = np.append(marks, np.uint8(0))
+    # reduceat gives an empty row the element at its start instead of nothing: fixed by the length test.
+    found = np.bitwise_or.reduceat(marks, view.starts).astype(bool)
+    found &= view.ends > view.starts
+    return found & view.valid
+
+
+def byte_class(data: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per byte, whether table (256 entries) marks it; a comparison per run of marked values, far cheaper than a
+    table lookup on large buffers (the buffers are reused: a fresh large array costs its page faults)."""
+    marked = np.flatnonzero(np.asarray(table) != 0)
+    result = np.zeros(len(data), dtype=bool)
+    if len(marked) == 0:
+        return result
+    shifted = np.empty(len(data), dtype=np.uint8)
+    inside = np.empty(len(data), dtype=bool)
+    breaks = np.flatnonzero(np.diff(marked) != 1)
+    for low, high in zip(marked[np.r_[0, breaks + 1]], marked[np.r_[breaks, len(marked) - 1]], strict=True):
+        if low == high:
+            np.equal(data, np.uint8(low), out=inside)
+        elif high == 255:
+            np.greater_equal(data, np.uint8(low), out=inside)
+        else:
+            # Unsigned wrap-around: one subtraction and one comparison test low <= byte <= high.
+            np.subtract(data, np.uint8(low), out=shifted)
+            np.less_equal(shifted, np.uint8(high - low), out=inside)
+        np.bitwise_or(result, inside, out=result)
+    return result
+
+
+def byte_set_table(values: bytes) -> np.ndarray:
+    """A 256-entry table marking the given byte values."""
+    table = np.zeros(256, dtype=np.uint8)
+    table[list(values)] = 1
+    return table
+
+
+def rows_with_byte(view: Utf8Bytes, value: int) -> np.ndarray:
+    """Per row, whether its bytes contain value."""
+    return rows_with(view, view.data == np.uint8(value))
+
+
+def rows_with_any(view: Utf8Bytes, table: np.ndarray) -> np.ndarray:
+    """Per row, whether any of its bytes is marked in table."""
+    return rows_with(view, byte_class(view.data, table))
+
+
+def non_ascii_rows(view: Utf8Bytes) -> np.ndarray:
+    """Per row, whether it has a byte of 0x80 or above (a character outside ASCII)."""
+    return rows_with(view, view.data >= np.uint8(0x80))
+
+
+def rows_with_sequence(view: Utf8Bytes, tables: list[np.ndarray]) -> np.ndarray:
+    """Per row, whether bytes of the given classes occur consecutively (class i at position p + i). A superset: a
+    sequence that starts in a row and ends in the next one marks the first row too, which only costs a wasted
+    check."""
+    data = view.data
+    classes: dict[bytes, np.ndarray] = {}
+    for table in tables:  # each distinct class is computed once, then compared shifted
+        classes.setdefault(np.asarray(table).tobytes(), byte_class(data, table))
+    hits = classes[np.asarray(tables[0]).tobytes()].copy()
+    for shift, table in enumerate(tables[1:], start=1):
+        hits[: len(data) - shift] &= classes[np.asarray(table).tobytes()][shift:]
+        hits[len(data) - shift :] = False
+    return rows_with(view, hits)
+
+
+def count_in_rows(view: Utf8Bytes, marks: np.ndarray) -> np.ndarray:
+    """Per row, how many of its bytes are marked (int64; 0 for null rows)."""
+    n = len(view)
+    if n == 0 or len(view.data) == 0:
+        return np.zeros(n, dtype=np.int64)
+    before_end = _marks_before(marks, view.ends)
+    before_start = _marks_before(marks, view.starts)
+    return np.where(view.valid, before_end - before_start, 0)
+
+
+def _marks_before(marks: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """How many marks lie before each position: prefix sums over 8-byte words, then the partial word.
+
+    Summing the eight 0/1 bytes of a word by one multiplication (the sum lands in the top byte) keeps the prefix sum
+    an eighth as long as the buffer; np.cumsum or np.add.reduceat over the bytes costs several times more."""
+    words = -(-len(marks) // 8) + 1
+    padded = np.zeros(words * 8, dtype=np.uint8)
+    padded[: len(marks)] = marks
+    blocks = padded.view("<u8")
+    with np.errstate(over="ignore"):
+        sums = (blocks * _ONES) >> _TOP_BYTE
+        # Accumulate in uint64 (the type of sums): a cumsum that casts to int64 on the way is ten times slower.
+        cumulative = np.zeros(words + 1, dtype=np.uint64)
+        np.cumsum(sums, out=cumulative[1:])
+        word = positions >> 3
+        # The bytes of a word before the position are its low-order bytes (little-endian view).
+        low_bytes = (np.left_shift(np.uint64(1), (positions & 7).astype(np.uint64) * np.uint64(8))) - np.uint64(1)
+        partial = ((blocks[word] & low_bytes) * _ONES) >> _TOP_BYTE
+    return (cumulative[word] + partial).astype(np.int64)
+
+
+def on_rows(
+    text: pa.ChunkedArray | pa.Array,
+    rows: np.ndarray | pa.Array | pa.ChunkedArray,
+    transform: Callable[[pa.Array], pa.Array],
+) -> pa.Array:
+    """text with transform applied to the rows where rows is true only (the others cannot change: skip them)."""
+    text = combined(text)
+    if not isinstance(rows, np.ndarray):
+        rows = combined(rows).fill_null(False).to_numpy(zero_copy_only=False)
+    if not rows.any():
+        return text
+    mask = pa.array(rows, pa.bool_())
+    return pc.replace_with_mask(text, mask, combined(transform(text.filter(mask))))
+
+
+def combined(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array of a chunked array (no copy when it has a single chunk)."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values
+
+
+def squeeze_spaces(text: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """text with every run of plain spaces (U+0020) cut to one space, by deleting each space that follows a space of
+    the same row: a few vectorised passes over the bytes instead of a regex replacement per match."""
+    text = combined(text)
+    view = utf8_bytes(text)
+    data = view.data
+    if len(data) < 2:
+        return text
+    space = data == np.uint8(0x20)
+    drop = np.zeros(len(data), dtype=bool)
+    np.logical_and(space[1:], space[:-1], out=drop[1:])
+    # A space at the start of a row follows the previous row's bytes, not a space of its own row.
+    drop[view.starts[view.starts < len(data)]] = False
+    if not drop.any():
+        return text
+    bounds = np.append(view.starts, view.ends[-1])
+    large = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
+    offsets = (bounds - _marks_before(drop, bounds)).astype(np.int64 if large else np.int32)
+    validity = None
+    if text.null_count:
+        validity = pa.py_buffer(np.packbits(view.valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        text.type, len(text), [validity, pa.py_buffer(offsets), pa.py_buffer(data[~drop])], text.null_count
+    )
