@@ -148,3 +148,21 @@ def test_normalized_text_equals_the_plain_definition() -> None:
         pc.replace_substring_regex(pc.utf8_lower(pc.fill_null(text, "")), COLLAPSE_ANY_WHITESPACE, " ")
     )
     assert hashing.normalized_text(text).to_pylist() == plain.to_pylist()
+
+
+def test_non_ascii_chars_keeps_whole_characters_and_nulls() -> None:
+    rows = ["a©b", None, "", "plain", "日本 語x", "é"]
+    for text in (_array(rows), _array(rows).slice(1)):
+        expected = [None if r is None else "".join(c for c in r if not c.isascii()) for r in text.to_pylist()]
+        got = textscan.non_ascii_chars(text)
+        got.validate(full=True)
+        assert got.to_pylist() == expected
+
+
+def test_class_counts_on_mixed_rows_match_python() -> None:
+    rows = ["a©b 1", "日本 語x\u3000y", "é\u00a0ü 2", "", "ab!!", "٣ \t x"]
+    text = _array(rows)
+    alnum = ops._class_counts(text, ops._ASCII_ALNUM, r"\p{L}\p{N}").tolist()
+    assert alnum == [sum(c.isalnum() for c in r) for r in rows]
+    spaces = ops._class_counts(text, ops._ASCII_SPACE, ops.WHITESPACE[1:-1]).tolist()
+    assert spaces == [sum(c.isspace() for c in r) for r in rows]

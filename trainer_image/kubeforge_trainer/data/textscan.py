@@ -76,22 +76,28 @@ def byte_class(data: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Per byte, whether table (256 entries) marks it; a comparison per run of marked values, far cheaper than a
     table lookup on large buffers (the buffers are reused: a fresh large array costs its page faults)."""
     marked = np.flatnonzero(np.asarray(table) != 0)
-    result = np.zeros(len(data), dtype=bool)
     if len(marked) == 0:
-        return result
-    shifted = np.empty(len(data), dtype=np.uint8)
-    inside = np.empty(len(data), dtype=bool)
+        return np.zeros(len(data), dtype=bool)
+    result = np.empty(len(data), dtype=bool)
+    inside = result
+    shifted = None
     breaks = np.flatnonzero(np.diff(marked) != 1)
-    for low, high in zip(marked[np.r_[0, breaks + 1]], marked[np.r_[breaks, len(marked) - 1]], strict=True):
+    for run, (low, high) in enumerate(
+        zip(marked[np.r_[0, breaks + 1]], marked[np.r_[breaks, len(marked) - 1]], strict=True)
+    ):
+        if run == 1:
+            inside = np.empty(len(data), dtype=bool)  # the first run wrote straight into result
         if low == high:
             np.equal(data, np.uint8(low), out=inside)
         elif high == 255:
             np.greater_equal(data, np.uint8(low), out=inside)
         else:
             # Unsigned wrap-around: one subtraction and one comparison test low <= byte <= high.
+            shifted = np.empty(len(data), dtype=np.uint8) if shifted is None else shifted
             np.subtract(data, np.uint8(low), out=shifted)
             np.less_equal(shifted, np.uint8(high - low), out=inside)
-        np.bitwise_or(result, inside, out=result)
+        if run > 0:
+            np.bitwise_or(result, inside, out=result)
     return result
 
 
@@ -137,9 +143,8 @@ def count_in_rows(view: Utf8Bytes, marks: np.ndarray) -> np.ndarray:
     n = len(view)
     if n == 0 or len(view.data) == 0:
         return np.zeros(n, dtype=np.int64)
-    before_end = _marks_before(marks, view.ends)
-    before_start = _marks_before(marks, view.starts)
-    return np.where(view.valid, before_end - before_start, 0)
+    before = _marks_before(marks, np.append(view.starts, view.ends[-1]))
+    return np.where(view.valid, np.diff(before), 0)
 
 
 def _marks_before(marks: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -185,6 +190,30 @@ def combined(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return values
 
 
+def keep_bytes(text: pa.ChunkedArray | pa.Array, keep: np.ndarray) -> pa.Array:
+    """text with only the bytes keep marks (a bool array as long as the view's data); the caller keeps or drops whole
+    characters, so the result is valid UTF-8. Null rows stay null."""
+    text = combined(text)
+    view = utf8_bytes(text)
+    if len(view.data) == 0 or keep.all():
+        return text
+    bounds = np.append(view.starts, view.ends[-1])
+    large = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
+    offsets = _marks_before(keep, bounds).astype(np.int64 if large else np.int32)
+    validity = None
+    if text.null_count:
+        validity = pa.py_buffer(np.packbits(view.valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        text.type, len(text), [validity, pa.py_buffer(offsets), pa.py_buffer(view.data[keep])], text.null_count
+    )
+
+
+def non_ascii_chars(text: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each row's characters outside ASCII only (every byte of those is 0x80 or above)."""
+    view = utf8_bytes(text)
+    return keep_bytes(text, view.data >= np.uint8(0x80))
+
+
 def squeeze_spaces(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     """text with every run of plain spaces (U+0020) cut to one space, by deleting each space that follows a space of
     the same row: a few vectorised passes over the bytes instead of a regex replacement per match."""
@@ -194,18 +223,9 @@ def squeeze_spaces(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     if len(data) < 2:
         return text
     space = data == np.uint8(0x20)
-    drop = np.zeros(len(data), dtype=bool)
-    np.logical_and(space[1:], space[:-1], out=drop[1:])
+    keep = np.ones(len(data), dtype=bool)
+    np.logical_and(space[1:], space[:-1], out=keep[1:])
     # A space at the start of a row follows the previous row's bytes, not a space of its own row.
-    drop[view.starts[view.starts < len(data)]] = False
-    if not drop.any():
-        return text
-    bounds = np.append(view.starts, view.ends[-1])
-    large = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
-    offsets = (bounds - _marks_before(drop, bounds)).astype(np.int64 if large else np.int32)
-    validity = None
-    if text.null_count:
-        validity = pa.py_buffer(np.packbits(view.valid, bitorder="little"))
-    return pa.Array.from_buffers(
-        text.type, len(text), [validity, pa.py_buffer(offsets), pa.py_buffer(data[~drop])], text.null_count
-    )
+    keep[view.starts[view.starts < len(data)]] = False
+    np.logical_not(keep, out=keep)
+    return keep_bytes(text, keep)
