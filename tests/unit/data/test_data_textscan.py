@@ -95,7 +95,13 @@ def test_count_in_rows_matches_python_on_random_rows() -> None:
 
 def test_byte_class_matches_table_lookup() -> None:
     data = np.arange(256, dtype=np.uint8).repeat(3)
-    for table in (ops._ASCII_ALNUM, ops._ASCII_SPACE, ops._NOT_PLAIN_SPACE_BYTES, ops._DIGIT, np.zeros(256, np.uint8)):
+    for table in (
+        ops._ASCII_ALNUM,
+        ops._ASCII_SPACE,
+        textscan.byte_set_table(b"\t\x0b\x0c\r" + bytes(range(0x80, 0x100))),
+        ops._DIGIT,
+        np.zeros(256, np.uint8),
+    ):
         assert textscan.byte_class(data, table).tolist() == (table[data] != 0).tolist()
 
 
@@ -166,3 +172,16 @@ def test_class_counts_on_mixed_rows_match_python() -> None:
     assert alnum == [sum(c.isalnum() for c in r) for r in rows]
     spaces = ops._class_counts(text, ops._ASCII_SPACE, ops.WHITESPACE[1:-1]).tolist()
     assert spaces == [sum(c.isspace() for c in r) for r in rows]
+
+
+def test_control_or_non_ascii_marks_exactly_those_bytes() -> None:
+    data = np.arange(256, dtype=np.uint8)
+    assert textscan.control_or_non_ascii(data).tolist() == [b < 0x20 or b >= 0x80 for b in range(256)]
+
+
+def test_squeeze_rebuilds_only_rows_with_runs_and_keeps_nulls() -> None:
+    rows = [None, "a  b", "ab", "", "  ", " x ", None, "é   ü"]
+    text = _array(rows)
+    squeezed = textscan.squeeze_spaces(text)
+    squeezed.validate(full=True)
+    assert squeezed.to_pylist() == [None if r is None else re.sub(" {2,}", " ", r) for r in rows]

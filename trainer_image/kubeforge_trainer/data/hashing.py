@@ -59,11 +59,6 @@ def unit_interval(hashes: np.ndarray) -> np.ndarray:
     return (np.asarray(hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-# Bytes that may start a COLLAPSE_ANY_WHITESPACE match on their own: a line break, the other ASCII whitespace but
-# space, and every byte of a non-ASCII character (the Unicode spaces are all outside ASCII).
-_COLLAPSE_ALONE = textscan.byte_set_table(b"\t\n\x0b\x0c\r" + bytes(range(0x80, 0x100)))
-
-
 def normalized_text(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Lower-cased text with whitespace runs collapsed to one space and the ends trimmed."""
     text = textscan.combined(pc.fill_null(text, ""))
@@ -73,9 +68,12 @@ def normalized_text(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
         pc.ascii_lower(text), non_ascii, lambda _: pc.utf8_lower(text.filter(pa.array(non_ascii)))
     )
     # Runs of plain spaces are squeezed by a byte deletion (the same result as the regex on them); only rows with a
-    # line break, another ASCII whitespace or a non-ASCII character still need the regex.
+    # line break, another ASCII whitespace or a non-ASCII character can still change.
     squeezed = textscan.squeeze_spaces(lowered)
-    needs_regex = textscan.rows_with_any(textscan.utf8_bytes(squeezed), _COLLAPSE_ALONE)
+    view = textscan.utf8_bytes(squeezed)
+    # A superset of the rows with a line break, another ASCII whitespace or a non-ASCII character: every ASCII control
+    # character counts, the cheaper test.
+    needs_regex = textscan.rows_with(view, textscan.control_or_non_ascii(view.data))
     collapsed = textscan.on_rows(
         squeezed, needs_regex, lambda rows: pc.replace_substring_regex(rows, COLLAPSE_ANY_WHITESPACE, " ")
     )

@@ -31,13 +31,14 @@ from .textscan import (
     Utf8Bytes,
     byte_class,
     byte_set_table,
+    control_or_non_ascii,
     count_in_rows,
     non_ascii_chars,
     non_ascii_rows,
     on_rows,
-    rows_with_any,
+    rows_with,
     rows_with_byte,
-    rows_with_sequence,
+    sequence_hits,
     squeeze_spaces,
     utf8_bytes,
 )
@@ -221,15 +222,14 @@ def collapse_whitespace(table: pa.Table, params: ApiModel | None = None) -> pa.T
     return with_text(table, pc.utf8_trim_whitespace(text))
 
 
-# Bytes of the whitespace characters that are not a plain space: the ASCII ones, and every byte of a non-ASCII
-# character (the Unicode spaces are all outside ASCII).
-_NOT_PLAIN_SPACE_BYTES = byte_set_table(b"\t\x0b\x0c\r" + bytes(range(0x80, 0x100)))
-
-
 def may_collapse_spaces(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Rows COLLAPSE_SPACES could still change once plain-space runs are squeezed (a superset): those with an ASCII
-    whitespace other than space and line break, or any non-ASCII character."""
-    return rows_with_any(utf8_bytes(text), _NOT_PLAIN_SPACE_BYTES)
+    control character other than the line break (tab, vertical tab, form feed, carriage return are among them) or
+    any non-ASCII character (the Unicode spaces all are)."""
+    view = utf8_bytes(text)
+    hits = control_or_non_ascii(view.data)
+    hits &= view.data != np.uint8(0x0A)
+    return rows_with(view, hits)
 
 
 def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
@@ -331,33 +331,54 @@ def _rewrite(replacement: str, kind: str) -> str:
 
 
 _DIGIT = byte_set_table(b"0123456789")
-_DOT = byte_set_table(b".")
 
 
 def may_have_ipv4(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Rows _IPV4_RE could match (a superset): every match has an ASCII digit, a dot and a digit in a row. RE2 has no
     literal to search for in that pattern and tries it at every position, so skipping rows pays."""
-    return rows_with_sequence(utf8_bytes(text), [_DIGIT, _DOT, _DIGIT])
+    view = utf8_bytes(text)
+    return _ipv4_rows(view, byte_class(view.data, _DIGIT))
 
 
 def may_have_phone(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Rows _PHONE_RE could match (a superset): both of its forms have at least three ASCII digits in a row."""
-    return rows_with_sequence(utf8_bytes(text), [_DIGIT, _DIGIT, _DIGIT])
+    view = utf8_bytes(text)
+    return _phone_rows(view, byte_class(view.data, _DIGIT))
+
+
+def _ipv4_rows(view: Utf8Bytes, digits: np.ndarray) -> np.ndarray:
+    return rows_with(view, sequence_hits([digits, view.data == ord("."), digits]))
+
+
+def _phone_rows(view: Utf8Bytes, digits: np.ndarray) -> np.ndarray:
+    return rows_with(view, sequence_hits([digits, digits, digits]))
 
 
 def mask_pii(table: pa.Table, params: PiiMaskParams) -> pa.Table:
     """Replace e-mail addresses, IP addresses and phone numbers (in that order) by the replacement text."""
-    text = text_of(table)
+    text = _combined(text_of(table))
+    # The digit prefilters are computed once, on the input: a row no earlier replacement touched still has its input
+    # bytes, and every touched row is checked anyway.
+    view = utf8_bytes(text)
+    digits = byte_class(view.data, _DIGIT)
+    touched = np.zeros(len(text), dtype=bool)
     if params.emails:
         email = _rewrite(params.replacement, "EMAIL")
-        text = on_rows(text, contains(text, "@"), lambda rows: pc.replace_substring_regex(rows, _EMAIL_RE, email))
+        rows = contains(text, "@")
+        text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _EMAIL_RE, email))
+        touched |= rows
     if params.ip_addresses:
         ip = r"\1" + _rewrite(params.replacement, "IP") + r"\3"
-        text = on_rows(text, may_have_ipv4(text), lambda rows: pc.replace_substring_regex(rows, _IPV4_RE, ip))
-        text = on_rows(text, contains(text, ":"), lambda rows: pc.replace_substring_regex(rows, _IPV6_RE, ip))
+        rows = _ipv4_rows(view, digits) | touched
+        text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _IPV4_RE, ip))
+        touched |= rows
+        rows = contains(text, ":")
+        text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _IPV6_RE, ip))
+        touched |= rows
     if params.phone_numbers:
         phone = r"\1" + _rewrite(params.replacement, "PHONE") + r"\3"
-        text = on_rows(text, may_have_phone(text), lambda rows: pc.replace_substring_regex(rows, _PHONE_RE, phone))
+        rows = _phone_rows(view, digits) | touched
+        text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _PHONE_RE, phone))
     return with_text(table, text)
 
 

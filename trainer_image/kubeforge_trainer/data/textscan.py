@@ -118,6 +118,13 @@ def rows_with_any(view: Utf8Bytes, table: np.ndarray) -> np.ndarray:
     return rows_with(view, byte_class(view.data, table))
 
 
+def control_or_non_ascii(data: np.ndarray) -> np.ndarray:
+    """Per byte, whether it is below 0x20 (an ASCII control character) or 0x80 and above (part of a non-ASCII
+    character): two passes, cheaper than testing a set of values one by one."""
+    shifted = np.subtract(data, np.uint8(0x20))
+    return np.greater_equal(shifted, np.uint8(0x60), out=np.empty(len(data), dtype=bool))
+
+
 def non_ascii_rows(view: Utf8Bytes) -> np.ndarray:
     """Per row, whether it has a byte of 0x80 or above (a character outside ASCII)."""
     return rows_with(view, view.data >= np.uint8(0x80))
@@ -127,15 +134,20 @@ def rows_with_sequence(view: Utf8Bytes, tables: list[np.ndarray]) -> np.ndarray:
     """Per row, whether bytes of the given classes occur consecutively (class i at position p + i). A superset: a
     sequence that starts in a row and ends in the next one marks the first row too, which only costs a wasted
     check."""
-    data = view.data
     classes: dict[bytes, np.ndarray] = {}
-    for table in tables:  # each distinct class is computed once, then compared shifted
-        classes.setdefault(np.asarray(table).tobytes(), byte_class(data, table))
-    hits = classes[np.asarray(tables[0]).tobytes()].copy()
-    for shift, table in enumerate(tables[1:], start=1):
-        hits[: len(data) - shift] &= classes[np.asarray(table).tobytes()][shift:]
-        hits[len(data) - shift :] = False
-    return rows_with(view, hits)
+    for table in tables:  # each distinct class is computed once
+        classes.setdefault(np.asarray(table).tobytes(), byte_class(view.data, table))
+    return rows_with(view, sequence_hits([classes[np.asarray(t).tobytes()] for t in tables]))
+
+
+def sequence_hits(marks: list[np.ndarray]) -> np.ndarray:
+    """Positions p where marks[i][p + i] holds for every i (the marks are bool arrays of one length)."""
+    hits = marks[0].copy()
+    size = len(hits)
+    for shift, mark in enumerate(marks[1:], start=1):
+        hits[: size - shift] &= mark[shift:]
+        hits[size - shift :] = False
+    return hits
 
 
 def count_in_rows(view: Utf8Bytes, marks: np.ndarray) -> np.ndarray:
@@ -216,16 +228,28 @@ def non_ascii_chars(text: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def squeeze_spaces(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     """text with every run of plain spaces (U+0020) cut to one space, by deleting each space that follows a space of
-    the same row: a few vectorised passes over the bytes instead of a regex replacement per match."""
+    the same row: a few vectorised passes over the bytes instead of a regex replacement per match. Only the rows
+    with such a run are rebuilt."""
     text = combined(text)
     view = utf8_bytes(text)
-    data = view.data
-    if len(data) < 2:
+    if len(view.data) < 2:
         return text
+    return on_rows(text, rows_with(view, _repeated_spaces(view)), _squeeze_all)
+
+
+def _repeated_spaces(view: Utf8Bytes) -> np.ndarray:
+    """The spaces that follow a space of the same row."""
+    data = view.data
     space = data == np.uint8(0x20)
-    keep = np.ones(len(data), dtype=bool)
-    np.logical_and(space[1:], space[:-1], out=keep[1:])
+    repeated = np.zeros(len(data), dtype=bool)
+    np.logical_and(space[1:], space[:-1], out=repeated[1:])
     # A space at the start of a row follows the previous row's bytes, not a space of its own row.
-    keep[view.starts[view.starts < len(data)]] = False
-    np.logical_not(keep, out=keep)
-    return keep_bytes(text, keep)
+    repeated[view.starts[view.starts < len(data)]] = False
+    return repeated
+
+
+def _squeeze_all(text: pa.Array) -> pa.Array:
+    view = utf8_bytes(text)
+    if len(view.data) < 2:
+        return text
+    return keep_bytes(text, ~_repeated_spaces(view))
