@@ -42,3 +42,13 @@ ENV_STATUS_DIR = "KUBEFORGE_STATUS_DIR"
 # reads spec.source.pvc.path below it. ENV_PVC_ROOT overrides the root where no such mount exists (local runs, tests).
 PVC_MOUNT_ROOT = "/mnt/kubeforge/pvc"
 ENV_PVC_ROOT = "KUBEFORGE_PVC_ROOT"
+
+
+def direct_ingress_env(first_port: int, last_port: int) -> dict[str, str]:
+    """Environment of every Ray process for Ray Serve direct ingress: ingress replicas serve HTTP themselves on a
+    port in [first_port, last_port] (Serve's own variables; the Serve controller and the replicas read them)."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(last_port),
+    }

@@ -121,6 +121,14 @@ class ModelDeploymentSpec(CommonSpec):
         description="int8 applies dynamic quantisation to linear layers (CPU serving).",
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    ingress: Literal["proxy", "direct"] = Field(
+        default="proxy",
+        description=(
+            "How HTTP reaches the replicas. proxy: through Ray Serve's HTTP proxy on every node. direct: each "
+            "replica answers HTTP on the serve port itself (Ray Serve direct ingress, experimental in Ray 2.60), "
+            "skipping the proxy hop; one replica per Ray node."
+        ),
+    )
 
 
 class TrafficShare(ApiModel):

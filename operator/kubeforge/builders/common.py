@@ -148,6 +148,7 @@ def pod_template(
     resources: dict[str, Any],
     ports: list[dict[str, Any]],
     volumes: tuple[Volume, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Ray pod template: image, resources, ports, and the scheduling fields passed through from the spec."""
     container: dict[str, Any] = {
@@ -156,6 +157,8 @@ def pod_template(
         "resources": resources,
         "ports": ports,
     }
+    if env:
+        container["env"] = [{"name": key, "value": value} for key, value in env.items()]
     pod: dict[str, Any] = {
         "serviceAccountName": spec.service_account_name or config.workload_service_account,
         "containers": [container],
@@ -204,8 +207,10 @@ def ray_cluster_spec(
     max_workers: int,
     serve_port: int | None = None,
     volumes: tuple[Volume, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A RayCluster spec: a head that runs the driver but no tasks (num-cpus 0) and one worker group."""
+    """A RayCluster spec: a head that runs the driver but no tasks (num-cpus 0) and one worker group; env goes
+    to every Ray container."""
     labels = pod_labels(kind, name)
     head = {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
@@ -217,6 +222,7 @@ def ray_cluster_spec(
             resources=container_resources(config.head_cpu, config.head_memory),
             ports=head_ports(serve_port),
             volumes=volumes,
+            env=env,
         ),
     }
     group = {
@@ -233,6 +239,7 @@ def ray_cluster_spec(
             resources=worker_resources(workers),
             ports=worker_ports(serve_port),
             volumes=volumes,
+            env=env,
         ),
     }
     return {"rayVersion": config.ray_version, "headGroupSpec": head, "workerGroupSpecs": [group]}

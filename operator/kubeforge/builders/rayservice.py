@@ -13,6 +13,7 @@ from ..constants import (
     ENV_RESOURCE_NAME,
     ENV_RESOURCE_NAMESPACE,
     RAY_API_VERSION,
+    direct_ingress_env,
 )
 from .common import (
     child_labels,
@@ -102,6 +103,8 @@ def build_rayservice(
         min_workers=replicas.min,
         max_workers=max(max_workers, replicas.min),
         serve_port=config.serve_port,
+        # Direct ingress: the one replica of each worker pod answers on the serve port itself, no proxy hop.
+        env=direct_ingress_env(config.serve_port, config.serve_port) if spec.ingress == "direct" else None,
     )
     # The autoscaler adds worker pods when Serve autoscaling adds replicas.
     cluster["enableInTreeAutoscaling"] = replicas.min != max_workers

@@ -219,7 +219,7 @@ def capacity_problems(manifests: Sequence[Manifest], cpus: float) -> list[Proble
     """Resources a local Ray of `cpus` CPUs cannot run: Ray would wait for their CPUs forever, without an error.
 
     Training workers must leave CPU for Ray Data, whose read tasks stream the shards to them; a deployment's
-    replicas must fit at all.
+    replicas must fit at all, and a direct-ingress deployment has one replica per node.
     """
     problems = []
     for manifest in manifests:
@@ -244,4 +244,11 @@ def capacity_problems(manifests: Sequence[Manifest], cpus: float) -> list[Proble
                     f"{cpus:g} (lower resources.cpu or replicas.min, or raise --num-cpus)"
                 )
                 problems.append(_problem(manifest, "spec.resources.cpu", message))
+            if spec.ingress == "direct" and spec.replicas.max > 1:
+                # Serve places one direct-ingress replica per node, and a local run has one node.
+                message = (
+                    f"ingress: direct runs one replica per Ray node and this local Ray is one node; set "
+                    f"replicas.max to 1 (it is {spec.replicas.max}) or use ingress: proxy"
+                )
+                problems.append(_problem(manifest, "spec.replicas.max", message))
     return problems

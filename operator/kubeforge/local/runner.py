@@ -186,6 +186,7 @@ class LocalRun:
         self.started = time.monotonic()
         self.started_at = now_rfc3339()
         self._ray_started = False
+        self._direct_ingress = False  # a ModelDeployment of the run asks for spec.ingress: direct
         self._serving = False
         self._previous_sigterm: Any = signal.SIG_DFL
 
@@ -211,6 +212,9 @@ class LocalRun:
 
         self._setup_logging()
         self._apply(steps)
+        self._direct_ingress = any(
+            s.kind == "ModelDeployment" and s.manifest.resource.spec.ingress == "direct" for s in steps
+        )
         paths = " ".join(map(str, self.options.paths))
         self.renderer.line(
             f"kubeforge run: {len(steps)} resource(s) from {paths} · state in {self._show(self.state_dir)}",
@@ -660,6 +664,10 @@ class LocalRun:
         import ray.data  # Ray Data adds a terminal log handler when imported: route it with the others
 
         self._route_ray_logs()  # before init too: Ray warns while it starts
+        if self._direct_ingress:
+            from kubeforge_trainer.serve.local import enable_direct_ingress
+
+            enable_direct_ingress(self.options.port)  # Serve's processes read it when they start
         cpus = self.cpus
         self.renderer.line(f"    starting a local Ray ({cpus} CPUs) ...", "dim")
         for attempt in range(1, RAY_START_ATTEMPTS + 1):

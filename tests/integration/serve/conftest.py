@@ -3,7 +3,9 @@ client for 127.0.0.1 and a reader of the Prometheus text Ray exports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import time
 from collections import Counter
@@ -64,26 +66,47 @@ class LocalRay:
     metrics_url: str
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[LocalRay]:
-    """Ray (2 CPUs, no dashboard) and Serve on 127.0.0.1 for one test module; metrics exported every 0.5 s."""
+@contextlib.contextmanager
+def started_ray(direct_ingress: bool = False) -> Iterator[LocalRay]:
+    """Ray (2 CPUs, no dashboard) and Serve on 127.0.0.1, metrics exported every 0.5 s; with direct_ingress its
+    ingress replicas also answer HTTP themselves on ports just above Serve's proxy port."""
     import ray
     from kubeforge_trainer.serve import local_metrics_url
+    from kubeforge_trainer.serve.local import enable_direct_ingress
     from ray import serve
 
+    saved = dict(os.environ)
+    http_port = free_port()
+    if direct_ingress:
+        enable_direct_ingress(http_port)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         _metrics_export_port=free_port(),
         _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
     )
-    http_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     try:
         yield LocalRay(http_port, local_metrics_url())
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[LocalRay]:
+    """A local Ray with Serve's proxy for one test module."""
+    with started_ray() as ray_:
+        yield ray_
+
+
+@pytest.fixture(scope="module")
+def direct_ray() -> Iterator[LocalRay]:
+    """A local Ray whose ingress replicas answer HTTP directly (Serve's direct ingress) for one test module."""
+    with started_ray(direct_ingress=True) as ray_:
+        yield ray_
 
 
 def model_deployment(name: str, **spec: Any) -> dict[str, Any]:
@@ -209,3 +232,9 @@ def _by_series(samples: list[tuple[str, dict[str, str], float]]) -> dict:
 def metrics(local_ray: LocalRay) -> Metrics:
     """Reader of the module's Ray metrics endpoint."""
     return Metrics(local_ray.metrics_url)
+
+
+@pytest.fixture(scope="module")
+def direct_metrics(direct_ray: LocalRay) -> Metrics:
+    """Reader of the metrics endpoint of the module's direct-ingress Ray."""
+    return Metrics(direct_ray.metrics_url)

@@ -347,3 +347,12 @@ def test_int8_classifier(classifier, tiny_classifier: TinyModel) -> None:
     assert classifier.post("/v1/classify", {"input": too_long, "truncate": True}).status == 200
     wrong = classifier.post(COMPLETIONS, {"prompt": "x"})
     assert (wrong.status, wrong.json()["error"]["code"]) == (400, "wrong_task")
+
+
+def test_a_ray_without_direct_ingress_refuses_an_ingress_direct_deployment(
+    local_ray, tiny_lm: TinyModel, deployment_resource
+) -> None:
+    resource = deployment_resource("refused", modelUri=str(tiny_lm.path), ingress="direct")
+    args = {"resource": resource, "modelVersion": "v1"}
+    with pytest.raises(ValueError, match=r"ModelDeployment refused: spec.ingress: direct needs a Ray started with"):
+        serve_locally(args, http_port=local_ray.http_port, route_prefix="/refused")

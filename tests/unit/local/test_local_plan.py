@@ -148,3 +148,16 @@ def test_deployment_replicas_must_fit(manifests, modeldeployment):
     assert capacity_problems(manifests(md), cpus=2) == [], "autoscaling beyond the machine is allowed"
     md["spec"]["replicas"] = {"min": 3, "max": 4}
     assert len(capacity_problems(manifests(md), cpus=2)) == 1
+
+
+def test_direct_ingress_needs_one_replica_on_one_local_node(manifests, modeldeployment):
+    md = modeldeployment()
+    md["spec"]["ingress"] = "direct"
+    md["spec"]["replicas"] = {"min": 1, "max": 2}
+    problems = capacity_problems(manifests(md), cpus=2)
+    assert [str(p) for p in problems] == [
+        f"{problems[0].source}: ModelDeployment/gpt: spec.replicas.max: ingress: direct runs one replica per Ray node "
+        "and this local Ray is one node; set replicas.max to 1 (it is 2) or use ingress: proxy"
+    ]
+    md["spec"]["replicas"] = {"min": 1, "max": 1}
+    assert capacity_problems(manifests(md), cpus=2) == []

@@ -291,6 +291,30 @@ def test_rayservice_without_canary_has_no_canary_args_and_a_fixed_size(config: O
     assert changed["metadata"]["annotations"][hash_key] != rayservice["metadata"]["annotations"][hash_key]
 
 
+def test_direct_ingress_configures_every_ray_container_and_keeps_the_serve_port(config: OperatorConfig) -> None:
+    body = quickstart_body("ModelDeployment")
+    plain = build_rayservice(typed(body), config, model=ResolvedModel("s3://models/a"))
+    body["spec"]["ingress"] = "direct"
+    direct = build_rayservice(typed(body), config, model=ResolvedModel("s3://models/a"))
+    cluster = direct["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]
+    ]
+    expected = [
+        {"name": "RAY_SERVE_ENABLE_DIRECT_INGRESS", "value": "1"},
+        {"name": "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "value": "8000"},
+        {"name": "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "value": "8000"},
+    ]
+    assert [c.get("env") for c in containers] == [expected, expected]
+    # KubeRay's Service still targets the serve port, where each worker's replica now answers itself.
+    ports = {p["name"]: p["containerPort"] for p in containers[1]["ports"]}
+    assert ports["serve"] == 8000
+    plain_cluster = plain["spec"]["rayClusterConfig"]
+    assert "env" not in plain_cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    key = "kubeforge.dev/spec-hash"
+    assert direct["metadata"]["annotations"][key] != plain["metadata"]["annotations"][key], "a change rolls out"
+
+
 @pytest.mark.parametrize("kind", ["PodMonitor", "ServiceMonitor"])
 def test_monitor_selects_the_deployments_ray_pods(kind: str, config: OperatorConfig) -> None:
     body = quickstart_body("ModelDeployment")
@@ -316,7 +340,8 @@ def generated_children(config: OperatorConfig) -> list[dict[str, Any]]:
     pvc = quickstart_body("DataPipeline")
     pvc["spec"]["source"] = {"pvc": {"claimName": "corpus"}}
     tj, gpu = quickstart_body("TrainingJob"), gpu_trainingjob()
-    md, canary = quickstart_body("ModelDeployment"), quickstart_body("ModelDeployment")
+    md, canary, direct = (quickstart_body("ModelDeployment") for _ in range(3))
+    direct["spec"]["ingress"] = "direct"
     canary["spec"].update(
         canary={"modelUri": "s3://b", "trafficPercent": 10},
         monitoring={"enabled": True, "kind": "ServiceMonitor"},
@@ -332,6 +357,7 @@ def generated_children(config: OperatorConfig) -> list[dict[str, Any]]:
         build_rayjob(typed(gpu), config, raw_spec=gpu["spec"], data_uri="s3://d", attempt=2),
         build_retry(first, "TrainingJob", "quickstart-gpt", 1),
         build_rayservice(typed(md), config, model=ResolvedModel("s3://a")),
+        build_rayservice(typed(direct), config, model=ResolvedModel("s3://a")),
         build_rayservice(typed(canary), config, model=ResolvedModel("s3://a", "v1"), canary=ResolvedModel("s3://b")),
     ]
 

@@ -138,6 +138,13 @@ def test_server_deployment_options_map_every_field() -> None:
     assert torch_threads(spec) == 1
 
 
+def test_direct_ingress_places_one_replica_per_node() -> None:
+    spec = ModelDeploymentSpec.model_validate({"modelUri": "x", "replicas": {"min": 1, "max": 3}})
+    assert "max_replicas_per_node" not in server_deployment_options(spec)
+    direct = spec.model_copy(update={"ingress": "direct"})
+    assert server_deployment_options(direct)["max_replicas_per_node"] == 1
+
+
 def test_batch_limits() -> None:
     assert batch_limits(BatchingSpec(enabled=True, max_batch_size=8, max_wait_ms=20)) == (8, 0.02)
     assert batch_limits(BatchingSpec(enabled=False, max_batch_size=8, max_wait_ms=20)) == (1, 0.0)

@@ -145,4 +145,6 @@ def server_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
         "user_config": model_user_config(spec),
         # A model that cannot load (bad URI, corrupt weights) fails the deployment after a few tries, not twenty.
         "max_constructor_retry_count": 3,
+        # Direct ingress: a replica listens on the node's serve port itself, so a node holds one of them.
+        **({"max_replicas_per_node": 1} if spec.ingress == "direct" else {}),
     }
