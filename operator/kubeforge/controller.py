@@ -46,6 +46,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.reporting_component = "kubeforge-operator"
+    # Our own Events tell every phase transition; kopf's INFO chatter ("Handler ... succeeded") would cost two more
+    # API writes per handled change. Its warnings and errors still become Events.
+    settings.posting.level = logging.WARNING
     # Several replicas pause all but one through the KopfPeering object of that name (when it exists).
     settings.peering.name = PEERING_NAME
     settings.peering.mandatory = False

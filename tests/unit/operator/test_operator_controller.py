@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 from kubeforge.cli import COMMANDS, build_parser
 from kubeforge.config import OperatorConfig
@@ -27,6 +29,8 @@ def test_settings_use_our_finalizer_annotations_and_server_side_child_filters() 
     assert settings.peering.name == "kubeforge" and settings.peering.clusterwide is False
     selectors = dict(settings.watching.label_selectors.items())
     assert sorted(selectors.values()) == ["app.kubernetes.io/managed-by=kubeforge"] * 2
+    # Only kopf's warnings and errors become Events (our own Events tell the transitions).
+    assert settings.posting.enabled and settings.posting.level == logging.WARNING
 
 
 def test_every_kind_has_its_handlers_named_kind_event() -> None:
