@@ -102,14 +102,17 @@ def _kubeforge(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
 def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     write_docs, tmp_path, small_datapipeline, small_trainingjob
 ):
-    path = write_docs(small_datapipeline(), small_trainingjob(steps=40, checkpoint_every=10))
+    # Enough steps that an idle machine is still training when the first checkpoint shows in the status (written
+    # at most once a second): 40 steps were all done by then on a quiet 2-core machine.
+    steps = 300
+    path = write_docs(small_datapipeline(), small_trainingjob(steps=steps, checkpoint_every=10))
     store = StatusStore(tmp_path / ".kubeforge")
     first = _kubeforge(["run", str(path), "--plain"], tmp_path)
     deadline = time.monotonic() + 780  # generous: a loaded or clean CI machine starts Ray and DeepSpeed slowly
     while not store.get("TrainingJob", "gpt").get("latestCheckpoint"):
         assert first.poll() is None, f"the run ended before a checkpoint: {first.communicate()[0]}"
         assert time.monotonic() < deadline, "no checkpoint within the deadline"
-        time.sleep(0.5)
+        time.sleep(0.1)
     interrupted_at = store.get("TrainingJob", "gpt")["step"]
     first.send_signal(signal.SIGINT)
     out, _ = first.communicate(timeout=120)
@@ -119,7 +122,7 @@ def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     job = store.get("TrainingJob", "gpt")
     assert job["phase"] == "Suspended"
     assert c.get_condition(job["conditions"], c.SUSPENDED)["reason"] == "Interrupted"
-    assert interrupted_at < 40
+    assert interrupted_at < steps
 
     second = _kubeforge(["run", str(path), "--plain"], tmp_path)
     out, _ = second.communicate(timeout=780)
@@ -127,7 +130,7 @@ def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     assert "DataPipeline/corpus" in out and "= up to date: Succeeded at generation 1" in out
     job = store.get("TrainingJob", "gpt")
     assert job["phase"] == "Succeeded"
-    assert job["step"] == 40
+    assert job["step"] == steps
     runs = sorted((tmp_path / ".kubeforge" / "logs").iterdir())
     assert len(runs) == 2
     assert "resuming from" in (runs[-1] / "run.log").read_text()
