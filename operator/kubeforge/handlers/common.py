@@ -100,6 +100,9 @@ class OperatorContext:
     phases: PhaseTracker = PHASE_TRACKER
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     children: ChildVersions = field(default_factory=ChildVersions)
+    # (namespace, name) -> output URI of every DataPipeline the watch has shown Succeeded (a terminal phase, so the
+    # entry stays right until the pipeline is deleted): a TrainingJob's start needs no read of its DataPipeline.
+    data_outputs: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def context(memo: Any) -> OperatorContext:

@@ -35,6 +35,9 @@ async def resolve_data(ctx: OperatorContext, job: TrainingJob) -> tuple[Dependen
     if ref.uri:
         return Dependency(True, "DataUriSet", f"reading data from {ref.uri}"), ref.uri
     namespace = job.metadata.namespace or "default"
+    cached = ctx.data_outputs.get((namespace, ref.name or ""))
+    if cached:
+        return Dependency(True, "DataPipelineSucceeded", f"DataPipeline {ref.name} wrote {cached}"), cached
     pipeline = await ctx.api.get(kubeforge_resource("DataPipeline"), namespace, ref.name or "")
     if pipeline is None:
         return Dependency(False, "DataPipelineNotFound", f"DataPipeline {ref.name} not found in {namespace}"), None
@@ -45,10 +48,16 @@ async def resolve_data(ctx: OperatorContext, job: TrainingJob) -> tuple[Dependen
         return Dependency(False, "DataPipelineFailed", f"DataPipeline {ref.name} failed: {detail}"), None
     if phase != "Succeeded":
         return Dependency(False, "DataPipelineNotReady", f"waiting for DataPipeline {ref.name} ({phase})"), None
-    uri = status.get("outputUri") or ((pipeline.get("spec") or {}).get("output") or {}).get("uri")
+    uri = pipeline_output(pipeline)
     if not uri:
         return Dependency(False, "DataPipelineNoOutput", f"DataPipeline {ref.name} succeeded without an output"), None
     return Dependency(True, "DataPipelineSucceeded", f"DataPipeline {ref.name} wrote {uri}"), uri
+
+
+def pipeline_output(pipeline: Mapping[str, Any]) -> str | None:
+    """Where a DataPipeline wrote its dataset: status.outputUri, else spec.output.uri."""
+    status, spec = pipeline.get("status") or {}, pipeline.get("spec") or {}
+    return status.get("outputUri") or (spec.get("output") or {}).get("uri")
 
 
 async def reconcile_trainingjob(ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING) -> Outcome:
@@ -93,10 +102,23 @@ def trainingjob_data_refs(spec: Any, status: Any, namespace: str, name: str, **_
 
 
 async def trainingjob_data_ready(
-    namespace: str, name: str, memo: Any, trainingjob_data_refs: kopf.Index, **_: Any
+    namespace: str,
+    name: str,
+    type: str | None,
+    body: kopf.Body,
+    memo: Any,
+    trainingjob_data_refs: kopf.Index,
+    **_: Any,
 ) -> None:
-    """A DataPipeline succeeded: start the TrainingJobs waiting for it now rather than at the next resync."""
+    """A DataPipeline succeeded: remember its output and start the TrainingJobs waiting for it now rather than at
+    the next resync (a deleted one is forgotten)."""
     ctx = context(memo)
+    if type == "DELETED":
+        ctx.data_outputs.pop((namespace, name), None)
+        return
+    uri = pipeline_output(body)
+    if uri:
+        ctx.data_outputs[(namespace, name)] = uri
     for job in list(trainingjob_data_refs.get((namespace, name), [])):
         await reconcile_via_api(ctx, KIND, namespace, job, reconcile_trainingjob)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -45,6 +46,11 @@ def training_job(name: str = "gpt", **spec: Any) -> dict[str, Any]:
     manifest["spec"]["dataRef"] = {"uri": "s3://corpus/v1"}
     manifest["spec"].update(spec)
     return manifest
+
+
+def by_operator(request: Any) -> bool:
+    """kmock filter: requests the operator sent."""
+    return request.headers.get("User-Agent", "").startswith(USER_AGENT)
 
 
 def counter(metric: Any, *labels: str) -> float:
@@ -289,6 +295,35 @@ def test_a_missing_datapipeline_is_a_condition_and_the_job_starts_once_it_succee
     assert runtime_env(rayjob)["KUBEFORGE_DATA_URI"] == "runs/quickstart/data"
 
 
+def test_a_succeeded_datapipeline_starts_new_jobs_until_it_is_deleted(cluster: Cluster) -> None:
+    pipeline = quickstart_manifest("DataPipeline")
+    pipeline["metadata"]["name"] = "corpus"
+    cluster.apply(pipeline)
+    cluster.wait_child("RayJob", "corpus-data")
+    cluster.kuberay("RayJob", "corpus-data", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_status("DataPipeline", "corpus", phase="Succeeded")
+    reads = re.compile(rf"/apis/kubeforge\.dev/v1alpha1/namespaces/{NAMESPACE}/datapipelines/corpus$")
+
+    def operator_reads() -> int:
+        return cluster.server.call(lambda emulator: len(list(emulator["get", reads][by_operator])))
+
+    before = operator_reads()
+    # Started from the operator's record of the succeeded pipeline's output, without reading the pipeline.
+    cluster.apply(training_job("first", dataRef={"name": "corpus"}))
+    assert runtime_env(cluster.wait_child("RayJob", "first-train"))["KUBEFORGE_DATA_URI"] == "runs/quickstart/data"
+    assert operator_reads() == before
+
+    cluster.delete("DataPipeline", "corpus")
+    cluster.wait_for("the DataPipeline gone", lambda: cluster.get("DataPipeline", "corpus") is None)
+    # The operator learns of the deletion from its DataPipeline watch, which no request here can wait on: a moment
+    # for that event to arrive (a job created in the same instant may still start from the last known output).
+    time.sleep(1.0)
+    cluster.apply(training_job("second", dataRef={"name": "corpus"}))
+    condition = cluster.wait_for("DataReady", lambda: cluster.condition("TrainingJob", "second", "DataReady"))
+    assert (condition["status"], condition["reason"]) == ("False", "DataPipelineNotFound")
+    assert cluster.names("RayJob") == ["first-train"]
+
+
 def test_a_modeldeployment_change_rolls_out_through_its_rayservice(cluster: Cluster) -> None:
     manifest = quickstart_manifest("ModelDeployment")
     manifest["spec"].pop("modelRef")
@@ -369,9 +404,6 @@ def test_transient_api_errors_are_retried_and_a_half_done_create_is_adopted(clus
 
     # The operator's reads of the TrainingJob fail three times in a row; the child's status still gets through.
     reads = re.compile(rf"/apis/kubeforge\.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/gpt$")
-
-    def by_operator(request: Any) -> bool:
-        return request.headers.get("User-Agent", "").startswith(USER_AGENT)
 
     cluster.server.call(lambda emulator: emulator["get", reads][by_operator][:3] << 503)
     cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
