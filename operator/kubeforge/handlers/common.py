@@ -110,6 +110,13 @@ def context(memo: Any) -> OperatorContext:
     return memo["kubeforge"]
 
 
+def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
+    """Drop a deleted resource from the phase metrics and the child-version bookkeeping."""
+    namespace, name = identity(body)
+    ctx.phases.forget(kind, namespace, name)
+    ctx.children.forget((kind, namespace, name))
+
+
 @dataclass
 class Outcome:
     """The result of one reconcile: the status to write and how it went (a metrics result)."""

@@ -16,22 +16,27 @@ from .common import (
     Outcome,
     context,
     follow_child,
-    identity,
+    forget,
     reconcile_in_handler,
     resync,
 )
-from .jobs import delete_attempts, is_active, propagate_suspend, reconcile_job
+from .jobs import delete_attempts, is_active, reconcile_job, update_job
 
 KIND = "DataPipeline"
 PLURAL = "datapipelines"
 
 
+def pipeline_output(pipeline: Mapping[str, Any]) -> str | None:
+    """Where a DataPipeline wrote its dataset: status.outputUri, else spec.output.uri."""
+    status, spec = pipeline.get("status") or {}, pipeline.get("spec") or {}
+    return status.get("outputUri") or (spec.get("output") or {}).get("uri")
+
+
 def datapipeline_extra(body: Mapping[str, Any], state: ChildState) -> dict[str, Any]:
     """On success, status.outputUri falls back to spec.output.uri when the data step did not report it."""
-    status = body.get("status") or {}
-    if state.phase != "Succeeded" or status.get("outputUri"):
+    if state.phase != "Succeeded" or (body.get("status") or {}).get("outputUri"):
         return {}
-    uri = ((body.get("spec") or {}).get("output") or {}).get("uri")
+    uri = pipeline_output(body)
     return {"outputUri": uri} if uri else {}
 
 
@@ -52,10 +57,7 @@ async def datapipeline_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, **_
 
 async def datapipeline_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old: Any, new: Any, **_: Any) -> None:
     """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
-    old_suspend, new_suspend = bool((old or {}).get("suspend")), bool((new or {}).get("suspend"))
-    if old_suspend != new_suspend:
-        await propagate_suspend(context(memo), KIND, body, new_suspend)
-    await reconcile_in_handler(KIND, body, patch, memo, reconcile_datapipeline)
+    await update_job(KIND, body, patch, memo, old, new, reconcile_datapipeline)
 
 
 async def datapipeline_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -72,8 +74,7 @@ async def datapipeline_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     """The DataPipeline is being deleted: delete its RayJobs now and forget it in the metrics."""
     ctx = context(memo)
     await delete_attempts(ctx, KIND, body)
-    ctx.phases.forget(KIND, *identity(body))
-    ctx.children.forget((KIND, *identity(body)))
+    forget(ctx, KIND, body)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

@@ -16,7 +16,7 @@ from ..builders import build_rayjob, child_name, parse_resource, spec_hash
 from ..builders.rayjob import build_retry
 from ..constants import ANNOTATION_SPEC_HASH
 from ..status import ChildState, Dependency, Observation, is_settled, rayjob_state
-from .common import MISSING, OperatorContext, Outcome, identity, make_outcome
+from .common import MISSING, OperatorContext, Outcome, context, identity, make_outcome, reconcile_in_handler
 from .kube import RAYJOBS, Conflict, TransientError
 from .kube import Resource as ApiResource
 
@@ -169,6 +169,27 @@ async def delete_attempts(ctx: OperatorContext, kind: str, body: Mapping[str, An
     attempts = int((body.get("status") or {}).get("retries") or 0)
     for attempt in range(attempts + 1):
         await ctx.api.delete(RAYJOBS, namespace, child_name(kind, name, attempt))
+
+
+async def update_job(
+    kind: str,
+    body: Mapping[str, Any],
+    patch: Any,
+    memo: Any,
+    old: Any,
+    new: Any,
+    reconcile: Callable[..., Awaitable[Outcome]],
+) -> None:
+    """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
+    old_suspend, new_suspend = bool((old or {}).get("suspend")), bool((new or {}).get("suspend"))
+    if old_suspend != new_suspend:
+        await propagate_suspend(context(memo), kind, body, new_suspend)
+    await reconcile_in_handler(kind, body, patch, memo, reconcile)
+
+
+def has_succeeded(status: Any, **_: Any) -> bool:
+    """kopf `when` filter: the resource has succeeded (a terminal phase)."""
+    return (status or {}).get("phase") == "Succeeded"
 
 
 def is_active(status: Mapping[str, Any], **_: Any) -> bool:

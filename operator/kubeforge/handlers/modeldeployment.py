@@ -22,13 +22,14 @@ from .common import (
     Outcome,
     context,
     follow_child,
+    forget,
     identity,
     make_outcome,
     reconcile_in_handler,
     reconcile_via_api,
     resync,
 )
-from .jobs import create_child, name_conflict
+from .jobs import create_child, has_succeeded, name_conflict
 from .kube import RAYSERVICES, ApiRejected, NotFound, Resource, kubeforge_resource
 
 KIND = "ModelDeployment"
@@ -237,11 +238,6 @@ async def modeldeployment_model_ready(
         await reconcile_via_api(ctx, KIND, namespace, deployment, reconcile_modeldeployment)
 
 
-def job_succeeded(status: Any, **_: Any) -> bool:
-    """kopf `when` filter: the TrainingJob has succeeded."""
-    return (status or {}).get("phase") == "Succeeded"
-
-
 async def modeldeployment_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     """The ModelDeployment is being deleted: delete its RayService and monitor now, forget it in the metrics."""
     ctx = context(memo)
@@ -252,8 +248,7 @@ async def modeldeployment_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
             await ctx.api.delete(Resource(MONITORING_GROUP, MONITORING_VERSION, plural), namespace, monitor_name(name))
         except ApiRejected:
             pass  # no Prometheus Operator, or no permission: nothing of ours can be there
-    ctx.phases.forget(KIND, namespace, name)
-    ctx.children.forget((KIND, namespace, name))
+    forget(ctx, KIND, body)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -270,4 +265,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         modeldeployment_child_status
     )
     kopf.index(*resource, registry=registry)(modeldeployment_model_refs)
-    kopf.on.event(GROUP, VERSION, "trainingjobs", when=job_succeeded, registry=registry)(modeldeployment_model_ready)
+    kopf.on.event(GROUP, VERSION, "trainingjobs", when=has_succeeded, registry=registry)(modeldeployment_model_ready)

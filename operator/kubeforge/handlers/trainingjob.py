@@ -17,12 +17,13 @@ from .common import (
     Outcome,
     context,
     follow_child,
-    identity,
+    forget,
     reconcile_in_handler,
     reconcile_via_api,
     resync,
 )
-from .jobs import delete_attempts, is_active, propagate_suspend, reconcile_job
+from .datapipeline import pipeline_output
+from .jobs import delete_attempts, has_succeeded, is_active, reconcile_job, update_job
 from .kube import kubeforge_resource
 
 KIND = "TrainingJob"
@@ -54,12 +55,6 @@ async def resolve_data(ctx: OperatorContext, job: TrainingJob) -> tuple[Dependen
     return Dependency(True, "DataPipelineSucceeded", f"DataPipeline {ref.name} wrote {uri}"), uri
 
 
-def pipeline_output(pipeline: Mapping[str, Any]) -> str | None:
-    """Where a DataPipeline wrote its dataset: status.outputUri, else spec.output.uri."""
-    status, spec = pipeline.get("status") or {}, pipeline.get("spec") or {}
-    return status.get("outputUri") or (spec.get("output") or {}).get("uri")
-
-
 async def reconcile_trainingjob(ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING) -> Outcome:
     """Start (or retry) the TrainingJob's RayJob once its data is ready, and derive its status."""
     return await reconcile_job(KIND, ctx, body, child=child, resolve=resolve_data)
@@ -77,10 +72,7 @@ async def trainingjob_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, **_:
 
 async def trainingjob_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old: Any, new: Any, **_: Any) -> None:
     """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
-    old_suspend, new_suspend = bool((old or {}).get("suspend")), bool((new or {}).get("suspend"))
-    if old_suspend != new_suspend:
-        await propagate_suspend(context(memo), KIND, body, new_suspend)
-    await reconcile_in_handler(KIND, body, patch, memo, reconcile_trainingjob)
+    await update_job(KIND, body, patch, memo, old, new, reconcile_trainingjob)
 
 
 async def trainingjob_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -123,17 +115,11 @@ async def trainingjob_data_ready(
         await reconcile_via_api(ctx, KIND, namespace, job, reconcile_trainingjob)
 
 
-def pipeline_succeeded(status: Any, **_: Any) -> bool:
-    """kopf `when` filter: the DataPipeline has succeeded."""
-    return (status or {}).get("phase") == "Succeeded"
-
-
 async def trainingjob_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     """The TrainingJob is being deleted: delete the RayJobs of all attempts now and forget it in the metrics."""
     ctx = context(memo)
     await delete_attempts(ctx, KIND, body)
-    ctx.phases.forget(KIND, *identity(body))
-    ctx.children.forget((KIND, *identity(body)))
+    forget(ctx, KIND, body)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -154,4 +140,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         trainingjob_child_status
     )
     kopf.index(*resource, registry=registry)(trainingjob_data_refs)
-    kopf.on.event(GROUP, VERSION, "datapipelines", when=pipeline_succeeded, registry=registry)(trainingjob_data_ready)
+    kopf.on.event(GROUP, VERSION, "datapipelines", when=has_succeeded, registry=registry)(trainingjob_data_ready)
