@@ -148,7 +148,20 @@ def _save(
         "metrics": metrics,
         "source": "kubeforge_trainer.serve.tiny_model",
     }
-    return save_model_dir(directory, model, config, tokenizer_file, info)
+    path = save_model_dir(directory, model, config, tokenizer_file, info)
+    tokenizer_file.unlink()  # the model directory has its own copy
+    return path
+
+
+def _prepare(directory: str | Path, seed: int, vocab_size: int) -> tuple[Path, list[str], Tokenizer, Path]:
+    """Seed torch, create the directory and train a tokenizer on the docstring lines:
+    (directory, lines, tokenizer, the tokenizer's training file)."""
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = docstring_lines()
+    tokenizer_file = directory / "tokenizer.train.json"
+    return directory, lines, train_tokenizer(lines, vocab_size, tokenizer_file), tokenizer_file
 
 
 def build_tiny_language_model(
@@ -164,12 +177,7 @@ def build_tiny_language_model(
     batch_size: int = 16,
 ) -> TinyModel:
     """Train a tiny GPT for `steps` AdamW steps on 90% of the docstring text; hold out the rest."""
-    torch.manual_seed(seed)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = docstring_lines()
-    tokenizer_file = directory / "tokenizer.train.json"
-    tokenizer = train_tokenizer(lines, vocab_size, tokenizer_file)
+    directory, lines, tokenizer, tokenizer_file = _prepare(directory, seed, vocab_size)
     stream = tokenizer.encode("\n".join(lines)).ids
     split = int(len(stream) * 0.9)
     window = context_length  # inputs of context_length - 1 tokens predict the next context_length - 1
@@ -193,7 +201,6 @@ def build_tiny_language_model(
 
     loss = _train(model, batches, steps, 3e-3, _lm_loss)
     path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
-    tokenizer_file.unlink()
     return TinyModel(path, config, heldout, [], loss)
 
 
@@ -208,12 +215,7 @@ def build_tiny_classifier(
 ) -> TinyModel:
     """Train a tiny GPTForClassification to tell docstring lines that mention "return" from the others."""
     rng = random.Random(seed)
-    torch.manual_seed(seed)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = docstring_lines()
-    tokenizer_file = directory / "tokenizer.train.json"
-    tokenizer = train_tokenizer(lines, vocab_size, tokenizer_file)
+    directory, lines, tokenizer, tokenizer_file = _prepare(directory, seed, vocab_size)
     labels = ["other", "returns"]
     examples = [(tokenizer.encode(line).ids[:context_length], int("return" in line.lower())) for line in lines]
     rng.shuffle(examples)
@@ -246,5 +248,4 @@ def build_tiny_classifier(
 
     loss = _train(model, batches, steps, 2e-3, loss_of)
     path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
-    tokenizer_file.unlink()
     return TinyModel(path, config, [ids for ids, _ in test], [label for _, label in test], loss)
