@@ -122,18 +122,42 @@ class _Collector:
             self.errors.append(error)
 
 
+@dataclass(frozen=True)
+class ExtraField:
+    """A field read besides the text: its output column, the spec field that names it, its name in the input, and
+    its kind (label, key, time or number), which fixes its type and how it is checked."""
+
+    column: str
+    path: str
+    name: str
+    kind: str
+
+
+_ARROW_TYPES = {"label": pa.string(), "key": pa.string(), "time": pa.int64(), "number": pa.float64()}
+
+
+def extra_fields(spec: ReadSpec) -> list[ExtraField]:
+    """Every field the spec reads besides the text, in column order."""
+    fields = []
+    if spec.label_field:
+        fields.append(ExtraField(LABEL, "spec.source.labelField", spec.label_field, "label"))
+    if spec.key_field:
+        fields.append(ExtraField(KEY, spec.key_field_path, spec.key_field, "key"))
+    if spec.time_field:
+        fields.append(ExtraField(TIME, spec.time_field_path, spec.time_field, "time"))
+    fields.extend(
+        ExtraField(numeric_column(name), "spec.steps.outlierFilter.column", name, "number")
+        for name in spec.numeric_fields
+    )
+    return fields
+
+
 def working_schema(spec: ReadSpec, with_rid: bool = True) -> pa.Schema:
     """The columns every chunk's table has, whatever the format."""
     fields = [pa.field(TEXT, pa.string())]
     if with_rid:
         fields.append(pa.field(RID, pa.int64()))
-    if spec.label_field:
-        fields.append(pa.field(LABEL, pa.string()))
-    if spec.key_field:
-        fields.append(pa.field(KEY, pa.string()))
-    if spec.time_field:
-        fields.append(pa.field(TIME, pa.int64()))
-    fields.extend(pa.field(numeric_column(name), pa.float64()) for name in spec.numeric_fields)
+    fields.extend(pa.field(f.column, _ARROW_TYPES[f.kind]) for f in extra_fields(spec))
     return pa.schema(fields)
 
 
@@ -312,19 +336,11 @@ def _record_values(record: dict, piece: FileSlice, spec: ReadSpec, errors: _Coll
         errors.row(RowError("spec.source.textField", piece.describe(), number, f"no text in {spec.text_field!r}"))
         return None
     row: dict = {TEXT: text}
-    checks = []
-    if spec.label_field:
-        checks.append((LABEL, "spec.source.labelField", spec.label_field, _label_value))
-    if spec.key_field:
-        checks.append((KEY, spec.key_field_path, spec.key_field, _key_value))
-    if spec.time_field:
-        checks.append((TIME, spec.time_field_path, spec.time_field, _time_value))
-    checks.extend((numeric_column(n), "spec.steps.outlierFilter.column", n, _number_value) for n in spec.numeric_fields)
-    for column, path, name, convert in checks:
+    for extra in extra_fields(spec):
         try:
-            row[column] = convert(record.get(name))
+            row[extra.column] = _ROW_CONVERTERS[extra.kind](record.get(extra.name))
         except ValueError as exc:
-            errors.row(RowError(path, piece.describe(), number, f"field {name!r} {exc}"))
+            errors.row(RowError(extra.path, piece.describe(), number, f"field {extra.name!r} {exc}"))
             return None
     return row
 
@@ -382,6 +398,10 @@ def _number_value(value: object) -> float | None:
 # ---- column conversion shared by the fast paths -------------------------------------------------------------------
 
 
+# How each kind of extra field is checked and converted, one value at a time.
+_ROW_CONVERTERS = {"label": _label_value, "key": _key_value, "time": _time_value, "number": _number_value}
+
+
 class _NeedsRowByRow(Exception):
     """A column's type drifted (e.g. text is a number on some rows): only the row-by-row path can tell which rows."""
 
@@ -433,15 +453,8 @@ def _convert_columns(
             errors.row(RowError("spec.source.textField", source, int(row) + 1, f"no text in {spec.text_field!r}"))
         bad |= missing
     columns[TEXT] = text_values
-    extra = []
-    if spec.label_field:
-        extra.append((LABEL, "spec.source.labelField", spec.label_field, _label_column))
-    if spec.key_field:
-        extra.append((KEY, spec.key_field_path, spec.key_field, _key_column))
-    if spec.time_field:
-        extra.append((TIME, spec.time_field_path, spec.time_field, _time_column))
-    extra.extend((numeric_column(f), "spec.steps.outlierFilter.column", f, _number_column) for f in spec.numeric_fields)
-    for column, path, name, convert in extra:
+    for extra in extra_fields(spec):
+        column, path, name, convert = extra.column, extra.path, extra.name, _COLUMN_CONVERTERS[extra.kind]
         if name not in names:
             errors.row(RowError(path, source, None, f"no column {name!r}"), count=int((~bad).sum()))
             return None
@@ -550,6 +563,10 @@ def _number_column(values: pa.ChunkedArray) -> tuple[pa.Array | None, np.ndarray
 
 
 # ---- CSV -----------------------------------------------------------------------------------------------------------
+
+
+# ... and a whole column at a time: (values, rows that failed, why).
+_COLUMN_CONVERTERS = {"label": _label_column, "key": _key_column, "time": _time_column, "number": _number_column}
 
 
 def _csv_header(data: bytes) -> list[str]:
