@@ -44,11 +44,17 @@ PVC_MOUNT_ROOT = "/mnt/kubeforge/pvc"
 ENV_PVC_ROOT = "KUBEFORGE_PVC_ROOT"
 
 
+# Ray Serve's own variables for direct ingress (the Serve controller and the replicas read them when they start).
+ENV_SERVE_DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+ENV_SERVE_DIRECT_MIN_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
+ENV_SERVE_DIRECT_MAX_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"
+
+
 def direct_ingress_env(first_port: int, last_port: int) -> dict[str, str]:
     """Environment of every Ray process for Ray Serve direct ingress: ingress replicas serve HTTP themselves on a
-    port in [first_port, last_port] (Serve's own variables; the Serve controller and the replicas read them)."""
+    port in [first_port, last_port]."""
     return {
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(last_port),
+        ENV_SERVE_DIRECT_INGRESS: "1",
+        ENV_SERVE_DIRECT_MIN_PORT: str(first_port),
+        ENV_SERVE_DIRECT_MAX_PORT: str(last_port),
     }

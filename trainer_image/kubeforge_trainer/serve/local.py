@@ -10,14 +10,18 @@ import urllib.request
 from typing import Any
 
 import ray
-from kubeforge.constants import direct_ingress_env
+from kubeforge.constants import (
+    ENV_SERVE_DIRECT_INGRESS,
+    ENV_SERVE_DIRECT_MAX_PORT,
+    ENV_SERVE_DIRECT_MIN_PORT,
+    direct_ingress_env,
+)
 from ray import serve
 
 from .app import build_from_settings, read_model_version
 from .settings import parse_app_args
 
 LOCAL_HOST = "127.0.0.1"
-DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 # Ports above the proxy's that local direct-ingress replicas may take (one per application).
 DIRECT_INGRESS_PORTS = 16
 DIRECT_PORT_WAIT_S = 30.0
@@ -45,7 +49,7 @@ def serve_locally(args: dict[str, Any], http_port: int = 8000, route_prefix: str
         if direct:
             enable_direct_ingress(http_port)
         ray.init(include_dashboard=False)
-    elif direct and os.environ.get(DIRECT_INGRESS_FLAG) != "1":
+    elif direct and os.environ.get(ENV_SERVE_DIRECT_INGRESS) != "1":
         raise ValueError(
             f"ModelDeployment {settings.name}: spec.ingress: direct needs a Ray started with direct ingress "
             "enabled (kubeforge_trainer.serve.local.enable_direct_ingress before ray.init)"
@@ -59,8 +63,8 @@ def serve_locally(args: dict[str, Any], http_port: int = 8000, route_prefix: str
 def direct_ingress_port(app: str, route_prefix: str = "/", host: str = LOCAL_HOST) -> int:
     """The port on which the application's direct-ingress replica answers: the one in Serve's direct-ingress range
     whose /-/routes lists exactly this application (a proxy lists every application)."""
-    first = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
-    last = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+    first = int(os.environ.get(ENV_SERVE_DIRECT_MIN_PORT, "30000"))  # (Ray Serve's defaults)
+    last = int(os.environ.get(ENV_SERVE_DIRECT_MAX_PORT, "31000"))
     deadline = time.monotonic() + DIRECT_PORT_WAIT_S
     while True:
         for port in range(first, last + 1):
