@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -84,6 +86,14 @@ def test_chunks_group_small_files_and_cut_big_line_files_but_not_compressed_or_c
     assert len(csv) == 1 and csv[0].files[0].length is None
 
 
+def test_a_file_just_over_the_target_is_cut_into_equal_pieces_not_a_full_one_and_a_sliver():
+    chunks = sources.plan_chunks([sources.SourceFile("/d/big.jsonl", 1010, "")], "jsonl", "line", target=250)
+    ranges = [(c.files[0].start, c.files[0].length) for c in chunks]
+    assert ranges == [(0, 202), (202, 202), (404, 202), (606, 202), (808, 202)]
+    just_over = sources.plan_chunks([sources.SourceFile("/d/a.jsonl", 251, "")], "jsonl", "line", target=250)
+    assert [(c.files[0].start, c.files[0].length) for c in just_over] == [(0, 125), (125, 126)]
+
+
 def test_big_parquet_files_are_cut_by_row_groups(tmp_path):
     path = tmp_path / "a.parquet"
     pq.write_table(pa.table({"text": [f"row {i} " * 50 for i in range(1000)]}), path, row_group_size=100)
@@ -91,3 +101,5 @@ def test_big_parquet_files_are_cut_by_row_groups(tmp_path):
     chunks = sources.plan_chunks([sources.SourceFile(str(path), size, "")], "parquet", "line", target=size // 4)
     groups = [(c.files[0].start, c.files[0].length) for c in chunks]
     assert groups[0][0] == 0 and sum(n for _, n in groups) == 10 and len(groups) >= 4
+    assert max(n for _, n in groups) - min(n for _, n in groups) <= 1
+    assert all(start == prev_start + prev_n for (prev_start, prev_n), (start, _) in itertools.pairwise(groups))

@@ -18,6 +18,7 @@ Ray only orchestrates; every computation is a pure function of the other modules
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,6 +68,24 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
 
 
 # ---- Ray tasks: thin wrappers around stages.py ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_operator_data_context() -> Iterator[None]:
+    """Ray Data settings for the read stage, whose dataset is one map operator materialised at once.
+
+    Ray Data reserves part of the cluster for each operator of a pipeline so none starves; with one operator the
+    reservation only holds CPUs back (on 2 CPUs, 16 read tasks ran ~1.3 at a time and took 4.2 s instead of 2.7 s).
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    previous = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled = previous
 
 
 @ray.remote(num_cpus=1, num_returns=2)
@@ -366,20 +385,22 @@ class _Run:
         first = plan.segments[0].local_steps
         self._enter("read")
         self._report(progress="read", outputUri=self.output)
-        if source and isinstance(source[0], Chunk):
-            dataset = ray.data.from_items([stages.chunk_to_item(c) for c in source], override_num_blocks=len(source))
-            dataset = dataset.map_batches(
-                stages.read_and_clean_batch,
-                batch_format="pyarrow",
-                batch_size=1,
-                fn_kwargs={"read": plan.read, "steps": first},
-                num_cpus=1,
-            )
-        else:
-            dataset = ray.data.from_arrow_refs(source).map_batches(
-                stages.clean_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"steps": first}, num_cpus=1
-            )
-        outputs = [_separate.remote(ref) for ref in dataset.to_arrow_refs()]
+        with _one_operator_data_context():
+            if source and isinstance(source[0], Chunk):
+                items = [stages.chunk_to_item(c) for c in source]
+                dataset = ray.data.from_items(items, override_num_blocks=len(source)).map_batches(
+                    stages.read_and_clean_batch,
+                    batch_format="pyarrow",
+                    batch_size=1,
+                    fn_kwargs={"read": plan.read, "steps": first},
+                    num_cpus=1,
+                )
+            else:
+                dataset = ray.data.from_arrow_refs(source).map_batches(
+                    stages.clean_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"steps": first}, num_cpus=1
+                )
+            refs = dataset.to_arrow_refs()
+        outputs = [_separate.remote(ref) for ref in refs]
         blocks = [o[0] for o in outputs]
         all_stats = [entry for stats in ray.get([o[1] for o in outputs]) for entry in stats]
         fatal = [entry["fatal"] for entry in all_stats if "fatal" in entry]

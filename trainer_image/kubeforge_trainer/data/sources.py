@@ -4,6 +4,7 @@ the order of rows, so the output does not depend on how many workers read."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -168,10 +169,21 @@ def _splittable(f: SourceFile, fmt: str, text_mode: str) -> bool:
 
 
 def _split_file(f: SourceFile, fmt: str, target: int) -> list[FileSlice]:
+    # Equal pieces, not target-sized ones and a remainder: a file just over the target would otherwise leave a
+    # sliver chunk beside a full one, and the cores would idle while the full ones finish.
+    pieces = math.ceil(f.size / target)
     if fmt == "parquet":
         fs, path = storage.resolve(f.uri)
         with fs.open_input_file(path) as handle:
             groups = pq.ParquetFile(handle).metadata.num_row_groups
-        per_slice = max(1, math.ceil(groups * target / max(f.size, 1)))
-        return [FileSlice(f.uri, start, min(per_slice, groups - start)) for start in range(0, groups, per_slice)]
-    return [FileSlice(f.uri, start, min(target, f.size - start)) for start in range(0, f.size, target)]
+        return [FileSlice(f.uri, start, end - start) for start, end in _even_bounds(groups, pieces)]
+    return [FileSlice(f.uri, start, end - start) for start, end in _even_bounds(f.size, pieces)]
+
+
+def _even_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
+    """[start, end) of at most `pieces` non-empty ranges covering range(total), their sizes differing by at most 1."""
+    if total <= 0:
+        return []
+    pieces = max(1, min(pieces, total))
+    cuts = [total * i // pieces for i in range(pieces + 1)]
+    return list(itertools.pairwise(cuts))
