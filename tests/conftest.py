@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +31,53 @@ def kuberay_crds_dir() -> Path:
     if not (path / "ray.io_rayjobs.yaml").is_file():
         pytest.fail(f"KubeRay CRDs not found in {path}: clone with shared/ beside it or set KUBERAY_CRDS_DIR")
     return path
+
+
+S3_SERVER = REPO_ROOT / ".venv-s3" / "bin" / "moto_server"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API over HTTP (moto's server, installed by scripts/setup-s3.sh) on a free port, with the AWS_*
+    variables that pyarrow.fs reads pointing at it; start it before any Ray its tests use (workers inherit them)."""
+    server = Path(os.environ.get("KUBEFORGE_S3_SERVER", S3_SERVER))
+    if not server.is_file():
+        pytest.fail(
+            f"no S3 server at {server}: run scripts/setup-s3.sh (scripts/dev test does) or set KUBEFORGE_S3_SERVER"
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # it answers: up
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the S3 server {server} did not start on {url}")
+                time.sleep(0.2)
+        env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.hookimpl(trylast=True)

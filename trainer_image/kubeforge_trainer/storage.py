@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -22,11 +23,27 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+# The AWS SDKs' endpoint variables (the S3-specific one first); pyarrow's S3 client does not read them itself.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or URI."""
     if is_remote(uri):
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(with_s3_endpoint(uri))
     return pafs.LocalFileSystem(), local_path(uri)
+
+
+def with_s3_endpoint(uri: str) -> str:
+    """An s3:// URI with the endpoint from $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL (MinIO, Ceph, a test server)
+    unless the URI names one itself (?endpoint_override=...); other URIs unchanged."""
+    if not uri.startswith("s3://") or "endpoint_override=" in uri:
+        return uri
+    endpoint = next((os.environ[name] for name in S3_ENDPOINT_VARIABLES if os.environ.get(name)), "")
+    if not endpoint:
+        return uri
+    separator = "&" if "?" in uri else "?"
+    return f"{uri}{separator}endpoint_override={urllib.parse.quote(endpoint, safe='')}"
 
 
 def join(uri: str, *parts: str) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow.fs as pafs
 import pytest
+from kubeforge.api.modeldeployment import GenerationDefaults
+from kubeforge_trainer import storage
+from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.runner import ModelRunner
 from kubeforge_trainer.serve.tiny_model import TinyModel
 
@@ -39,3 +43,28 @@ def test_build_app_refuses_a_missing_model_directory(tmp_path) -> None:
 def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a kubeforge model directory"):
         ModelRunner.load(str(tmp_path), version="v1")
+
+
+def greedy(runner: ModelRunner, prompts: tuple[str, ...]) -> list[str]:
+    request = CompletionRequest(prompts=prompts, prompt_is_list=True, max_tokens=12, temperature=0.0)
+    tasks = runner.prepare_completion(request, GenerationDefaults())
+    runner.generate(tasks)
+    return [t.text for t in tasks]
+
+
+def test_runner_loads_a_model_from_an_s3_bucket_and_generates_as_from_disk(
+    s3_endpoint: str, tiny_lm: TinyModel
+) -> None:
+    pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=s3_endpoint).create_dir("kubeforge-models")
+    storage.upload_dir(tiny_lm.path, "s3://kubeforge-models/gpt/v1")
+    remote = ModelRunner.load("s3://kubeforge-models/gpt/v1", version="")
+    local = ModelRunner.load(str(tiny_lm.path), version="")
+    assert (remote.version, remote.info()["uri"]) == ("v1", "s3://kubeforge-models/gpt/v1")
+    prompts = ("Return the", "Open a file and")
+    assert greedy(remote, prompts) == greedy(local, prompts)
+
+
+def test_a_missing_object_store_model_is_a_clear_error(s3_endpoint: str) -> None:
+    pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=s3_endpoint).create_dir("kubeforge-empty")
+    with pytest.raises(FileNotFoundError, match=r"^model directory s3://kubeforge-empty/nothing/here does not exist$"):
+        ModelRunner.load("s3://kubeforge-empty/nothing/here", version="v1")

@@ -103,3 +103,17 @@ def test_big_parquet_files_are_cut_by_row_groups(tmp_path):
     assert groups[0][0] == 0 and sum(n for _, n in groups) == 10 and len(groups) >= 4
     assert max(n for _, n in groups) - min(n for _, n in groups) <= 1
     assert all(start == prev_start + prev_n for (prev_start, prev_n), (start, _) in itertools.pairwise(groups))
+
+
+def test_s3_uris_take_the_endpoint_from_the_aws_variables_unless_they_name_one(monkeypatch):
+    from kubeforge_trainer.storage import with_s3_endpoint
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert with_s3_endpoint("s3://b/k") == "s3://b/k"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    assert with_s3_endpoint("s3://b/k") == "s3://b/k?endpoint_override=http%3A%2F%2Fminio%3A9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:9000")
+    assert with_s3_endpoint("s3://b/k?region=eu") == "s3://b/k?region=eu&endpoint_override=http%3A%2F%2Fs3only%3A9000"
+    assert with_s3_endpoint("s3://b/k?endpoint_override=x:1") == "s3://b/k?endpoint_override=x:1"
+    assert with_s3_endpoint("gs://b/k") == "gs://b/k" and with_s3_endpoint("/data/k") == "/data/k"

@@ -113,6 +113,8 @@ class ModelRunner:
         """Fetch the model directory (local path, file:// or object store), load it, quantise if asked."""
         started = time.perf_counter()
         if storage.is_remote(uri):
+            if not storage.exists(uri):
+                raise FileNotFoundError(f"model directory {uri} does not exist")
             # Each replica downloads into its own directory (so replicas on a node never race on the same files)
             # and deletes it once the weights and tokenizer are in memory.
             with tempfile.TemporaryDirectory(prefix="kubeforge-model-") as tmp:
