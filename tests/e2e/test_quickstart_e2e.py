@@ -5,7 +5,6 @@ finds the data and the model up to date instead of redoing them."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,28 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from kubeforge.testing import cli_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 READY_LINE = "press Ctrl-C to stop"
-
-
-def _default_sigint() -> None:
-    """Let the child take Ctrl-C even when this test runs as a background job (which ignores SIGINT)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def kubeforge(args: list[str], cwd: Path) -> subprocess.Popen:
-    """`kubeforge ARGS` in cwd, stdout and stderr merged, unbuffered."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubeforge.cli", *args],
-        preexec_fn=_default_sigint,
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def read_until(process: subprocess.Popen, marker: str, timeout: float) -> list[str]:
@@ -70,7 +52,7 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
     workdir = reduced_quickstart.parent
     port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    run = kubeforge(
+    run = cli_process(
         [
             "run",
             str(reduced_quickstart),
@@ -148,7 +130,7 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
 
     # A second run redoes nothing that is done: data and model are up to date; only the endpoint comes up again.
     port2 = free_port()
-    again = kubeforge(
+    again = cli_process(
         ["run", str(reduced_quickstart), "--plain", "--port", str(port2), "--metrics-port", str(free_port())],
         workdir,
     )

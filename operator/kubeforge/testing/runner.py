@@ -228,3 +228,22 @@ class OperatorProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def _default_sigint() -> None:
+    """Let the child take Ctrl-C even when the caller runs as a background job (which ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def cli_process(args: list[str], cwd: Path, **popen: Any) -> subprocess.Popen[str]:
+    """`kubeforge ARGS` in cwd as a user runs it: stdout and stderr merged, unbuffered text, Ctrl-C delivered."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubeforge.cli", *args],
+        preexec_fn=_default_sigint,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )

@@ -3,17 +3,14 @@ bad input, and Ctrl-C during training followed by a run that resumes from the la
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from kubeforge import conditions as c
 from kubeforge.cli import main
 from kubeforge.local.status import StatusStore
+from kubeforge.testing import cli_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,25 +76,6 @@ def test_a_data_step_that_fails_on_bad_input_fails_in_one_line_and_blocks_traini
     assert "Traceback" in log
 
 
-def _default_sigint() -> None:
-    """Let the child take Ctrl-C even when this test runs as a background job (which ignores SIGINT)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _kubeforge(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kubeforge.cli", *args],
-        preexec_fn=_default_sigint,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
-
-
 @pytest.mark.timeout(1800)
 def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     write_docs, tmp_path, small_datapipeline, small_trainingjob
@@ -107,7 +85,7 @@ def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     steps = 300
     path = write_docs(small_datapipeline(), small_trainingjob(steps=steps, checkpoint_every=10))
     store = StatusStore(tmp_path / ".kubeforge")
-    first = _kubeforge(["run", str(path), "--plain"], tmp_path)
+    first = cli_process(["run", str(path), "--plain"], tmp_path)
     deadline = time.monotonic() + 780  # generous: a loaded or clean CI machine starts Ray and DeepSpeed slowly
     while not store.get("TrainingJob", "gpt").get("latestCheckpoint"):
         assert first.poll() is None, f"the run ended before a checkpoint: {first.communicate()[0]}"
@@ -124,7 +102,7 @@ def test_ctrl_c_during_training_then_the_next_run_resumes_from_the_checkpoint(
     assert c.get_condition(job["conditions"], c.SUSPENDED)["reason"] == "Interrupted"
     assert interrupted_at < steps
 
-    second = _kubeforge(["run", str(path), "--plain"], tmp_path)
+    second = cli_process(["run", str(path), "--plain"], tmp_path)
     out, _ = second.communicate(timeout=780)
     assert second.returncode == 0, out
     assert "DataPipeline/corpus" in out and "= up to date: Succeeded at generation 1" in out
