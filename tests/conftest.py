@@ -33,18 +33,14 @@ def kuberay_crds_dir() -> Path:
     return path
 
 
-S3_SERVER = REPO_ROOT / ".venv-s3" / "bin" / "moto_server"
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 API over HTTP (moto's server, installed by scripts/setup-s3.sh) on a free port, with the AWS_*
     variables that pyarrow.fs reads pointing at it; start it before any Ray its tests use (workers inherit them)."""
-    server = Path(os.environ.get("KUBEFORGE_S3_SERVER", S3_SERVER))
+    # The venv scripts/setup-s3.sh installs into (KUBEFORGE_S3_VENV moves both).
+    server = Path(os.environ.get("KUBEFORGE_S3_VENV", REPO_ROOT / ".venv-s3")) / "bin" / "moto_server"
     if not server.is_file():
-        pytest.fail(
-            f"no S3 server at {server}: run scripts/setup-s3.sh (scripts/dev test does) or set KUBEFORGE_S3_SERVER"
-        )
+        pytest.fail(f"no S3 server at {server}: run scripts/setup-s3.sh (scripts/dev test does)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
 import urllib.request
 from typing import Any
 
@@ -13,6 +12,7 @@ import ray
 from kubeforge.constants import (
     ENV_SERVE_DIRECT_INGRESS,
     ENV_SERVE_DIRECT_MAX_PORT,
+    ENV_SERVE_DIRECT_MIN_DRAINING_PERIOD,
     ENV_SERVE_DIRECT_MIN_PORT,
     direct_ingress_env,
 )
@@ -32,7 +32,7 @@ def enable_direct_ingress(http_port: int) -> None:
     http_port (Serve reads these variables when its processes start: call it before ray.init)."""
     env = direct_ingress_env(http_port + 1, http_port + DIRECT_INGRESS_PORTS)
     # No load balancer has to take a local replica out of rotation: it may stop at once (Serve waits 30 s).
-    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0"
+    env[ENV_SERVE_DIRECT_MIN_DRAINING_PERIOD] = "0"
     for key, value in env.items():
         os.environ.setdefault(key, value)
 
@@ -80,7 +80,7 @@ def _routes(host: str, port: int) -> Any:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/-/routes", timeout=1) as response:
             return json.loads(response.read())
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError):  # (URLError is an OSError)
         return None
 
 
