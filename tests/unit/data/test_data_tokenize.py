@@ -120,3 +120,33 @@ def test_other_tokenizers_are_encoded_whole():
     lowered = tokenize.train_bpe([CORPUS], 300, 2)
     lowered.normalizer = normalizers.Lowercase()
     assert not tokenize.splits_at_spaces(lowered)
+
+
+def test_words_kept_from_earlier_blocks_give_each_tokenizer_its_own_ids(trained, monkeypatch):
+    other = tokenize.train_bpe([["alpha beta gamma delta epsilon"] * 50], 280, 2)
+    blocks = [
+        [f"alpha beta {i} gamma" for i in range(50)],
+        ["beta gamma delta", " alpha  beta", "gamma\u00a0beta", "", "epsilon!"],
+    ]
+    for tokenizer in (trained, other, trained):
+        for texts in blocks:
+            expected = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+            assert tokenize.encode(tokenizer, texts).to_pylist() == expected
+    # The store is bounded: a block that would outgrow it starts it afresh, with the same ids.
+    monkeypatch.setattr(tokenize._WordIds, "MAX_WORDS", 6)
+    for texts in blocks:
+        expected = [e.ids for e in trained.encode_batch(texts, add_special_tokens=False)]
+        assert tokenize.encode(trained, pa.array(texts)).to_pylist() == expected
+        assert len(tokenize._WORD_IDS.words) <= max(6, len(set(" ".join(texts).split())) * 2)
+
+
+def test_word_starts_are_spaces_before_visible_characters_of_the_same_row():
+    from kubeforge_trainer.data.textscan import spaces_before_words, utf8_bytes
+
+    texts = pa.array(["a b", "x ", " y", "p \u00a0q", "é é", "c\u3000 d", "  e"])
+    view = utf8_bytes(texts)
+    starts = spaces_before_words(view)
+    rows = np.searchsorted(view.starts, starts, side="right") - 1
+    # Row by row: "a| b", none ("x " ends there), "| y", none (a no-break space follows), "é| é", "c\u3000| d", " | e".
+    assert rows.tolist() == [0, 2, 4, 5, 6]
+    assert bytes(view.data[starts + 1]) == b"by" + "é".encode()[:1] + b"de"

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import hashing, ops, split, tokenize
+from . import hashing, ops, split, textscan, tokenize
 from .columns import KEY, LABEL, RID, TEXT, TIME
 from .errors import DataPipelineError
 from .plan import Step
@@ -211,7 +211,7 @@ def tokenize_block(
     outputs: list[Any] = []
     for index, name in enumerate(split.SPLITS):
         rows = block.filter(pa.array(assigned == index))
-        ids = tokenize.encode(tokenizer, pc.fill_null(rows.column(TEXT), "").to_pylist())
+        ids = tokenize.encode(tokenizer, textscan.combined(pc.fill_null(rows.column(TEXT), "")))
         if task == "languageModeling":
             stream = tokenize.with_eos(ids, settings["eos"])
             outputs.append(stream)

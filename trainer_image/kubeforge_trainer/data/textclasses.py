@@ -1,10 +1,23 @@
-r"""RE2 character classes for whitespace. RE2's \s is ASCII only ([\t\n\f\r ]); text from the web and from PDFs also
-has no-break, ideographic and other Unicode spaces, so the operations use these classes instead."""
+r"""Whitespace, defined once: the Unicode White_Space characters (what GPT-2's pre-tokenizer and Python's str.split
+take as spaces), as RE2 character classes and as UTF-8 byte sequences. RE2's \s is ASCII only ([\t\n\f\r ]); text
+from the web and from PDFs also has no-break, ideographic and other Unicode spaces, so the operations use these."""
 
 from __future__ import annotations
 
-_SPACE_CHARS = r"\t\x{0B}\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}"
-_SPACE_CHARS_NOT_PLAIN = r"\t\x{0B}\f\r\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}"
+ASCII_SPACES = "\t\n\x0b\x0c\r "
+"""The ASCII whitespace characters."""
+NON_ASCII_SPACES = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+"""The whitespace characters outside ASCII."""
+NON_ASCII_SPACE_BYTES = tuple(c.encode() for c in NON_ASCII_SPACES)
+"""Their UTF-8 encodings (two or three bytes each)."""
+
+
+def _re2(chars: str) -> str:
+    return "".join(f"\\x{{{ord(c):02X}}}" for c in chars)
+
+
+_SPACE_CHARS = _re2(ASCII_SPACES.replace("\n", "") + NON_ASCII_SPACES)
+_SPACE_CHARS_NOT_PLAIN = _re2(ASCII_SPACES.replace("\n", "").replace(" ", "") + NON_ASCII_SPACES)
 
 WHITESPACE = rf"[\n{_SPACE_CHARS}]"
 """Any whitespace character, Unicode included."""

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .textclasses import ASCII_SPACES, NON_ASCII_SPACE_BYTES
+
 _ONES = np.uint64(0x0101010101010101)
 _TOP_BYTE = np.uint64(56)
 
@@ -148,6 +150,38 @@ def sequence_hits(marks: list[np.ndarray]) -> np.ndarray:
         hits[: size - shift] &= mark[shift:]
         hits[size - shift :] = False
     return hits
+
+
+_VISIBLE_ASCII = np.ones(256, dtype=bool)
+_VISIBLE_ASCII[[ord(c) for c in ASCII_SPACES]] = False
+_VISIBLE_ASCII[0x80:] = False  # decided by the full character, below
+
+
+def spaces_before_words(view: Utf8Bytes) -> np.ndarray:
+    """Positions (int64, ascending) of the plain spaces followed, in the same row, by a character that is not
+    whitespace: where GPT-2's pre-tokenizer starts a word (with its leading space)."""
+    data = view.data
+    if len(data) < 2:
+        return np.zeros(0, dtype=np.int64)
+    spaces = np.flatnonzero(data[:-1] == np.uint8(0x20))
+    following = data[spaces + 1]
+    starts = _VISIBLE_ASCII[following]
+    # A space before a character outside ASCII starts a word unless that character is a Unicode space.
+    other = np.flatnonzero(following >= np.uint8(0x80))
+    if len(other):
+        at = spaces[other] + 1
+        unicode_space = np.zeros(len(other), dtype=bool)
+        for encoded in NON_ASCII_SPACE_BYTES:
+            same = np.ones(len(other), dtype=bool)
+            for k, byte in enumerate(encoded):
+                same &= data[np.minimum(at + k, len(data) - 1)] == np.uint8(byte)
+            unicode_space |= same
+        starts[other] = ~unicode_space
+    # The last byte of a row is followed by the next row's first byte, not by a character of its own row.
+    row_last = np.zeros(len(data), dtype=bool)
+    row_last[view.ends[view.ends > view.starts] - 1] = True
+    starts &= ~row_last[spaces]
+    return spaces[starts]
 
 
 def count_in_rows(view: Utf8Bytes, marks: np.ndarray) -> np.ndarray:
