@@ -126,3 +126,30 @@ def test_near_dedup_end_to_end_on_pure_functions_across_blocks():
     drops = minhash.duplicate_rows(candidates[minhash.similar(a, b, 0.7)])
     dropped_texts = {texts[int(np.flatnonzero(all_rids == r)[0])] for r in drops}
     assert dropped_texts == set(copies.values())
+
+
+def _reference_shingles(text: str | None, k: int) -> list[int]:
+    """Shingle hashes by their definition, one document at a time in plain Python."""
+    import re
+
+    words = re.sub(r"[^\w\s]|_", " ", (text or "").lower()).split()
+    words_hash = [int(hashing.hash_strings(pa.array([w]))[0]) for w in words]
+    windows = [words_hash[i : i + k] for i in range(len(words) - k + 1)] or ([words_hash] if words_hash else [])
+    values = []
+    for window in windows:
+        acc = window[0]
+        for h in window[1:]:
+            acc = (acc * 0x100000001B3 + h) % (1 << 64)
+        values.append(acc)
+    return values
+
+
+def test_shingles_are_word_windows_of_each_document_cut_from_the_bytes():
+    texts = ["  lead and  trail ", "one", "", None, "a\tb\nc\rd\x0ce", "x,y;z w", "é 日本 ok", "\u00a0nb\u00a0sp"]
+    for k in (1, 2, 3):
+        hashes, docs = minhash.shingle_hashes(pa.array(texts), k)
+        unmixed = [[] for _ in texts]
+        for doc, value in zip(docs.tolist(), hashes.tolist(), strict=True):
+            unmixed[doc].append(value)
+        expected = [hashing.mix64(np.array(_reference_shingles(t, k), dtype=np.uint64)).tolist() for t in texts]
+        assert unmixed == expected, k
