@@ -95,3 +95,26 @@ def test_errors_are_found_in_the_text_ray_data_keeps():
     )
     found = find_pipeline_error(RuntimeError(text))
     assert str(found) == "spec.source.format: a.jsonl row 2: not valid JSON"
+
+
+def test_warm_up_rows_go_through_every_row_local_operation():
+    from kubeforge_trainer.data import ops, stages
+
+    steps = [
+        {"dropEmpty": {}},
+        {"stripHtml": {}},
+        {"normalizeUnicode": {}},
+        {"collapseWhitespace": {}},
+        {"maskPii": {}},
+        {"lengthFilter": {"minChars": 1}},
+        {"qualityFilter": {"minAlnumRatio": 0.1}},
+        {"scriptFilter": {"scripts": ["latin"]}},
+        {"label": {"rules": [{"label": "cafe", "keywords": ["bar"]}], "default": "other"}},
+    ]
+    local = plan_pipeline(spec(steps=steps)).segments[0].local_steps
+    assert {s.kind for s in local} == set(ops.LOCAL_OPERATIONS)
+    # warm_up swallows errors (the real tasks report them), so check here that its rows pass every operation.
+    table, counts = stages.apply_local_steps(stages.warm_up_table(), local)
+    assert counts[0][:2] == (4, 2) and table.num_rows == 2
+    assert table.column("label").to_pylist() == ["cafe", "other"]
+    stages.warm_up(local)

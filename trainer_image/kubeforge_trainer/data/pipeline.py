@@ -88,6 +88,13 @@ def _one_operator_data_context() -> Iterator[None]:
         context.op_resource_reservation_enabled = previous
 
 
+@ray.remote(num_cpus=1)
+def _warm_up(steps: tuple[Step, ...]) -> None:
+    import ray.data  # noqa: F401 - what Ray Data's read tasks import in a fresh worker (most of a second)
+
+    stages.warm_up(steps)
+
+
 @ray.remote(num_cpus=1, num_returns=2)
 def _separate(block: pa.Table) -> tuple[pa.Table, list[dict]]:
     return stages.split_stats_rows(block)
@@ -234,6 +241,8 @@ class _Run:
         self.operations: list[manifest.OpStats] = []
         self.errors: list[dict] = []
         self.files_errored = 0
+        self.cores = 1
+        self.warming: list[ray.ObjectRef] = []
         self.stage_seconds: dict[str, float] = {}
         self.stage_cpu: dict[str, float] = {}
         self._stage: str | None = None
@@ -253,6 +262,10 @@ class _Run:
         plan = plan_pipeline(self.spec)
         if not ray.is_initialized():
             ray.init()
+        self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # One warm-up task per core, sent first: the workers import the data step and set it up while this process
+        # imports Ray Data, lists the input and starts the read (about a second together).
+        self.warming = [_warm_up.remote(plan.segments[0].local_steps) for _ in range(self.cores)]
         from ray.data import DataContext
 
         # Block order must follow input order (row ids, keepers of duplicates, packing); the process-wide setting is
@@ -266,7 +279,6 @@ class _Run:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
 
     def _execute(self, plan: Plan) -> dict:
-        self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.partitions = self.cores
 
         source, input_digest = self._source(plan)
