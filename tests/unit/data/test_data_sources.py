@@ -86,12 +86,22 @@ def test_chunks_group_small_files_and_cut_big_line_files_but_not_compressed_or_c
     assert len(csv) == 1 and csv[0].files[0].length is None
 
 
-def test_a_file_just_over_the_target_is_cut_into_equal_pieces_not_a_full_one_and_a_sliver():
+def test_chunks_come_as_close_to_the_target_as_the_files_allow():
+    # A big file is cut into the number of equal pieces closest to the target: no full pieces and a sliver.
     chunks = sources.plan_chunks([sources.SourceFile("/d/big.jsonl", 1010, "")], "jsonl", "line", target=250)
-    ranges = [(c.files[0].start, c.files[0].length) for c in chunks]
-    assert ranges == [(0, 202), (202, 202), (404, 202), (606, 202), (808, 202)]
-    just_over = sources.plan_chunks([sources.SourceFile("/d/a.jsonl", 251, "")], "jsonl", "line", target=250)
-    assert [(c.files[0].start, c.files[0].length) for c in just_over] == [(0, 125), (125, 126)]
+    assert [(c.files[0].start, c.files[0].length) for c in chunks] == [(0, 252), (252, 253), (505, 252), (757, 253)]
+    # Files just over and just under the target each make one chunk, whole (not two halves beside full chunks).
+    near = [sources.SourceFile("/d/a.jsonl", 251, ""), sources.SourceFile("/d/b.jsonl", 249, "")]
+    chunks = sources.plan_chunks(near, "jsonl", "line", target=250)
+    assert [[(f.uri, f.start, f.length) for f in c.files] for c in chunks] == [
+        [("/d/a.jsonl", 0, None)],
+        [("/d/b.jsonl", 0, None)],
+    ]
+    # Small files join a group while that overshoots the target by less than the group falls short of it.
+    halves = [sources.SourceFile(f"/d/{i}.jsonl", size, "") for i, size in enumerate([124, 125, 126, 100])]
+    chunks = sources.plan_chunks(halves, "jsonl", "line", target=250)
+    names = [[f.uri.rsplit("/", 1)[1] for f in c.files] for c in chunks]
+    assert names == [["0.jsonl", "1.jsonl"], ["2.jsonl", "3.jsonl"]]
 
 
 def test_big_parquet_files_are_cut_by_row_groups(tmp_path):

@@ -5,7 +5,6 @@ the order of rows, so the output does not depend on how many workers read."""
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -148,12 +147,19 @@ def plan_chunks(files: list[SourceFile], fmt: str, text_mode: str, target: int) 
             chunks.append(Chunk(len(chunks), tuple(group)))
             group, group_bytes = [], 0
 
+    # Chunks as close to the target as the files allow, so a stage's tasks are about equal and the cores finish
+    # together: a big file alone, cut into the number of equal pieces closest to the target (a file just over the
+    # target stays whole rather than becoming two halves beside full chunks); small files grouped while adding the
+    # next one overshoots the target by less than the group falls short of it.
     for f in files:
-        if f.size > target and _splittable(f, fmt, text_mode):
+        if f.size > target:
             flush()
-            for piece in _split_file(f, fmt, target):
+            pieces = _split_file(f, fmt, target) if _splittable(f, fmt, text_mode) else [FileSlice(f.uri)]
+            for piece in pieces:
                 chunks.append(Chunk(len(chunks), (piece,)))
             continue
+        if group and group_bytes + f.size - target > target - group_bytes:
+            flush()
         group.append(FileSlice(f.uri))
         group_bytes += f.size
         if group_bytes >= target or len(group) >= MAX_FILES_PER_CHUNK:
@@ -169,9 +175,9 @@ def _splittable(f: SourceFile, fmt: str, text_mode: str) -> bool:
 
 
 def _split_file(f: SourceFile, fmt: str, target: int) -> list[FileSlice]:
-    # Equal pieces, not target-sized ones and a remainder: a file just over the target would otherwise leave a
-    # sliver chunk beside a full one, and the cores would idle while the full ones finish.
-    pieces = math.ceil(f.size / target)
+    pieces = max(1, round(f.size / target))
+    if pieces == 1:
+        return [FileSlice(f.uri)]
     if fmt == "parquet":
         fs, path = storage.resolve(f.uri)
         with fs.open_input_file(path) as handle:
