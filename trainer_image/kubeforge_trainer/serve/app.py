@@ -139,13 +139,17 @@ class VersionServer:
             prompt_tokens=sum(len(s) for s in sequences),
         )
 
-    async def _queued(self, items: list[Any], admission: Admission, calls: Callable[[], list[Any]]) -> list[Any]:
-        """Wait for admission, then for the batched calls; items count as queued until a batch takes them."""
+    async def _queued(
+        self, items: list[Any], admission: Admission, submit: Callable[[], list[asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """Wait for admission, then for the batched results; items count as queued until a batch takes them."""
         self._waiting.update(id(item) for item in items)
         self.metrics.queued(len(self._waiting))
         try:
             await admission.wait()
-            return list(await asyncio.gather(*calls()))
+            futures = submit()
+            # One future (one prompt, the usual case) is awaited as it is: gather would add an event loop step.
+            return [await futures[0]] if len(futures) == 1 else list(await asyncio.gather(*futures))
         finally:
             self._dequeue(items)
 

@@ -32,7 +32,9 @@ class DynamicBatcher(Generic[Item, Result]):
     ) -> None:
         self._run_batch = run_batch
         self._waiting: list[tuple[Item, asyncio.Future[Result], float]] = []
-        self._arrived: asyncio.Event | None = None
+        # Resolved to wake the worker (an item arrived, limits changed); a bare future costs the worker one event
+        # loop step to resume, where an asyncio.Event awaited under wait_for costs two.
+        self._arrived: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.configure(max_size, max_wait_s)
 
@@ -41,28 +43,31 @@ class DynamicBatcher(Generic[Item, Result]):
         if max_size < 1 or max_wait_s < 0:
             raise ValueError("max_size must be >= 1 and max_wait_s >= 0")
         self.max_size, self.max_wait_s = max_size, max_wait_s
-        if self._arrived is not None:
-            self._arrived.set()  # a waiting batch re-checks whether it may start now
+        self._wake()  # a waiting batch re-checks whether it may start now
 
     @property
     def waiting(self) -> int:
         """Items submitted and not yet in a running batch."""
         return len(self._waiting)
 
-    async def submit(self, item: Item) -> Result:
-        """The item's result, once a batch containing it has run."""
+    def submit(self, item: Item) -> asyncio.Future[Result]:
+        """A future of the item's result, set once a batch containing it has run (cancel it to withdraw the item).
+
+        A plain future rather than a coroutine: awaiting it costs no task of its own.
+        """
         loop = asyncio.get_running_loop()
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work())
         future: asyncio.Future[Result] = loop.create_future()
         self._waiting.append((item, future, time.monotonic()))
-        self._arrived.set()
-        return await future
+        self._wake()
+        return future
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
 
     async def _work(self) -> None:
-        assert self._arrived is not None
         while True:
             await self._fill()
             batch = [(item, future) for item, future, _ in self._waiting[: self.max_size] if not future.cancelled()]
@@ -84,7 +89,6 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def _fill(self) -> None:
         """Return once a batch should start: it is full, or its oldest item has waited max_wait_s."""
-        assert self._arrived is not None
         while True:
             self._waiting = [entry for entry in self._waiting if not entry[1].cancelled()]
             if self._waiting:
@@ -93,8 +97,10 @@ class DynamicBatcher(Generic[Item, Result]):
                     return
             else:
                 remaining = None
-            self._arrived.clear()
+            self._arrived = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._arrived, remaining)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                self._arrived = None
