@@ -77,22 +77,14 @@ def _word_hashes(cleaned: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if size == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     separator = textscan.byte_class(view.data, _SEPARATOR_BYTES)
-    starts = np.zeros(size + 1, dtype=bool)
-    np.greater(separator[:-1], separator[1:], out=starts[1:size])  # a separator, then a word byte
-    starts[view.starts] = True
-    bounds = np.flatnonzero(starts[:size])
-    large = size >= 1 << 31
-    offsets = np.append(bounds, size).astype(np.int64 if large else np.int32)
-    pieces = pa.Array.from_buffers(
-        pa.large_string() if large else pa.string(),
-        len(bounds),
-        [None, pa.py_buffer(offsets), pa.py_buffer(view.data)],
-    )
+    word_starts = np.zeros(size, dtype=bool)
+    np.greater(separator[:-1], separator[1:], out=word_starts[1:])  # a separator, then a word byte
+    pieces, first_piece = textscan.cut_rows(view, word_starts)
     encoded = pc.dictionary_encode(pieces)
     words = pc.utf8_trim(encoded.dictionary, _SEPARATORS)
     is_word = pc.not_equal(words, "").to_numpy(zero_copy_only=False)
     piece_word = encoded.indices.to_numpy()
-    pieces_per_doc = np.diff(np.searchsorted(bounds, np.append(view.starts, size)))
+    pieces_per_doc = np.diff(first_piece)
     doc = np.repeat(np.arange(len(view), dtype=np.int64), pieces_per_doc)
     keep = is_word[piece_word]
     return hash_strings(words)[piece_word[keep]], doc[keep]

@@ -184,6 +184,23 @@ def spaces_before_words(view: Utf8Bytes) -> np.ndarray:
     return spaces[starts]
 
 
+def cut_rows(view: Utf8Bytes, cut_before: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """The rows cut into consecutive pieces at every row start and before every byte cut_before marks (a bool array
+    as long as the bytes, updated in place), as a string array over the same bytes (no copy); and the index of each
+    row's first piece (len(view) + 1 entries: row i's pieces are [first[i], first[i + 1]))."""
+    size = len(view.data)
+    cut_before[view.starts[view.starts < size]] = True
+    bounds = np.flatnonzero(cut_before)
+    large = size >= 1 << 31
+    offsets = np.append(bounds, size).astype(np.int64 if large else np.int32)
+    pieces = pa.Array.from_buffers(
+        pa.large_string() if large else pa.string(),
+        len(bounds),
+        [None, pa.py_buffer(offsets), pa.py_buffer(view.data)],
+    )
+    return pieces, np.searchsorted(bounds, np.append(view.starts, size))
+
+
 def count_in_rows(view: Utf8Bytes, marks: np.ndarray) -> np.ndarray:
     """Per row, how many of its bytes are marked (int64; 0 for null rows)."""
     n = len(view)

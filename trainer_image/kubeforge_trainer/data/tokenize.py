@@ -186,25 +186,16 @@ def _encode_by_words(tokenizer: Tokenizer, texts: pa.Array) -> pa.ListArray:
     as encoding the whole texts, several times faster on natural text. The words are cut straight from the texts'
     bytes, without copying them."""
     view = textscan.utf8_bytes(pc.fill_null(texts, ""))
-    size = len(view.data)
-    starts = np.zeros(size + 1, dtype=bool)
-    starts[view.starts] = True
-    starts[textscan.spaces_before_words(view)] = True
-    bounds = np.flatnonzero(starts[:size])
-    large = size >= 1 << 31
-    offsets = np.append(bounds, size).astype(np.int64 if large else np.int32)
-    words = pa.Array.from_buffers(
-        pa.large_string() if large else pa.string(),
-        len(bounds),
-        [None, pa.py_buffer(offsets), pa.py_buffer(view.data)],
-    )
+    word_starts = np.zeros(len(view.data), dtype=bool)
+    word_starts[textscan.spaces_before_words(view)] = True
+    words, first_word = textscan.cut_rows(view, word_starts)
     encoded = pc.dictionary_encode(words)
     stored = _WORD_IDS.lookup(tokenizer, encoded.dictionary)[encoded.indices.to_numpy()]
     # Gather each word's ids from the store, in order.
     firsts, lengths = _WORD_IDS.offsets[stored], np.diff(_WORD_IDS.offsets)[stored]
     ends = np.cumsum(lengths)
     gather = np.repeat(firsts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
-    token_offsets = np.append(0, ends)[np.searchsorted(bounds, np.append(view.starts, size))]
+    token_offsets = np.append(0, ends)[first_word]
     return pa.ListArray.from_arrays(pa.array(token_offsets.astype(np.int32)), pa.array(_WORD_IDS.values[gather]))
 
 
