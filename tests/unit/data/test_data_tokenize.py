@@ -150,3 +150,12 @@ def test_word_starts_are_spaces_before_visible_characters_of_the_same_row():
     # Row by row: "a| b", none ("x " ends there), "| y", none (a no-break space follows), "é| é", "c\u3000| d", " | e".
     assert rows.tolist() == [0, 2, 4, 5, 6]
     assert bytes(view.data[starts + 1]) == b"by" + "é".encode()[:1] + b"de"
+
+
+def test_tokens_added_to_a_tokenizer_in_use_are_seen_by_the_next_encode():
+    tokenizer = tokenize.train_bpe([CORPUS], 300, 2)
+    texts = ["the lazy<x> dog", "quick<x>"]
+    before = tokenize.encode(tokenizer, texts).to_pylist()
+    tokenizer.add_special_tokens(["<x>"])
+    after = tokenize.encode(tokenizer, texts).to_pylist()
+    assert after == [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] and after != before

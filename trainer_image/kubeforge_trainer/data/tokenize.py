@@ -111,6 +111,7 @@ def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
 @dataclass(frozen=True)
 class _Facts:
     tokenizer: Tokenizer
+    size: int
     splits_at_spaces: bool
     digest: str
 
@@ -119,8 +120,10 @@ _LAST_FACTS: list[_Facts] = []
 
 
 def _facts(tokenizer: Tokenizer) -> _Facts:
-    """What encoding needs to know of a tokenizer, worked out once for the tokenizer in use (a task builds one)."""
-    if _LAST_FACTS and _LAST_FACTS[0].tokenizer is tokenizer:
+    """What encoding needs to know of a tokenizer, worked out once for the tokenizer in use (a task builds one) and
+    again when tokens are added to it."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if _LAST_FACTS and _LAST_FACTS[0].tokenizer is tokenizer and _LAST_FACTS[0].size == size:
         return _LAST_FACTS[0]
     text = tokenizer.to_str()
     config = json.loads(text)
@@ -132,7 +135,7 @@ def _facts(tokenizer: Tokenizer) -> _Facts:
         and pre.get("use_regex", True)
         and not any(any(c.isspace() for c in t.get("content", "")) for t in config.get("added_tokens", []))
     )
-    _LAST_FACTS[:] = [_Facts(tokenizer, splits, hashlib.sha256(text.encode()).hexdigest())]
+    _LAST_FACTS[:] = [_Facts(tokenizer, size, splits, hashlib.sha256(text.encode()).hexdigest())]
     return _LAST_FACTS[0]
 
 
