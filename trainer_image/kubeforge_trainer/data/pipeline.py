@@ -242,7 +242,6 @@ class _Run:
         self.errors: list[dict] = []
         self.files_errored = 0
         self.cores = 1
-        self.warming: list[ray.ObjectRef] = []
         self.stage_seconds: dict[str, float] = {}
         self.stage_cpu: dict[str, float] = {}
         self._stage: str | None = None
@@ -264,8 +263,10 @@ class _Run:
             ray.init()
         self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
         # One warm-up task per core, sent first: the workers import the data step and set it up while this process
-        # imports Ray Data, lists the input and starts the read (about a second together).
-        self.warming = [_warm_up.remote(plan.segments[0].local_steps) for _ in range(self.cores)]
+        # imports Ray Data, lists the input and starts the read (about a second together). Nothing waits for them
+        # (a dropped reference does not cancel a task).
+        for _ in range(self.cores):
+            _warm_up.remote(plan.segments[0].local_steps)
         from ray.data import DataContext
 
         # Block order must follow input order (row ids, keepers of duplicates, packing); the process-wide setting is
