@@ -15,7 +15,6 @@ from kubeforge_trainer.data import manifest, stages, writer
 from kubeforge_trainer.data.columns import RID, TEXT
 from kubeforge_trainer.data.manifest import AccountingError, OpStats
 from kubeforge_trainer.data.plan import Step
-from kubeforge_trainer.data.readers import Chunk, FileSlice
 
 
 def test_plan_shards_cuts_the_concatenated_blocks_in_order():
@@ -146,23 +145,12 @@ def test_manifest_follows_the_contract_and_status_fields_validate():
     assert status["rowsIn"] == 5 and status["rowsDropped"] == 1 and status["rowsErrored"] == 1
 
 
-def test_stats_rows_round_trip_through_a_block():
-    data = pa.table({TEXT: ["a", "b"], RID: pa.array([0, 1], pa.int64())})
-    block = pa.concat_tables(
-        [stages.with_stats_row(data, {"read": [3, 2, 1]}), stages.with_stats_row(data.slice(0, 0), {"read": [0, 0, 0]})]
-    )
-    rows, stats = stages.split_stats_rows(block)
-    assert rows.equals(data) and stats == [{"read": [3, 2, 1]}, {"read": [0, 0, 0]}]
-
-
 def test_local_steps_report_rows_in_and_out():
     data = pa.table({TEXT: ["short", "a longer text"], RID: pa.array([0, 1], pa.int64())})
     step = Step(0, "lengthFilter", "lengthFilter", LengthFilterParams(min_chars=6))
     out, counts = stages.apply_local_steps(data, [step])
     assert out.column(TEXT).to_pylist() == ["a longer text"] and [c[:2] for c in counts] == [(2, 1)]
     assert counts[0][2] >= 0
-    chunk = Chunk(4, (FileSlice("/d/a.jsonl"), FileSlice("/d/b.jsonl", 10, 20)))
-    assert stages.chunk_from_item(stages.chunk_to_item(chunk)) == chunk
 
 
 def test_outlier_bounds_and_range_filter_keep_rows_without_a_value():

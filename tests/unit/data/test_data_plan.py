@@ -88,15 +88,6 @@ def test_errors_are_found_behind_ray_style_wrappers():
     assert str(DataPipelineError("two\n  lines")) == "two lines"
 
 
-def test_errors_are_found_in_the_text_ray_data_keeps():
-    text = (
-        "ray::MapBatches(read_and_clean_batch)() (pid=1)\n  File ...\n"
-        "kubeforge_trainer.data.errors.DataPipelineError: spec.source.format: a.jsonl row 2: not valid JSON\n"
-    )
-    found = find_pipeline_error(RuntimeError(text))
-    assert str(found) == "spec.source.format: a.jsonl row 2: not valid JSON"
-
-
 def test_warm_up_rows_go_through_every_row_local_operation():
     from kubeforge_trainer.data import ops, stages
 

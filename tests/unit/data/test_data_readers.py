@@ -9,8 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from kubeforge.api.datapipeline import LengthFilterParams
+from kubeforge_trainer.data import stages
 from kubeforge_trainer.data.columns import KEY, LABEL, RID, TEXT, TIME, make_rid, numeric_column
 from kubeforge_trainer.data.errors import DataPipelineError
+from kubeforge_trainer.data.plan import Step
 from kubeforge_trainer.data.readers import Chunk, FileSlice, ReadSpec, read_chunk
 from kubeforge_trainer.data.sources import SourceFile, plan_chunks
 
@@ -204,3 +207,18 @@ def test_split_fields_must_be_present_on_every_row(tmp_path):
         DataPipelineError, match=r"spec.split.keyField: .*row 2: field 'ts' is missing or not a timestamp"
     ):
         read_chunk(whole(path), spec)
+
+
+def test_a_read_task_accounts_for_every_row_of_its_chunk(tmp_path):
+    step = Step(0, "lengthFilter", "lengthFilter", LengthFilterParams(min_chars=len("good one") + 1))
+    table, stats = stages.read_and_clean(whole(bad_jsonl(tmp_path)), ReadSpec(format="jsonl", on_error="skip"), [step])
+    assert table.column(TEXT).to_pylist() == []  # both good rows are 8 characters
+    rows_in, rows_read, rows_errored, _ = stats["read"]
+    assert (rows_in, rows_read, rows_errored) == (6, 2, 4) and stats["filesErrored"] == 0
+    assert [count[:2] for count in stats["steps"]] == [(2, 0)]
+    assert sorted(e["row"] for e in stats["errors"]) == [2, 3, 4, 5]
+
+
+def test_a_read_task_raises_the_users_error_under_on_error_fail(tmp_path):
+    with pytest.raises(DataPipelineError, match=r"bad\.jsonl row 2: not valid JSON"):
+        stages.read_and_clean(whole(bad_jsonl(tmp_path)), ReadSpec(format="jsonl"), [])

@@ -11,7 +11,7 @@ class DataPipelineError(ValueError):
 
 
 def find_pipeline_error(exc: BaseException) -> DataPipelineError | None:
-    """The DataPipelineError behind exc, unwrapping Ray task and Ray Data wrappers; None if there is none."""
+    """The DataPipelineError behind exc, unwrapping Ray task errors and exception chains; None if there is none."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -20,7 +20,7 @@ def find_pipeline_error(exc: BaseException) -> DataPipelineError | None:
             continue
         seen.add(id(current))
         # RayTaskError keeps the original exception in .cause (and may itself subclass it, with a traceback in its
-        # message); Ray Data chains UserCodeException with __cause__.
+        # message).
         cause = getattr(current, "cause", None)
         if isinstance(cause, BaseException):
             stack.append(cause)
@@ -28,9 +28,4 @@ def find_pipeline_error(exc: BaseException) -> DataPipelineError | None:
         if isinstance(current, DataPipelineError):
             return current
         stack.extend([current.__cause__, current.__context__])
-    # Ray Data keeps only the text of an exception raised in a UDF: find the error's line in it.
-    marker = f"{DataPipelineError.__module__}.{DataPipelineError.__name__}: "
-    for line in str(exc).splitlines():
-        if marker in line:
-            return DataPipelineError(line.split(marker, 1)[1])
     return None

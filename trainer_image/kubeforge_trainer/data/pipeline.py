@@ -2,9 +2,9 @@
 
 Ray only orchestrates; every computation is a pure function of the other modules, applied to Arrow blocks.
 
-1. Read + the first row-local operations: a Ray Data pipeline (`map_batches`, `batch_format="pyarrow"`), one
-   task per read chunk, streaming. Each output block carries one extra row with that block's statistics, so the row
-   accounting is exact even when tasks are retried.
+1. Read + the first row-local operations: one Ray task per read chunk, returning the chunk's Arrow block (the
+   blocks a Ray Dataset is made of) and, as a second return value, its statistics, so the row accounting is exact
+   even when tasks are retried.
 2. Each whole-dataset operation is a map-reduce over the blocks with Ray tasks: exact dedup shuffles
    (content hash, row id) pairs to hash partitions; near dedup shuffles LSH band keys, verifies the candidate pairs
    on their MinHash signatures and clusters them; an outlier filter aggregates one numeric column. Only hashes, ids
@@ -18,7 +18,6 @@ Ray only orchestrates; every computation is a pure function of the other modules
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +39,7 @@ from . import builtin, hashing, manifest, minhash, split, stages, tokenize, writ
 from .columns import RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .plan import Plan, Step, plan_pipeline
-from .readers import Chunk
+from .readers import Chunk, ReadSpec
 from .sources import chunk_bytes, plan_chunks, resolve_files
 
 log = logging.getLogger(__name__)
@@ -58,9 +57,8 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
     who = f"DataPipeline {meta.namespace or 'default'}/{meta.name}"
     try:
         return _Run(resource, reporter).execute()
-    except DataPipelineError as exc:
-        raise DataPipelineError(f"{who}: {exc}") from None
     except Exception as exc:
+        # A task's error comes as RayTaskError(DataPipelineError), whose text carries the remote traceback.
         found = find_pipeline_error(exc)
         if found is None:
             raise
@@ -70,37 +68,19 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
 # ---- Ray tasks: thin wrappers around stages.py ---------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _one_operator_data_context() -> Iterator[None]:
-    """Ray Data settings for the read stage, whose dataset is one map operator materialised at once.
-
-    Ray Data reserves part of the cluster for each operator of a pipeline so none starves; with one operator the
-    reservation only holds CPUs back (on 2 CPUs, 16 read tasks ran ~1.3 at a time and took 4.2 s instead of 2.7 s).
-    """
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    previous = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        context.op_resource_reservation_enabled = previous
-
-
 @ray.remote(num_cpus=1)
 def _warm_up(steps: tuple[Step, ...]) -> None:
-    import ray.data  # noqa: F401 - what Ray Data's read tasks import in a fresh worker (most of a second)
-
     stages.warm_up(steps)
 
 
 @ray.remote(num_cpus=1, num_returns=2)
-def _separate(block: pa.Table) -> tuple[pa.Table, list[dict]]:
-    return stages.split_stats_rows(block)
+def _read_and_clean(chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...]) -> tuple[pa.Table, dict]:
+    return stages.read_and_clean(chunk, read, steps)
 
 
-# The tasks of whole-dataset operations also return their CPU seconds (the last value), which the driver adds up.
+@ray.remote(num_cpus=1, num_returns=2)
+def _clean(block: pa.Table, steps: tuple[Step, ...]) -> tuple[pa.Table, dict]:
+    return stages.clean(block, steps)
 
 
 @ray.remote(num_cpus=1)
@@ -263,21 +243,10 @@ class _Run:
             ray.init()
         self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
         # One warm-up task per core, sent first: the workers import the data step and set it up while this process
-        # imports Ray Data, lists the input and starts the read (about a second together). Nothing waits for them
-        # (a dropped reference does not cancel a task).
+        # lists the input and plans the read. Nothing waits for them (a dropped reference does not cancel a task).
         for _ in range(self.cores):
             _warm_up.remote(plan.segments[0].local_steps)
-        from ray.data import DataContext
-
-        # Block order must follow input order (row ids, keepers of duplicates, packing); the process-wide setting is
-        # put back afterwards for whatever runs next in this process (the local runner trains here too).
-        context = DataContext.get_current()
-        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-        context.execution_options.preserve_order, context.enable_progress_bars = True, False
-        try:
-            return self._execute(plan)
-        finally:
-            context.execution_options.preserve_order, context.enable_progress_bars = saved
+        return self._execute(plan)
 
     def _execute(self, plan: Plan) -> dict:
         self.partitions = self.cores
@@ -390,35 +359,19 @@ class _Run:
             return None
         return existing
 
-    # -- stage 1: read and clean (Ray Data)
+    # -- stage 1: read and clean
 
     def _read(self, plan: Plan, source: Any) -> list:
-        import ray.data
-
         first = plan.segments[0].local_steps
         self._enter("read")
         self._report(progress="read", outputUri=self.output)
-        with _one_operator_data_context():
-            if source and isinstance(source[0], Chunk):
-                items = [stages.chunk_to_item(c) for c in source]
-                dataset = ray.data.from_items(items, override_num_blocks=len(source)).map_batches(
-                    stages.read_and_clean_batch,
-                    batch_format="pyarrow",
-                    batch_size=1,
-                    fn_kwargs={"read": plan.read, "steps": first},
-                    num_cpus=1,
-                )
-            else:
-                dataset = ray.data.from_arrow_refs(source).map_batches(
-                    stages.clean_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"steps": first}, num_cpus=1
-                )
-            refs = dataset.to_arrow_refs()
-        outputs = [_separate.remote(ref) for ref in refs]
+        if source and isinstance(source[0], Chunk):
+            outputs = [_read_and_clean.remote(chunk, plan.read, first) for chunk in source]
+        else:
+            outputs = [_clean.remote(block, first) for block in source]
         blocks = [o[0] for o in outputs]
-        all_stats = [entry for stats in ray.get([o[1] for o in outputs]) for entry in stats]
-        fatal = [entry["fatal"] for entry in all_stats if "fatal" in entry]
-        if fatal:
-            raise DataPipelineError(fatal[0])
+        self._wait([o[1] for o in outputs], "read")
+        all_stats = ray.get([o[1] for o in outputs])
         for entry in all_stats:
             self.operations[0].add(*entry["read"])
             self.files_errored += entry["filesErrored"]

@@ -4,7 +4,6 @@ pipeline.py to one Arrow block (or one reduce partition) at a time."""
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -16,12 +15,8 @@ import pyarrow.compute as pc
 
 from . import hashing, ops, split, textscan, tokenize
 from .columns import KEY, LABEL, RID, TEXT, TIME
-from .errors import DataPipelineError
 from .plan import Step
-from .readers import Chunk, FileSlice, ReadSpec, read_chunk, working_schema
-
-STATS = "_stats"
-"""Column of the one statistics row each read task appends to its output block (null on data rows)."""
+from .readers import Chunk, ReadSpec, read_chunk
 
 
 def apply_local_steps(table: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table, list[tuple[int, int, float]]]:
@@ -35,59 +30,20 @@ def apply_local_steps(table: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table,
     return table, counts
 
 
-def with_stats_row(table: pa.Table, stats: dict) -> pa.Table:
-    """The table plus one row carrying stats as JSON in the _stats column (null on data rows)."""
-    data = table.append_column(STATS, pa.nulls(table.num_rows, pa.string()))
-    row = {name: pa.nulls(1, data.schema.field(name).type) for name in data.column_names}
-    row[RID] = pa.array([-1], pa.int64())
-    row[STATS] = pa.array([json.dumps(stats)], pa.string())
-    return pa.concat_tables([data, pa.table(row, schema=data.schema)])
-
-
-def split_stats_rows(block: pa.Table) -> tuple[pa.Table, list[dict]]:
-    """(data rows without the _stats column, the stats of every stats row)."""
-    if STATS not in block.column_names:
-        return block, []
-    is_stats = pc.is_valid(block.column(STATS))
-    stats = [json.loads(s) for s in block.filter(is_stats).column(STATS).to_pylist()]
-    data = block.filter(pc.invert(is_stats)).drop_columns([STATS])
-    return data, stats
-
-
-def chunk_to_item(chunk: Chunk) -> dict:
-    """A read chunk as a Ray Data row."""
-    return {"index": chunk.index, "files": [{"uri": f.uri, "start": f.start, "length": f.length} for f in chunk.files]}
-
-
-def chunk_from_item(item: dict) -> Chunk:
-    """The read chunk of a Ray Data row."""
-    files = tuple(FileSlice(f["uri"], int(f["start"]), f["length"]) for f in item["files"])
-    return Chunk(int(item["index"]), files)
-
-
-def read_and_clean_batch(batch: pa.Table, read: ReadSpec, steps: Sequence[Step]) -> pa.Table:
-    """Ray Data UDF: read each chunk of the batch and run the first row-local operations on it. A bad-input error
-    travels back in the stats row ("fatal"): Ray Data would keep only its text."""
-    tables = []
-    for item in batch.to_pylist():
-        started = time.process_time()
-        try:
-            result = read_chunk(chunk_from_item(item), read)
-        except DataPipelineError as exc:
-            tables.append(with_stats_row(working_schema(read).empty_table(), {"fatal": str(exc)}))
-            continue
-        rows_in = result.table.num_rows + result.rows_errored
-        # The read's own CPU time, taken before the operations run (each of those is timed on its own).
-        read_cpu = time.process_time() - started
-        table, counts = apply_local_steps(result.table, steps)
-        stats = {
-            "read": [rows_in, result.table.num_rows, result.rows_errored, read_cpu],
-            "filesErrored": result.files_errored,
-            "errors": [e.to_dict() for e in result.errors],
-            "steps": counts,
-        }
-        tables.append(with_stats_row(table, stats))
-    return pa.concat_tables(tables, promote_options="default")
+def read_and_clean(chunk: Chunk, read: ReadSpec, steps: Sequence[Step]) -> tuple[pa.Table, dict]:
+    """Read one chunk and run the first row-local operations on it; (the rows, their statistics)."""
+    started = time.process_time()
+    result = read_chunk(chunk, read)
+    # The read's own CPU time, taken before the operations run (each of those is timed on its own).
+    read_cpu = time.process_time() - started
+    table, counts = apply_local_steps(result.table, steps)
+    stats = {
+        "read": [result.table.num_rows + result.rows_errored, result.table.num_rows, result.rows_errored, read_cpu],
+        "filesErrored": result.files_errored,
+        "errors": [e.to_dict() for e in result.errors],
+        "steps": counts,
+    }
+    return table, stats
 
 
 # A few rows that take every row-local operation down its slower paths (tags, entities, non-ASCII, PII, line breaks).
@@ -117,11 +73,11 @@ def warm_up(steps: Sequence[Step]) -> None:
         return
 
 
-def clean_batch(batch: pa.Table, steps: Sequence[Step]) -> pa.Table:
-    """Ray Data UDF for in-memory input (the builtin corpus): the first row-local operations."""
-    table, counts = apply_local_steps(batch, steps)
-    stats = {"read": [batch.num_rows, batch.num_rows, 0], "filesErrored": 0, "errors": [], "steps": counts}
-    return with_stats_row(table, stats)
+def clean(block: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table, dict]:
+    """In-memory input (the builtin corpus): the first row-local operations; (the rows, their statistics)."""
+    table, counts = apply_local_steps(block, steps)
+    stats = {"read": [block.num_rows, block.num_rows, 0, 0.0], "filesErrored": 0, "errors": [], "steps": counts}
+    return table, stats
 
 
 def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
