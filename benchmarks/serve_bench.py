@@ -8,6 +8,8 @@ max_tokens completion tokens):
 
 * in process: the model server's own code path (tokenise, generate with the KV cache, decode) called directly, one
   request at a time, then in batches of `concurrency` (the ceiling batching can reach);
+* the same generation behind a plain Starlette/uvicorn server in its own process, no Ray: what any Python HTTP
+  server in front of this model pays on this machine;
 * a bare Ray Serve echo deployment (reads the body, answers JSON): Ray Serve's own floor on this machine; the same
   echo waiting (asyncio.sleep) as long as the model takes in process: Serve's floor for a handler of that duration;
   the echo running the model's generation in a worker thread, as the app does (the fair floor: a handler that
@@ -17,6 +19,8 @@ max_tokens completion tokens):
 
 HTTP load comes from an asyncio/aiohttp generator in this process at a fixed concurrency (keep-alive connections),
 so client, proxy, replicas and model share the machine's cores: the figures are for this machine, not a cluster.
+The one-at-a-time runs behind the latency target run first, with only the apps they compare deployed (idle
+replicas of the other apps would add their background work on the same two cores); everything else runs after.
 It also reports int8 dynamic quantisation: held-out perplexity and in-process latency against fp32.
 """
 
@@ -24,11 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import datetime
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,20 +57,18 @@ TARGET_ADDED_P50_MS = 3.0
 TARGET_BATCHING_SPEEDUP = 3.0
 PROMPT = "Return a new list of the items in"
 HOST = "127.0.0.1"
-# The measured HTTP runs: one request at a time, and at the benchmark's concurrency.
-SEQUENTIAL = (
+# The measured HTTP runs, one request at a time: phase 1 (the latency target), then phase 2 with every app up.
+LATENCY_PHASE = (
+    "plain_model",
     "echo",
     "echo_direct",
-    "echo_wait",
-    "echo_wait_direct",
     "echo_model",
     "echo_model_direct",
-    "echo2",
     "unbatched",
     "unbatched_direct",
-    "batched",
-    "batched_direct",
 )
+SECOND_PHASE = ("echo_wait", "echo_wait_direct", "echo2", "batched", "batched_direct")
+# ... and at the benchmark's concurrency (phase 2).
 CONCURRENT = ("echo", "echo_direct", "echo2", "unbatched", "unbatched_direct", "batched", "batched_direct")
 
 
@@ -157,10 +162,27 @@ def echo_app(waits: bool = False):  # -> ray.serve.Application
     return Echo.bind()
 
 
+def model_handler(model_dir: str, max_tokens: int):  # -> async (Request) -> JSONResponse
+    """A handler that generates the benchmark's completion with the model in a worker thread, as the app does, and
+    answers a small JSON object, without the app's validation, admission, batching, metrics and response body."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    torch.set_num_threads(1)  # as the app's replica with resources.cpu 1
+    runner = ModelRunner.load(model_dir, "v1")
+    completion = CompletionRequest(prompts=(PROMPT,), prompt_is_list=False, max_tokens=max_tokens, temperature=0)
+
+    async def handle(request: Request) -> JSONResponse:
+        body = await request.body()
+        tasks = runner.prepare_completion(completion, GenerationDefaults())
+        await asyncio.to_thread(runner.generate, tasks)
+        return JSONResponse({"echo": len(body), "tokens": len(tasks[0].token_ids)})
+
+    return handle
+
+
 def model_echo_app(model_dir: str, max_tokens: int):  # -> ray.serve.Application
-    """The echo that generates the benchmark's completion with the model in a worker thread, as the app does, and
-    answers a small JSON object: Serve's floor for this model, without the app's validation, admission, batching,
-    metrics and response body."""
+    """The model handler as a Ray Serve deployment: Serve's floor for this model."""
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -168,19 +190,40 @@ def model_echo_app(model_dir: str, max_tokens: int):  # -> ray.serve.Application
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     class ModelEcho:
         def __init__(self) -> None:
-            torch.set_num_threads(1)  # as the app's replica with resources.cpu 1
-            self.runner = ModelRunner.load(model_dir, "v1")
-            self.request = CompletionRequest(
-                prompts=(PROMPT,), prompt_is_list=False, max_tokens=max_tokens, temperature=0
-            )
+            self.handle = model_handler(model_dir, max_tokens)
 
         async def __call__(self, request: Request) -> JSONResponse:
-            body = await request.body()
-            tasks = self.runner.prepare_completion(self.request, GenerationDefaults())
-            await asyncio.to_thread(self.runner.generate, tasks)
-            return JSONResponse({"echo": len(body), "tokens": len(tasks[0].token_ids)})
+            return await self.handle(request)
 
     return ModelEcho.bind()
+
+
+def plain_server(model_dir: str, max_tokens: int, port: int) -> None:
+    """The model handler on a plain Starlette app under uvicorn, no Ray: what any Python HTTP server in front of
+    this model pays on this machine (run in its own process, as a replica is)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    app = Starlette(routes=[Route("/plain", model_handler(model_dir, max_tokens), methods=["POST"])])
+    uvicorn.run(app, host=HOST, port=port, log_level="warning")
+
+
+def start_plain_server(model_dir: str, max_tokens: int, port: int) -> subprocess.Popen:
+    """plain_server in a child process; returns once it answers."""
+    command = [sys.executable, __file__, "--plain-server", str(port), "--model-dir", model_dir]
+    child = subprocess.Popen([*command, "--max-tokens", str(max_tokens)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return child
+        except OSError:
+            if child.poll() is not None:
+                raise RuntimeError(f"the plain server exited with {child.returncode}") from None
+            time.sleep(0.2)
+    child.kill()
+    raise RuntimeError(f"the plain server did not answer on port {port} within 60 s")
 
 
 def two_hop_echo_app():  # -> ray.serve.Application
@@ -256,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the requests are split into")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_server:  # the child process of start_plain_server
+        plain_server(args.model_dir, args.max_tokens, args.plain_server)
+        return 0
     with tempfile.TemporaryDirectory(prefix="kubeforge-serve-bench-") as workdir:
         report = run_benchmark(args, Path(workdir))
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -307,44 +355,75 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
 
     torch.set_num_threads(1)  # what a replica with resources.cpu 1 uses
     in_process(fp32, args.max_tokens, 20, 1, "warm-up")
-    apps = {
-        "echo": (echo_app(), "ray-serve-echo"),
-        "echo_wait": (echo_app(waits=True), "ray-serve-echo waiting the model's in-process p50"),
-        "echo_model": (model_echo_app(model_dir, args.max_tokens), "ray-serve-echo running the model in a thread"),
-        "echo2": (two_hop_echo_app(), "two-hop echo"),
+    labels = {
+        "plain_model": "plain Starlette/uvicorn server running the model in a thread, no Ray",
+        "echo": "ray-serve-echo",
+        "echo_wait": "ray-serve-echo waiting the model's in-process p50",
+        "echo_model": "ray-serve-echo running the model in a thread",
+        "echo2": "two-hop echo",
+        "batched": "kubeforge app, batched",
+        "unbatched": "kubeforge app, unbatched",
     }
-    urls = {}
-    for key, (app, label) in list(apps.items()):
-        serve.run(app, name=key, route_prefix=f"/{key}")
-        urls[key] = f"http://{HOST}:{port}/{key}"
-        if key != "echo2":  # (its inner deployment is what a second hop costs, measured through the proxy)
-            urls[f"{key}_direct"] = f"http://{HOST}:{direct_ingress_port(key, f'/{key}', HOST)}/{key}"
-            apps[f"{key}_direct"] = (None, f"{label}, direct ingress")
-    for key, batching in (("batched", True), ("unbatched", False)):
-        spec = resource(f"bench-{key}", model_dir, batching, k, args.max_tokens)
-        direct = serve_locally({"resource": spec, "modelVersion": "v1"}, http_port=port, route_prefix=f"/{key}")
-        urls[key] = f"http://{HOST}:{port}/{key}/v1/completions"
-        urls[f"{key}_direct"] = direct + "/v1/completions"
-        apps[key] = (None, f"kubeforge app, {key}")
-        apps[f"{key}_direct"] = (None, f"kubeforge app, {key}, direct ingress")
+    builders = {
+        "echo": echo_app,
+        "echo_wait": lambda: echo_app(waits=True),
+        "echo_model": lambda: model_echo_app(model_dir, args.max_tokens),
+        "echo2": two_hop_echo_app,
+    }
+    urls: dict[str, str] = {}
+
+    def deploy(key: str) -> None:
+        if key in builders:
+            serve.run(builders[key](), name=key, route_prefix=f"/{key}")
+            urls[key] = f"http://{HOST}:{port}/{key}"
+            if key != "echo2":  # (its inner deployment is what a second hop costs, measured through the proxy)
+                urls[f"{key}_direct"] = f"http://{HOST}:{direct_ingress_port(key, f'/{key}', HOST)}/{key}"
+        else:
+            spec = resource(f"bench-{key}", model_dir, key == "batched", k, args.max_tokens)
+            direct = serve_locally({"resource": spec, "modelVersion": "v1"}, http_port=port, route_prefix=f"/{key}")
+            urls[key] = f"http://{HOST}:{port}/{key}/v1/completions"
+            urls[f"{key}_direct"] = direct + "/v1/completions"
+
+    def label(key: str) -> str:
+        base = key.removesuffix("_direct")
+        return labels[base] + (", direct ingress" if key != base else "")
 
     # Interleaved rounds: every measurement sees the same mix of the machine's (shared, drifting) load.
     rounds_of: dict[str, list[Run]] = {}
-    for _ in range(rounds):
-        rounds_of.setdefault("inproc", []).append(in_process(fp32, args.max_tokens, n, 1, "in process, fp32"))
-        rounds_of.setdefault("inproc_int8", []).append(in_process(int8, args.max_tokens, n, 1, "in process, int8"))
-        rounds_of.setdefault("inproc_batched", []).append(
-            in_process(fp32, args.max_tokens, c, k, f"in process, batches of {k}")
-        )
-        # This round's model time is what the waiting echo waits: Serve's floor for a handler that long.
-        waiting = {**body, "wait_s": rounds_of["inproc"][-1].p50_ms / 1000}
-        for key in SEQUENTIAL:
-            label = f"{apps[key][1]}, sequential"
-            sent = waiting if key.startswith("echo_wait") else body
-            rounds_of.setdefault(key, []).append(asyncio.run(http_load(urls[key], sent, n, 1, label)))
-        for key in CONCURRENT:
-            label = f"{apps[key][1]}, concurrency {k}"
-            rounds_of.setdefault(f"{key}_c", []).append(asyncio.run(http_load(urls[key], body, c, k, label)))
+
+    def measure(sequential: tuple[str, ...], concurrent: tuple[str, ...], in_process_runs: bool) -> None:
+        for _ in range(rounds):
+            if in_process_runs:
+                rounds_of.setdefault("inproc", []).append(in_process(fp32, args.max_tokens, n, 1, "in process, fp32"))
+            else:
+                runs_int8 = rounds_of.setdefault("inproc_int8", [])
+                runs_int8.append(in_process(int8, args.max_tokens, n, 1, "in process, int8"))
+                rounds_of.setdefault("inproc_batched", []).append(
+                    in_process(fp32, args.max_tokens, c, k, f"in process, batches of {k}")
+                )
+            for key in sequential:
+                sent = waiting if key.startswith("echo_wait") else body
+                rounds_of.setdefault(key, []).append(
+                    asyncio.run(http_load(urls[key], sent, n, 1, f"{label(key)}, sequential"))
+                )
+            for key in concurrent:
+                name = f"{label(key)}, concurrency {k}"
+                rounds_of.setdefault(f"{key}_c", []).append(asyncio.run(http_load(urls[key], body, c, k, name)))
+
+    # Phase 1, the latency target: only what it compares is up (the in-process call, the plain server, Serve's
+    # floors and the unbatched app), so idle replicas of the other apps add no background work on the two cores.
+    plain = start_plain_server(model_dir, args.max_tokens, port - 1)
+    atexit.register(plain.kill)
+    urls["plain_model"] = f"http://{HOST}:{port - 1}/plain"
+    for key in ("echo", "echo_model", "unbatched"):
+        deploy(key)
+    measure(LATENCY_PHASE, (), in_process_runs=True)
+    plain.kill()
+    # Phase 2: everything else, all apps up. The waiting echo waits the model's in-process p50 from phase 1.
+    waiting = {**body, "wait_s": merged("", rounds_of["inproc"]).p50_ms / 1000}
+    for key in ("echo_wait", "echo2", "batched"):
+        deploy(key)
+    measure(SECOND_PHASE, CONCURRENT, in_process_runs=False)
     runs = {key: merged(measured[0].name, measured) for key, measured in rounds_of.items()}
     ratios = [
         b.throughput / u.throughput for b, u in zip(rounds_of["batched_c"], rounds_of["unbatched_c"], strict=True)
@@ -373,6 +452,7 @@ def render(
     added = {path: runs[f"unbatched{path}"].p50_ms - inproc.p50_ms for path in paths}
     added_batched = {path: runs[f"batched{path}"].p50_ms - inproc.p50_ms for path in paths}
     beyond_floor = {path: runs[f"unbatched{path}"].p50_ms - runs[f"echo_model{path}"].p50_ms for path in paths}
+    beyond_plain = {path: runs[f"unbatched{path}"].p50_ms - runs["plain_model"].p50_ms for path in paths}
     beyond_wait = {path: runs[f"unbatched{path}"].p50_ms - runs[f"echo_wait{path}"].p50_ms for path in paths}
     speedup = {path: runs[f"batched{path}_c"].throughput / runs[f"unbatched{path}_c"].throughput for path in paths}
     met = {True: "met", False: "**not met**"}
@@ -393,15 +473,18 @@ def render(
         "(one torch thread), batching `maxBatchSize` "
         f"{args.concurrency}, `maxWaitMs` 5; the client runs on the same two cores. Every app is reached two ways "
         "in the same run: through Ray Serve's HTTP proxy (`spec.ingress: proxy`, the default) and on its replica's "
-        "own port (Ray Serve direct ingress, `spec.ingress: direct`).",
+        "own port (Ray Serve direct ingress, `spec.ingress: direct`). Two phases: the one-at-a-time runs of the "
+        "latency target (in process, the plain server, the bare and the model echo, the unbatched app) ran with "
+        "only those apps deployed; everything else ran afterwards with all of them up (nine replicas and the "
+        "proxy on two cores).",
         "",
         "| run | concurrency | requests | p50 ms | p99 ms | requests/s | tokens/s |",
         "|---|---|---|---|---|---|---|",
-        *(row(runs[key]) for key in ("inproc", "inproc_int8", "inproc_batched")),
-        *(row(runs[key]) for key in ("echo", "echo_direct", "echo_c", "echo_direct_c", "echo_wait")),
-        *(row(runs[key]) for key in ("echo_wait_direct", "echo_model", "echo_model_direct", "echo2", "echo2_c")),
-        *(row(runs[key]) for key in ("unbatched", "unbatched_direct", "batched", "batched_direct")),
-        *(row(runs[key]) for key in ("unbatched_c", "unbatched_direct_c", "batched_c", "batched_direct_c")),
+        "| **phase 1: the latency target** | | | | | | |",
+        *(row(runs[key]) for key in ("inproc", *LATENCY_PHASE)),
+        "| **phase 2: every app up** | | | | | | |",
+        *(row(runs[key]) for key in ("inproc_int8", "inproc_batched", *SECOND_PHASE)),
+        *(row(runs[f"{key}_c"]) for key in CONCURRENT),
         "",
         "## Against the targets",
         "",
@@ -411,6 +494,14 @@ def render(
         f"{added_batched['']:.1f} ms; a lone request may wait up to `maxWaitMs` for company). "
         f"Target ≤ {TARGET_ADDED_P50_MS:.0f} ms: direct ingress {met[added['_direct'] <= TARGET_ADDED_P50_MS]}, "
         f"proxy {met[added[''] <= TARGET_ADDED_P50_MS]}.",
+        f"* This machine's floor for this model, without Ray: a plain Starlette/uvicorn server generating with the "
+        f"model in a worker thread answers in {runs['plain_model'].p50_ms:.1f} ms p50, "
+        f"{runs['plain_model'].p50_ms - inproc.p50_ms:.1f} ms over the in-process call (the HTTP exchange and the "
+        "wake-ups of client and server sharing two cores). Beyond that floor the kubeforge app on Ray Serve adds "
+        f"**{beyond_plain['_direct']:.1f} ms** with direct ingress and {beyond_plain['']:.1f} ms through the proxy "
+        f"(target ≤ {TARGET_ADDED_P50_MS:.0f} ms: direct ingress "
+        f"{met[beyond_plain['_direct'] <= TARGET_ADDED_P50_MS]}, "
+        f"proxy {met[beyond_plain[''] <= TARGET_ADDED_P50_MS]}).",
         f"* Ray Serve's own floor: a bare echo deployment answers in {echo.p50_ms:.1f} ms p50 through the proxy and "
         f"{echo_direct.p50_ms:.1f} ms on its replica's port; the same echo waiting (asyncio.sleep) as long as the "
         f"model took in process answers in {runs['echo_wait'].p50_ms:.1f} and {runs['echo_wait_direct'].p50_ms:.1f} "
