@@ -14,14 +14,13 @@ import inspect
 import json
 import os
 import random
-import signal
-import time
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 from kubeforge.api import TrainingJob
 from kubeforge_trainer.progress import FileStatusReporter, read_status_file
@@ -229,34 +228,25 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def training_worker_pids() -> list[int]:
-    """PIDs of the Ray Train worker processes of this test process's Ray cluster."""
-    import ray
+class WorkerKiller:
+    """A child process (kill_worker.py) that SIGKILLs one training worker of this test's Ray once marker exists."""
 
-    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
-    pids = []
-    for proc in psutil.Process(raylet).children(recursive=True):
+    def __init__(self, marker: Path, timeout: float = 240.0) -> None:
+        import ray
+
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+        command = [sys.executable, str(Path(__file__).with_name("kill_worker.py")), str(marker), str(raylet)]
+        self._process = subprocess.Popen([*command, str(timeout)], stdout=subprocess.PIPE, text=True)
+
+    def outcome(self, timeout: float = 30.0) -> dict[str, Any]:
+        """What it did: {"killed": pid, "workers": [...]}, or {"killed": None, "reason": ...}."""
         try:
-            if "RayTrainWorker" in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return sorted(pids)
-
-
-def kill_a_worker_after(marker: Path, timeout: float = 240.0) -> dict[str, Any]:
-    """Wait until marker exists (a checkpoint's _COMPLETE), then SIGKILL one training worker; returns what it did."""
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if time.monotonic() > deadline:
-            return {"killed": None, "reason": f"{marker} never appeared"}
-        time.sleep(0.05)
-    pids = training_worker_pids()
-    if not pids:
-        return {"killed": None, "reason": "no RayTrainWorker process found"}
-    victim = pids[-1]
-    os.kill(victim, signal.SIGKILL)
-    return {"killed": victim, "workers": pids}
+            out, _ = self._process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            return {"killed": None, "reason": "the marker did not appear while the run lasted"}
+        return json.loads(out)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -271,6 +261,5 @@ def helpers() -> SimpleNamespace:
         make_job=make_job,
         read_csv_rows=read_csv_rows,
         read_json=read_json,
-        kill_a_worker_after=kill_a_worker_after,
-        training_worker_pids=training_worker_pids,
+        WorkerKiller=WorkerKiller,
     )

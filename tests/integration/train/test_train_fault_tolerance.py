@@ -5,7 +5,6 @@ that fails outright resumes the same way when it is run again (the operator's re
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from kubeforge_trainer.train import TrainingFailed, run_trainingjob
@@ -32,14 +31,6 @@ def long_job(helpers, name, data, root, max_worker_failures, zero_stage):
     )
 
 
-def kill_in_background(helpers, marker):
-    """Start a thread that SIGKILLs a training worker once marker appears; returns (thread, its outcome)."""
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(helpers.kill_a_worker_after(marker)), daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 def check_resumed_curve(helpers, root, resumed_from: int) -> None:
     """Each step is logged once, and the LR at every logged step is the planned schedule's: the scheduler and the
     step counter were restored, not restarted. The loss after the resume is clearly below the initial loss."""
@@ -61,12 +52,12 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_local, lm_dataset, t
     """ZeRO-3: the resumed workers reload their own parameter and optimizer shards."""
     root = tmp_path / "ckpt"
     job = long_job(helpers, "ft-inrun", lm_dataset, root, max_worker_failures=1, zero_stage=3)
-    killer, killed = kill_in_background(helpers, root / "step-00000010" / "_COMPLETE")
+    killer = helpers.WorkerKiller(root / "step-00000010" / "_COMPLETE")
 
     result = run_trainingjob(job, str(lm_dataset), status_file("ft-inrun").reporter)
-    killer.join(timeout=5)
 
-    assert killed.get("killed"), killed
+    killed = killer.outcome()
+    assert killed["killed"], killed
     # The replacement worker group resumed from a checkpoint taken before the kill and finished the plan.
     assert 10 <= result["resumedFromStep"] < STEPS
     assert result["steps"] == STEPS and result["latestCheckpoint"].endswith(f"step-{STEPS:08d}")
@@ -81,12 +72,12 @@ def test_failed_run_resumes_when_run_again(ray_local, lm_dataset, tmp_path, stat
     root = tmp_path / "ckpt"
     job = long_job(helpers, "ft-rerun", lm_dataset, root, max_worker_failures=0, zero_stage=1)
     status = status_file("ft-rerun")
-    killer, killed = kill_in_background(helpers, root / "step-00000010" / "_COMPLETE")
+    killer = helpers.WorkerKiller(root / "step-00000010" / "_COMPLETE")
 
     with pytest.raises(TrainingFailed, match=r"^TrainingJob/ft-rerun: training failed: ") as failure:
         run_trainingjob(job, str(lm_dataset), status.reporter)
-    killer.join(timeout=5)
-    assert killed.get("killed"), killed
+    killed = killer.outcome()
+    assert killed["killed"], killed
     assert "\n" not in str(failure.value)
     done_before = complete_checkpoints(str(root))
     assert done_before and done_before[-1] < STEPS
