@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -391,21 +392,20 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
     # Interleaved rounds: every measurement sees the same mix of the machine's (shared, drifting) load.
     rounds_of: dict[str, list[Run]] = {}
 
-    def measure(sequential: tuple[str, ...], concurrent: tuple[str, ...], in_process_runs: bool) -> None:
+    def measure(
+        local: dict[str, Callable[[], Run]],
+        sequential: tuple[str, ...],
+        concurrent: tuple[str, ...],
+        bodies: dict[str, dict[str, Any]],
+    ) -> None:
+        """Each round: the in-process runs, then every app one request at a time, then at concurrency k."""
         for _ in range(rounds):
-            if in_process_runs:
-                rounds_of.setdefault("inproc", []).append(in_process(fp32, args.max_tokens, n, 1, "in process, fp32"))
-            else:
-                runs_int8 = rounds_of.setdefault("inproc_int8", [])
-                runs_int8.append(in_process(int8, args.max_tokens, n, 1, "in process, int8"))
-                rounds_of.setdefault("inproc_batched", []).append(
-                    in_process(fp32, args.max_tokens, c, k, f"in process, batches of {k}")
-                )
+            for key, run in local.items():
+                rounds_of.setdefault(key, []).append(run())
             for key in sequential:
-                sent = waiting if key.startswith("echo_wait") else body
-                rounds_of.setdefault(key, []).append(
-                    asyncio.run(http_load(urls[key], sent, n, 1, f"{label(key)}, sequential"))
-                )
+                name = f"{label(key)}, sequential"
+                sent = bodies.get(key.removesuffix("_direct"), body)
+                rounds_of.setdefault(key, []).append(asyncio.run(http_load(urls[key], sent, n, 1, name)))
             for key in concurrent:
                 name = f"{label(key)}, concurrency {k}"
                 rounds_of.setdefault(f"{key}_c", []).append(asyncio.run(http_load(urls[key], body, c, k, name)))
@@ -417,13 +417,18 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
     urls["plain_model"] = f"http://{HOST}:{port - 1}/plain"
     for key in ("echo", "echo_model", "unbatched"):
         deploy(key)
-    measure(LATENCY_PHASE, (), in_process_runs=True)
+    fp32_alone = {"inproc": lambda: in_process(fp32, args.max_tokens, n, 1, "in process, fp32")}
+    measure(fp32_alone, LATENCY_PHASE, (), {})
     plain.kill()
     # Phase 2: everything else, all apps up. The waiting echo waits the model's in-process p50 from phase 1.
-    waiting = {**body, "wait_s": merged("", rounds_of["inproc"]).p50_ms / 1000}
     for key in ("echo_wait", "echo2", "batched"):
         deploy(key)
-    measure(SECOND_PHASE, CONCURRENT, in_process_runs=False)
+    local = {
+        "inproc_int8": lambda: in_process(int8, args.max_tokens, n, 1, "in process, int8"),
+        "inproc_batched": lambda: in_process(fp32, args.max_tokens, c, k, f"in process, batches of {k}"),
+    }
+    waiting = {**body, "wait_s": merged("", rounds_of["inproc"]).p50_ms / 1000}
+    measure(local, SECOND_PHASE, CONCURRENT, {"echo_wait": waiting})
     runs = {key: merged(measured[0].name, measured) for key, measured in rounds_of.items()}
     ratios = [
         b.throughput / u.throughput for b, u in zip(rounds_of["batched_c"], rounds_of["unbatched_c"], strict=True)
