@@ -12,6 +12,9 @@ KEY = "_key"
 """The split key (string) of method hash."""
 TIME = "_time"
 """The timestamp of method time, as microseconds since the epoch (int64)."""
+CONTENT_HASH = "_content_hash"
+"""The exact-dedup key of each row (uint64), added by the first cleaning stage when exact dedup comes next and
+dropped by it: computed while the text is being scanned anyway."""
 NUMERIC_PREFIX = "_num."
 """Prefix of the numeric columns outlier filters test."""
 

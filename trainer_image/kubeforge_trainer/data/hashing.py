@@ -1,4 +1,5 @@
-"""64-bit hashes of strings and integers: the content hashes of exact dedup, splits and the leakage check."""
+"""64-bit hashes of strings and integers: the content hashes of exact dedup, splits and the leakage check; the keys
+of hash splits and MinHash's words."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import textscan
+from . import textkernels, textscan
 from .textclasses import COLLAPSE_ANY_WHITESPACE
 
 _MASK64 = (1 << 64) - 1
@@ -81,5 +82,19 @@ def normalized_text(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
 
 
 def content_hashes(text: pa.Array | pa.ChunkedArray, normalize: bool = True) -> np.ndarray:
-    """The exact-duplicate key of each document: the hash of its (normalised) text."""
-    return hash_strings(normalized_text(text) if normalize else text)
+    """The exact-duplicate key of each document: textkernels.hash_rows of its (normalised) text (null hashes as the
+    empty string). Most ASCII rows are normalised on the fly by the hashing loop; the others by normalized_text."""
+    text = textscan.combined(pc.fill_null(text, ""))
+    view = textscan.utf8_bytes(text)
+    if not normalize:
+        return textkernels.hash_rows(view.data, view.starts, view.ends)
+    # Outside ASCII, and for the separators U+001C..U+001F (trimmed at the ends as whitespace, kept inside), the
+    # normalisation needs the Unicode rules of normalized_text.
+    unicode_rows = textscan.rows_with(view, (view.data >= np.uint8(0x80)) | (view.data - np.uint8(0x1C) < 4))
+    hashes = np.empty(len(text), dtype=np.uint64)
+    ascii_rows = np.flatnonzero(~unicode_rows)
+    hashes[ascii_rows] = textkernels.normalized_hash_rows(view.data, view.starts, view.ends, ascii_rows)
+    if unicode_rows.any():
+        other = textscan.utf8_bytes(normalized_text(text.filter(pa.array(unicode_rows))))
+        hashes[unicode_rows] = textkernels.hash_rows(other.data, other.starts, other.ends)
+    return hashes

@@ -7,8 +7,10 @@ keeps the other columns of the rows it keeps, in order.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
+import unicodedata
 from collections.abc import Callable
 
 import numpy as np
@@ -200,9 +202,38 @@ def decode_entities(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Ar
 def normalize_unicode(table: pa.Table, params: UnicodeParams) -> pa.Table:
     """Unicode normalisation (NFKC by default)."""
     text = text_of(table)
-    # ASCII text is the same in every normalisation form.
-    non_ascii = non_ascii_rows(utf8_bytes(text))
-    return with_text(table, on_rows(text, non_ascii, lambda rows: pc.utf8_normalize(rows, form=params.form)))
+    # ASCII text is the same in every normalisation form, and so is text whose other characters all are.
+    changes = rows_with(utf8_bytes(text), may_normalize(utf8_bytes(text).data, params.form))
+    return with_text(table, on_rows(text, changes, lambda rows: pc.utf8_normalize(rows, form=params.form)))
+
+
+@functools.cache
+def _stable_two_byte(form: str) -> np.ndarray:
+    """Per code point below U+0800 (the two-byte UTF-8 ones), whether it is normalised in form on its own, for both
+    Python's tables and pyarrow's (utf8proc, whose Unicode version differs), and an assigned starter (combining
+    class 0): then a string of such characters and ASCII is normalised too. The characters that compose with the
+    starter before them (quick check Maybe) all lie above U+0800 or have a non-zero combining class."""
+    chars = [chr(code) for code in range(0x800)]
+    by_pyarrow = pc.equal(pc.utf8_normalize(pa.array(chars), form=form), pa.array(chars)).to_numpy(zero_copy_only=False)
+    by_python = np.array(
+        [
+            unicodedata.category(c) != "Cn" and unicodedata.combining(c) == 0 and unicodedata.is_normalized(form, c)
+            for c in chars
+        ]
+    )
+    return by_pyarrow & by_python
+
+
+def may_normalize(data: np.ndarray, form: str) -> np.ndarray:
+    """Per byte, whether it starts a character that normalisation could change (a superset): a two-byte character
+    outside _stable_two_byte, or any longer one."""
+    lead = data >= np.uint8(0xC0)
+    marks = data >= np.uint8(0xE0)
+    two = np.flatnonzero(lead & ~marks)
+    two = two[two + 1 < len(data)]
+    code = ((data[two].astype(np.int64) & 0x1F) << 6) | (data[two + 1].astype(np.int64) & 0x3F)
+    marks[two] = ~_stable_two_byte(form)[code]
+    return marks
 
 
 def collapse_whitespace(table: pa.Table, params: ApiModel | None = None) -> pa.Table:
@@ -232,22 +263,32 @@ def may_collapse_spaces(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return rows_with(view, hits)
 
 
-def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+def word_counts(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Whitespace-separated words per document."""
-    return pc.count_substring_regex(text, NOT_WHITESPACE + "+")
+    return pc.count_substring_regex(text, NOT_WHITESPACE + "+").to_numpy()
 
 
 def length_filter(table: pa.Table, params: LengthFilterParams) -> pa.Table:
     """Keep documents whose character and word counts are within the bounds."""
     text = filled_text(table)
-    keep = np.ones(table.num_rows, dtype=bool)
-    if params.min_chars is not None or params.max_chars is not None:
-        chars = char_lengths(text)
-        keep &= _in_bounds(chars, params.min_chars, params.max_chars)
+    return table.filter(length_keep(params, table.num_rows, lambda: char_lengths(text), lambda: word_counts(text)))
+
+
+def length_keep(
+    params: LengthFilterParams, rows: int, chars: Callable[[], np.ndarray], words: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """Which of the rows lengthFilter keeps, given their character and word counts (computed only when bounded)."""
+    keep = np.ones(rows, dtype=bool)
+    if counts_chars(params):
+        keep &= _in_bounds(chars(), params.min_chars, params.max_chars)
     if params.min_words is not None or params.max_words is not None:
-        words = word_counts(text).to_numpy()
-        keep &= _in_bounds(words, params.min_words, params.max_words)
-    return table.filter(keep)
+        keep &= _in_bounds(words(), params.min_words, params.max_words)
+    return keep
+
+
+def counts_chars(params: LengthFilterParams) -> bool:
+    """Whether lengthFilter tests characters (a count collapsing whitespace changes; word counts it does not)."""
+    return params.min_chars is not None or params.max_chars is not None
 
 
 def _in_bounds(values: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
@@ -267,8 +308,12 @@ def alnum_ratio(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     other = np.flatnonzero(non_ascii_rows(view))
     alnum = _class_counts(text, _ASCII_ALNUM, r"\p{L}\p{N}", view, other).astype(np.float64)
     spaces = _class_counts(text, _ASCII_SPACE, WHITESPACE[1:-1], view, other)
-    non_space = _char_lengths(text, view, other) - spaces
-    return np.divide(alnum, non_space, out=np.zeros(len(alnum)), where=non_space > 0)
+    return share(alnum, _char_lengths(text, view, other) - spaces)
+
+
+def share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """part / whole as floats, 0 where whole is 0."""
+    return np.divide(np.asarray(part, dtype=np.float64), whole, out=np.zeros(len(part)), where=whole > 0)
 
 
 def repeated_line_ratio(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -295,18 +340,35 @@ def _repeated_line_ratio(text: pa.Array) -> np.ndarray:
         weights=groups.column("line_count").to_numpy() - 1,
         minlength=n,
     )
-    return np.divide(repeats, total, out=np.zeros(n), where=total > 0)
+    return share(repeats, total)
 
 
 def quality_filter(table: pa.Table, params: QualityFilterParams) -> pa.Table:
     """Keep documents with enough letters and digits and few repeated lines."""
     text = filled_text(table)
-    keep = np.ones(table.num_rows, dtype=bool)
+    return table.filter(
+        quality_keep(params, table.num_rows, lambda: alnum_ratio(text), lambda: repeated_line_ratio(text))
+    )
+
+
+def quality_keep(
+    params: QualityFilterParams,
+    rows: int,
+    alnum: Callable[[], np.ndarray],
+    repeated_lines: Callable[[], np.ndarray],
+) -> np.ndarray:
+    """Which of the rows qualityFilter keeps, given their ratios (computed only when tested)."""
+    keep = np.ones(rows, dtype=bool)
     if params.min_alnum_ratio > 0:
-        keep &= alnum_ratio(text) >= params.min_alnum_ratio
-    if params.max_repeated_line_ratio < 1:
-        keep &= repeated_line_ratio(text) <= params.max_repeated_line_ratio
-    return table.filter(keep)
+        keep &= alnum() >= params.min_alnum_ratio
+    if counts_lines(params):
+        keep &= repeated_lines() <= params.max_repeated_line_ratio
+    return keep
+
+
+def counts_lines(params: QualityFilterParams) -> bool:
+    """Whether qualityFilter tests repeated lines (a ratio collapsing whitespace can change)."""
+    return params.max_repeated_line_ratio < 1
 
 
 def script_ratio(text: pa.ChunkedArray | pa.Array, scripts: list[str]) -> np.ndarray:
@@ -317,7 +379,7 @@ def script_ratio(text: pa.ChunkedArray | pa.Array, scripts: list[str]) -> np.nda
         allowed = _class_counts(text, _ASCII_ALPHA, allowed_class).astype(np.float64)
     else:
         allowed = _class_counts(text, np.zeros(256, dtype=np.uint8), allowed_class).astype(np.float64)
-    return np.divide(allowed, letters, out=np.zeros(len(allowed)), where=letters > 0)
+    return share(allowed, letters)
 
 
 def script_filter(table: pa.Table, params: ScriptFilterParams) -> pa.Table:
@@ -350,15 +412,34 @@ def _ipv4_rows(view: Utf8Bytes, digits: np.ndarray) -> np.ndarray:
     return rows_with(view, sequence_hits([digits, view.data == ord("."), digits]))
 
 
+_PHONE_SEPARATOR = byte_set_table(b" .-")
+
+
 def _phone_rows(view: Utf8Bytes, digits: np.ndarray) -> np.ndarray:
-    return rows_with(view, sequence_hits([digits, digits, digits]))
+    # Both forms hold three digits, at most one separator, three digits ([0-9]{3,4}[ .-]?[0-9]{3,4}, or nine digits).
+    separator = byte_class(view.data, _PHONE_SEPARATOR)
+    six = sequence_hits([digits] * 6)
+    six |= sequence_hits([digits, digits, digits, separator, digits, digits, digits])
+    return rows_with(view, six)
+
+
+def _could_match(
+    text: pa.Array, view: Utf8Bytes, digits: np.ndarray, touched: np.ndarray, prefilter: Callable
+) -> np.ndarray:
+    """The rows a digit prefilter passes: on the input bytes for untouched rows, on the current text of the rows an
+    earlier replacement went through."""
+    rows = prefilter(view, digits) & ~touched
+    if touched.any():
+        current = utf8_bytes(text.filter(pa.array(touched)))
+        rows[touched] = prefilter(current, byte_class(current.data, _DIGIT))
+    return rows
 
 
 def mask_pii(table: pa.Table, params: PiiMaskParams) -> pa.Table:
     """Replace e-mail addresses, IP addresses and phone numbers (in that order) by the replacement text."""
     text = _combined(text_of(table))
-    # The digit prefilters are computed once, on the input: a row no earlier replacement touched still has its input
-    # bytes, and every touched row is checked anyway.
+    # The digit prefilters are computed once on the input: a row no earlier replacement went through still has its
+    # input bytes; the others are scanned again.
     view = utf8_bytes(text)
     digits = byte_class(view.data, _DIGIT)
     touched = np.zeros(len(text), dtype=bool)
@@ -369,7 +450,7 @@ def mask_pii(table: pa.Table, params: PiiMaskParams) -> pa.Table:
         touched |= rows
     if params.ip_addresses:
         ip = r"\1" + _rewrite(params.replacement, "IP") + r"\3"
-        rows = _ipv4_rows(view, digits) | touched
+        rows = _could_match(text, view, digits, touched, _ipv4_rows)
         text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _IPV4_RE, ip))
         touched |= rows
         rows = contains(text, ":")
@@ -377,7 +458,7 @@ def mask_pii(table: pa.Table, params: PiiMaskParams) -> pa.Table:
         touched |= rows
     if params.phone_numbers:
         phone = r"\1" + _rewrite(params.replacement, "PHONE") + r"\3"
-        rows = _phone_rows(view, digits) | touched
+        rows = _could_match(text, view, digits, touched, _phone_rows)
         text = on_rows(text, rows, lambda rows: pc.replace_substring_regex(rows, _PHONE_RE, phone))
     return with_text(table, text)
 

@@ -36,7 +36,7 @@ from kubeforge.api.datapipeline import TrainTokenizer
 
 from .. import storage
 from . import builtin, hashing, manifest, minhash, split, stages, tokenize, writer
-from .columns import RID, TEXT, make_rid, numeric_column
+from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .plan import Plan, Step, plan_pipeline
 from .readers import Chunk, ReadSpec
@@ -74,19 +74,22 @@ def _warm_up(steps: tuple[Step, ...]) -> None:
 
 
 @ray.remote(num_cpus=1, num_returns=2)
-def _read_and_clean(chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...]) -> tuple[pa.Table, dict]:
-    return stages.read_and_clean(chunk, read, steps)
+def _read_and_clean(chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...], content_hash: bool) -> tuple[pa.Table, dict]:
+    return stages.read_and_clean(chunk, read, steps, content_hash)
 
 
 @ray.remote(num_cpus=1, num_returns=2)
-def _clean(block: pa.Table, steps: tuple[Step, ...]) -> tuple[pa.Table, dict]:
-    return stages.clean(block, steps)
+def _clean(block: pa.Table, steps: tuple[Step, ...], content_hash: bool) -> tuple[pa.Table, dict]:
+    return stages.clean(block, steps, content_hash)
 
 
 @ray.remote(num_cpus=1)
 def _exact_map(block: pa.Table, normalize: bool, partitions: int) -> list:
     started = time.process_time()
-    hashes = hashing.content_hashes(block.column(TEXT), normalize)
+    if normalize and CONTENT_HASH in block.column_names:
+        hashes = block.column(CONTENT_HASH).to_numpy()
+    else:
+        hashes = hashing.content_hashes(block.column(TEXT), normalize)
     keys = pa.table({"h": pa.array(hashes, pa.uint64()), "rid": block.column(RID)})
     return [*stages.partitioned(keys, hashes, partitions), time.process_time() - started]
 
@@ -136,6 +139,8 @@ def _numeric_values(block: pa.Table, column: str) -> tuple[np.ndarray, float]:
 @ray.remote(num_cpus=1, num_returns=2)
 def _filter_then_clean(block: pa.Table, drops: np.ndarray | None, bounds: tuple | None, steps: Sequence[Step]) -> tuple:
     started = time.process_time()
+    if CONTENT_HASH in block.column_names:  # exact dedup, its only reader, is done
+        block = block.drop_columns([CONTENT_HASH])
     table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
     after, cpu = table.num_rows, time.process_time() - started
     table, counts = stages.apply_local_steps(table, steps)
@@ -363,12 +368,15 @@ class _Run:
 
     def _read(self, plan: Plan, source: Any) -> list:
         first = plan.segments[0].local_steps
+        following = plan.segments[1].global_step if len(plan.segments) > 1 else None
+        # Exact dedup right after: the cleaning pass hashes the text it already reads.
+        content_hash = following is not None and following.kind == "exactDedup" and following.params.normalize
         self._enter("read")
         self._report(progress="read", outputUri=self.output)
         if source and isinstance(source[0], Chunk):
-            outputs = [_read_and_clean.remote(chunk, plan.read, first) for chunk in source]
+            outputs = [_read_and_clean.remote(chunk, plan.read, first, content_hash) for chunk in source]
         else:
-            outputs = [_clean.remote(block, first) for block in source]
+            outputs = [_clean.remote(block, first, content_hash) for block in source]
         blocks = [o[0] for o in outputs]
         self._wait([o[1] for o in outputs], "read")
         all_stats = ray.get([o[1] for o in outputs])

@@ -13,30 +13,40 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import hashing, ops, split, textscan, tokenize
-from .columns import KEY, LABEL, RID, TEXT, TIME
+from . import fused, hashing, split, textscan, tokenize
+from .columns import CONTENT_HASH, KEY, LABEL, RID, TEXT, TIME
 from .plan import Step
 from .readers import Chunk, ReadSpec, read_chunk
 
 
-def apply_local_steps(table: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table, list[tuple[int, int, float]]]:
-    """Run row-local operations in order; returns the table and (rows in, rows out, CPU seconds) of each."""
-    counts = []
-    for step in steps:
-        before, started = table.num_rows, time.process_time()
-        table = ops.LOCAL_OPERATIONS[step.kind](table, step.params)
-        # CPU time, not wall time: it stays meaningful on a busy node (a Ray worker runs one task at a time).
-        counts.append((before, table.num_rows, time.process_time() - started))
-    return table, counts
+def apply_local_steps(
+    table: pa.Table, steps: Sequence[Step], content_hash: bool = False
+) -> tuple[pa.Table, list[tuple[int, int, float]]]:
+    """Run row-local operations in order, the first ones in one fused pass where they allow it (fused.py); returns
+    the table and (rows in, rows out, CPU seconds) of each. With content_hash, the table gains a CONTENT_HASH column:
+    what exact dedup would compute from the final text, computed here while the pass reads it."""
+    fusable = fused.fusable_prefix(steps) if TEXT in table.column_names else 0
+    counts: list[tuple[int, int, float]] = []
+    hashes = None
+    if fusable:
+        table, counts, hashes = fused.run_fused(table, steps[:fusable], content_hash and fusable == len(steps))
+    table, rest = fused.apply_each(table, steps[fusable:])
+    if content_hash:
+        if hashes is None:
+            hashes = hashing.content_hashes(table.column(TEXT), normalize=True)
+        table = table.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64()))
+    return table, counts + rest
 
 
-def read_and_clean(chunk: Chunk, read: ReadSpec, steps: Sequence[Step]) -> tuple[pa.Table, dict]:
+def read_and_clean(
+    chunk: Chunk, read: ReadSpec, steps: Sequence[Step], content_hash: bool = False
+) -> tuple[pa.Table, dict]:
     """Read one chunk and run the first row-local operations on it; (the rows, their statistics)."""
     started = time.process_time()
     result = read_chunk(chunk, read)
     # The read's own CPU time, taken before the operations run (each of those is timed on its own).
     read_cpu = time.process_time() - started
-    table, counts = apply_local_steps(result.table, steps)
+    table, counts = apply_local_steps(result.table, steps, content_hash)
     stats = {
         "read": [result.table.num_rows + result.rows_errored, result.table.num_rows, result.rows_errored, read_cpu],
         "filesErrored": result.files_errored,
@@ -73,9 +83,9 @@ def warm_up(steps: Sequence[Step]) -> None:
         return
 
 
-def clean(block: pa.Table, steps: Sequence[Step]) -> tuple[pa.Table, dict]:
+def clean(block: pa.Table, steps: Sequence[Step], content_hash: bool = False) -> tuple[pa.Table, dict]:
     """In-memory input (the builtin corpus): the first row-local operations; (the rows, their statistics)."""
-    table, counts = apply_local_steps(block, steps)
+    table, counts = apply_local_steps(block, steps, content_hash)
     stats = {"read": [block.num_rows, block.num_rows, 0, 0.0], "filesErrored": 0, "errors": [], "steps": counts}
     return table, stats
 
