@@ -68,18 +68,21 @@ def _finish(h: np.uint64, word: np.uint64, length: np.int64) -> np.uint64:
     return h ^ (h >> np.uint64(31))
 
 
+@numba.njit(inline="always")
+def _feed(h: np.uint64, word: np.uint64, shift: np.uint64, byte: int) -> tuple:
+    """One byte into the hash state (h, the word being filled, its bit position)."""
+    word |= np.uint64(byte) << shift
+    shift += np.uint64(8)
+    if shift == np.uint64(64):
+        return _absorb(h, word), np.uint64(0), np.uint64(0)
+    return h, word, shift
+
+
 @numba.njit(cache=True, nogil=True)
 def _span_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
-    h = np.uint64(0)
-    word = np.uint64(0)
-    shift = np.uint64(0)
+    h, word, shift = np.uint64(0), np.uint64(0), np.uint64(0)
     for i in range(start, end):
-        word |= np.uint64(data[i]) << shift
-        shift += np.uint64(8)
-        if shift == np.uint64(64):
-            h = _absorb(h, word)
-            word = np.uint64(0)
-            shift = np.uint64(0)
+        h, word, shift = _feed(h, word, shift, data[i])
     return _finish(h, word, end - start)
 
 
@@ -97,9 +100,7 @@ def _normalized_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
     """hash_rows of the row's normalised text (hashing.normalized_text: ASCII letters lower-cased, each run of ASCII
     whitespace one space, the ends trimmed) without building it: the same bytes go into the same hash. For rows of
     ASCII without U+001C..U+001F (which the trimming also removes)."""
-    h = np.uint64(0)
-    word = np.uint64(0)
-    shift = np.uint64(0)
+    h, word, shift = np.uint64(0), np.uint64(0), np.uint64(0)
     length = 0
     pending_space = False
     for i in range(start, end):
@@ -109,22 +110,10 @@ def _normalized_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
             continue
         if pending_space:
             pending_space = False
-            word |= np.uint64(0x20) << shift
+            h, word, shift = _feed(h, word, shift, 0x20)
             length += 1
-            shift += np.uint64(8)
-            if shift == np.uint64(64):
-                h = _absorb(h, word)
-                word = np.uint64(0)
-                shift = np.uint64(0)
-        if 0x41 <= b <= 0x5A:
-            b += 0x20
-        word |= np.uint64(b) << shift
+        h, word, shift = _feed(h, word, shift, b + 0x20 if 0x41 <= b <= 0x5A else b)
         length += 1
-        shift += np.uint64(8)
-        if shift == np.uint64(64):
-            h = _absorb(h, word)
-            word = np.uint64(0)
-            shift = np.uint64(0)
     return _finish(h, word, length)
 
 
