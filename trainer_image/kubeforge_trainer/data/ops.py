@@ -203,7 +203,8 @@ def normalize_unicode(table: pa.Table, params: UnicodeParams) -> pa.Table:
     """Unicode normalisation (NFKC by default)."""
     text = text_of(table)
     # ASCII text is the same in every normalisation form, and so is text whose other characters all are.
-    changes = rows_with(utf8_bytes(text), may_normalize(utf8_bytes(text).data, params.form))
+    view = utf8_bytes(text)
+    changes = rows_with(view, may_normalize(view.data, params.form))
     return with_text(table, on_rows(text, changes, lambda rows: pc.utf8_normalize(rows, form=params.form)))
 
 
@@ -306,7 +307,7 @@ def alnum_ratio(text: pa.ChunkedArray | pa.Array) -> np.ndarray:
     # The byte view and the non-ASCII rows serve all three counts.
     view = utf8_bytes(text)
     other = np.flatnonzero(non_ascii_rows(view))
-    alnum = _class_counts(text, _ASCII_ALNUM, r"\p{L}\p{N}", view, other).astype(np.float64)
+    alnum = _class_counts(text, _ASCII_ALNUM, r"\p{L}\p{N}", view, other)
     spaces = _class_counts(text, _ASCII_SPACE, WHITESPACE[1:-1], view, other)
     return share(alnum, _char_lengths(text, view, other) - spaces)
 
@@ -376,9 +377,9 @@ def script_ratio(text: pa.ChunkedArray | pa.Array, scripts: list[str]) -> np.nda
     allowed_class = "".join(SCRIPT_CLASSES[s] for s in scripts)
     letters = _class_counts(text, _ASCII_ALPHA, r"\p{L}")
     if "latin" in scripts:  # ASCII letters are Latin
-        allowed = _class_counts(text, _ASCII_ALPHA, allowed_class).astype(np.float64)
+        allowed = _class_counts(text, _ASCII_ALPHA, allowed_class)
     else:
-        allowed = _class_counts(text, np.zeros(256, dtype=np.uint8), allowed_class).astype(np.float64)
+        allowed = _class_counts(text, np.zeros(256, dtype=np.uint8), allowed_class)
     return share(allowed, letters)
 
 

@@ -127,6 +127,14 @@ def normalized_hash_rows(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     return out
 
 
+@numba.njit(inline="always")
+def _set_counts(features: np.ndarray, row: int, chars: int, words: int, alnum: int, spaces: int) -> None:
+    features[row, CHARS] = chars
+    features[row, WORDS] = words
+    features[row, ALNUMS] = alnum
+    features[row, NON_SPACE] = chars - spaces
+
+
 @numba.njit(cache=True, nogil=True)
 def _scan(data: np.ndarray, start: int, end: int, classes: np.ndarray, features: np.ndarray, row: int) -> tuple:
     """One row's features (into features[row]) and what the operations could change in it:
@@ -186,10 +194,7 @@ def _scan(data: np.ndarray, start: int, end: int, classes: np.ndarray, features:
         untidy = True
     if colons >= 7:
         ip_like = True
-    features[row, CHARS] = end - start
-    features[row, WORDS] = words
-    features[row, ALNUMS] = alnum
-    features[row, NON_SPACE] = end - start - spaces
+    _set_counts(features, row, end - start, words, alnum, spaces)
     features[row, HAS_NEWLINE] = 1 if seen & NEWLINE else 0
     return seen, untidy, ip_like, phone_like
 
@@ -403,14 +408,6 @@ def _needs_exact_path(
     return (ips and ip_like) or (phones and phone_like)
 
 
-@numba.njit(inline="always")
-def _set_plain(features: np.ndarray, row: int, chars: int, words: int, alnum: int, spaces: int) -> None:
-    features[row, CHARS] = chars
-    features[row, WORDS] = words
-    features[row, ALNUMS] = alnum
-    features[row, NON_SPACE] = chars - spaces
-
-
 @numba.njit(cache=True, nogil=True)
 def fused_scan(
     data: np.ndarray,
@@ -448,41 +445,36 @@ def fused_scan(
         if not valid[r]:
             continue
         buf, a, z = data, starts[r], ends[r]
-        verdict, words, alnum, spaces, h = _plain_row(data, a, z, exact_classes, scan_classes)
-        if verdict == PLAIN:
-            _set_plain(features, r, z - a, words, alnum, spaces)
-            hashes[r] = h
-            kinds[r] = UNCHANGED
-            continue
+        kind = UNCHANGED
+        verdict, words, alnum, spaces, h = _plain_row(buf, a, z, exact_classes, scan_classes)
         if verdict == EXACT_PATH:
             continue
-        seen, untidy, ip_like, three = _scan(buf, a, z, classes, features, r)
-        if _needs_exact_path(seen, ip_like, three, strip_html, emails, ips, phones):
-            continue
-        kind = UNCHANGED
-        if untidy and collapse:
-            if not rewrite:
+        if verdict == SCAN:
+            seen, untidy, ip_like, phone_like = _scan(buf, a, z, classes, features, r)
+            if _needs_exact_path(seen, ip_like, phone_like, strip_html, emails, ips, phones):
                 continue
-            end = _collapse(data, a, z, out, pos)
-            buf, a, z = out, pos, end
-            verdict, words, alnum, spaces, h = _plain_row(buf, a, z, exact_classes, scan_classes)
-            if verdict == PLAIN:  # the usual case: features and hash at word speed
-                _set_plain(features, r, z - a, words, alnum, spaces)
-                hashes[r] = h
+            if untidy and collapse:
+                if not rewrite:
+                    continue
+                end = _collapse(data, a, z, out, pos)
+                buf, a, z = out, pos, end
+                # Usually plain once collapsed: features and hash at word speed.
+                verdict, words, alnum, spaces, h = _plain_row(buf, a, z, exact_classes, scan_classes)
+                if verdict != PLAIN:
+                    seen, untidy, ip_like, phone_like = _scan(buf, a, z, classes, features, r)
+                    if untidy or _needs_exact_path(seen, ip_like, phone_like, strip_html, emails, ips, phones):
+                        continue
                 out_starts[r], out_ends[r] = a, z
                 pos = end
-                kinds[r] = REWRITTEN
-                continue
-            seen, untidy, ip_like, three = _scan(buf, a, z, classes, features, r)
-            if untidy or _needs_exact_path(seen, ip_like, three, strip_html, emails, ips, phones):
-                continue
-            out_starts[r], out_ends[r] = a, z
-            pos = end
-            kind = REWRITTEN
-        if lines and features[r, HAS_NEWLINE]:
-            features[r, LINES], features[r, REPEATED] = _repeated_lines(buf, a, z)
-        if want_hash:
-            hashes[r] = _normalized_hash(buf, a, z)
+                kind = REWRITTEN
+        if verdict == PLAIN:  # no line breaks; _plain_row hashed it
+            _set_counts(features, r, z - a, words, alnum, spaces)
+            hashes[r] = h
+        else:
+            if lines and features[r, HAS_NEWLINE]:
+                features[r, LINES], features[r, REPEATED] = _repeated_lines(buf, a, z)
+            if want_hash:
+                hashes[r] = _normalized_hash(buf, a, z)
         kinds[r] = kind
     return kinds, features, hashes, out[:pos], out_starts, out_ends
 
