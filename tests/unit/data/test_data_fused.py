@@ -35,6 +35,10 @@ STEP_LISTS = [
     [{"stripHtml": {}}, {"lengthFilter": {"minWords": 2}}],
     [{"normalizeUnicode": {"form": "NFD"}}, {"qualityFilter": {"maxRepeatedLineRatio": 0.0}}],
     [{"qualityFilter": {"minAlnumRatio": 0.7, "maxRepeatedLineRatio": 0.34}}],
+    # Rewrites out of the pass's order, or a filter between them: rows with HTML or PII take the exact path.
+    [{"maskPii": {}}, {"collapseWhitespace": {}}, {"stripHtml": {}}, {"dropEmpty": {}}],
+    [{"stripHtml": {}}, {"lengthFilter": {"minChars": 20}}, {"maskPii": {"replacement": "#"}}],
+    [{"stripHtml": {}}, {"dropEmpty": {}}, {"normalizeUnicode": {"form": "NFD"}}, {"maskPii": {"emails": False}}],
 ]
 
 # Pieces of plain prose and of everything that takes the exact path or a rewrite.
@@ -50,10 +54,27 @@ SPECIAL = [
     "\r\n",
     "<p>",
     "</div>",
+    "<H1>",
+    "<a href='x'>",
+    "<br/>",
+    "</td>",
+    "<thead>",
+    "<!-- note -->",
+    "<script>x()</script>",
     "&amp;",
+    "&copy;",
+    "&lt;",
+    "&commat;",
+    "&nbsp;",
+    "&#39;",
+    "&eacute;",
+    "AT&T",
     "&",
     "<",
+    ">",
     "a@b.io",
+    "first.last@mail.example.org",
+    "x@y",
     "@",
     "10.0.0.1",
     "1.2",
@@ -61,6 +82,8 @@ SPECIAL = [
     "a:b",
     "555-123-4567",
     "+1 (555) 123 4567",
+    "(555)123.4567",
+    "+4420794609",
     "123 456",
     "é",
     "\u00a0",
@@ -108,9 +131,7 @@ def table_of(rows: list[str | None], text_type: pa.DataType = pa.string()) -> pa
 
 
 def kinds_of(table: pa.Table, steps: tuple) -> np.ndarray:
-    view = textscan.utf8_bytes(table.column(TEXT))
-    settings = fused.scan_settings(steps, True)
-    return textkernels.fused_scan(view.data, view.starts, view.ends, view.valid, textkernels.CLASSES, settings)[0]
+    return fused.scan(textscan.utf8_bytes(table.column(TEXT)), steps, True)[0]
 
 
 @pytest.mark.parametrize("steps", STEP_LISTS, ids=lambda s: "+".join(next(iter(d)) for d in s))
@@ -127,6 +148,41 @@ def test_fused_pass_equals_the_operations_one_by_one(steps: list[dict]) -> None:
     assert kinds[textkernels.UNCHANGED] > 100 and kinds[textkernels.EXACT_PATH] > 100
     if fused.scan_settings(plan, False)[2]:
         assert kinds[textkernels.REWRITTEN] > 100
+
+
+def test_html_and_pii_rows_are_rewritten_in_the_pass() -> None:
+    rows = [
+        "<html><body><h1>Title</h1><p>Some prose.</p><p>&copy; 2024 &amp; more</p></body></html>",
+        "Contact bob@example.com or call +1 (555) 123-4567.",
+        "<!-- a comment --> left to the regular expressions",
+        "10.0.0.1 is IP-like",
+        "caf\u00e9 is not ASCII",
+    ]
+    table = table_of(rows)
+    plan = local_steps(BENCH_STEPS)
+    kinds = kinds_of(table, plan)
+    assert kinds.tolist() == [textkernels.REWRITTEN] * 2 + [textkernels.EXACT_PATH] * 3
+    result, _, _ = fused.run_fused(table, plan)
+    assert result.column(TEXT).to_pylist()[:2] == [
+        "Title\n\nSome prose.\n\n\u00a9 2024 & more",
+        "Contact <EMAIL> or call <PHONE>.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "rewrites"),
+    [
+        (BENCH_STEPS, True),
+        ([{"dropEmpty": {}}, {"maskPii": {}}, {"dropEmpty": {}}], True),
+        ([{"collapseWhitespace": {}}, {"stripHtml": {}}], False),
+        ([{"stripHtml": {}}, {"qualityFilter": {}}, {"collapseWhitespace": {}}], False),
+        ([{"maskPii": {"replacement": ""}}], False),
+        ([{"maskPii": {"replacement": "\u2588"}}], False),
+        ([{"maskPii": {}}, {"maskPii": {}}], False),
+    ],
+)
+def test_the_pass_rewrites_markup_only_in_its_own_order(steps: list[dict], rewrites: bool) -> None:
+    assert bool(fused.scan_settings(local_steps(steps), False)[8]) is rewrites
 
 
 def test_plain_prose_never_takes_the_exact_path() -> None:

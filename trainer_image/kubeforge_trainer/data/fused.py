@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import hashing, ops, textkernels, textscan
+from . import hashing, ops, textkernels, textmarkup, textscan
 from .columns import TEXT
 from .plan import Step
 
@@ -38,6 +38,10 @@ def fusable_prefix(steps: Sequence[Step]) -> int:
             break
         count += 1
     return count
+
+
+_TRANSFORMS = ("stripHtml", "normalizeUnicode", "collapseWhitespace", "maskPii")
+"""The rewriting operations in the order the pass does them for rows with HTML or PII (textkernels._markup_row)."""
 
 
 def scan_settings(steps: Sequence[Step], content_hash: bool) -> np.ndarray:
@@ -65,9 +69,46 @@ def scan_settings(steps: Sequence[Step], content_hash: bool) -> np.ndarray:
             any(p.phone_numbers for p in pii),
             any(s.kind == "qualityFilter" and ops.counts_lines(s.params) for s in steps),
             content_hash,
+            _rewrites_markup(steps),
         ],
         dtype=np.uint8,
     )
+
+
+def _rewrites_markup(steps: Sequence[Step]) -> bool:
+    """Whether the pass may rewrite rows with HTML or PII itself: each rewriting operation at most once and in the
+    pass's order, every length and quality filter after them (their features are those of the final text; dropEmpty
+    goes anywhere, as the pass leaves rows it would empty to ops.py), and replacements of printable ASCII that the
+    features and the content hash count as they count the rest."""
+    transforms = [s.kind for s in steps if s.kind in _TRANSFORMS]
+    if transforms != [kind for kind in _TRANSFORMS if kind in transforms]:
+        return False
+    last = max((i for i, s in enumerate(steps) if s.kind in _TRANSFORMS), default=-1)
+    if any(s.kind in ("lengthFilter", "qualityFilter") and i < last for i, s in enumerate(steps)):
+        return False
+    return all(len(text) > 0 and text.isascii() and text.isprintable() for text in _replacements(steps))
+
+
+def _replacements(steps: Sequence[Step]) -> list[str]:
+    """maskPii's e-mail and phone replacements (empty when not masked)."""
+    pii = next((s.params for s in steps if s.kind == "maskPii"), None)
+    if pii is None:
+        return []
+    return [pii.replacement.replace("{kind}", kind) for kind in ("EMAIL", "PHONE")]
+
+
+def _markup_tables(steps: Sequence[Step]) -> tuple:
+    """textkernels.fused_scan's markup argument for these steps."""
+    forms = tuple(sorted({s.params.form for s in steps if s.kind == "normalizeUnicode"}))
+    email, phone = (np.frombuffer(r.encode(), dtype=np.uint8) for r in (_replacements(steps) or ["", ""]))
+    return (*textmarkup.entity_table(forms), email, phone)
+
+
+def scan(view: textscan.Utf8Bytes, steps: Sequence[Step], content_hash: bool) -> tuple:
+    """textkernels.fused_scan of a text's bytes for these steps."""
+    settings = scan_settings(steps, content_hash)
+    markup = _markup_tables(steps)
+    return textkernels.fused_scan(view.data, view.starts, view.ends, view.valid, textkernels.CLASSES, settings, markup)
 
 
 def _keep(step: Step, features: np.ndarray) -> np.ndarray | None:
@@ -97,9 +138,7 @@ def run_fused(
     started = time.process_time()
     text = textscan.combined(table.column(TEXT))
     view = textscan.utf8_bytes(text)
-    kinds, features, hashes, rewritten, new_starts, new_ends = textkernels.fused_scan(
-        view.data, view.starts, view.ends, view.valid, textkernels.CLASSES, scan_settings(steps, content_hash)
-    )
+    kinds, features, hashes, rewritten, new_starts, new_ends = scan(view, steps, content_hash)
     exact = kinds == textkernels.EXACT_PATH
     alive = ~exact
     counts = []

@@ -46,13 +46,13 @@ from .textscan import (
 )
 
 # Tags that end a block of text: replaced by a line break so words on either side stay apart.
-_BLOCK_TAGS = (
+BLOCK_TAGS = (
     "address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|form|h[1-6]|header|hr|li|main|nav|"
     "ol|p|pre|section|table|td|th|tr|ul"
 )
 _SCRIPT_STYLE_RE = r"(?is)<(?:script|style|noscript)\b[^>]*>.*?</(?:script|style|noscript)\s*>"
 _COMMENT_RE = r"(?s)<!--.*?-->"
-_BLOCK_TAG_RE = rf"(?i)</?(?:{_BLOCK_TAGS})\b[^<>]*>"
+_BLOCK_TAG_RE = rf"(?i)</?(?:{BLOCK_TAGS})\b[^<>]*>"
 # A tag starts with a letter, '/', '!' or '?', so "a < b" in plain text survives.
 _TAG_RE = r"<[A-Za-z/!?][^<>]*>"
 _ENTITY_RE = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
@@ -209,7 +209,7 @@ def normalize_unicode(table: pa.Table, params: UnicodeParams) -> pa.Table:
 
 
 @functools.cache
-def _stable_two_byte(form: str) -> np.ndarray:
+def stable_two_byte(form: str) -> np.ndarray:
     """Per code point below U+0800 (the two-byte UTF-8 ones), whether it is normalised in form on its own, for both
     Python's tables and pyarrow's (utf8proc, whose Unicode version differs), and an assigned starter (combining
     class 0): then a string of such characters and ASCII is normalised too. The characters that compose with the
@@ -227,13 +227,13 @@ def _stable_two_byte(form: str) -> np.ndarray:
 
 def may_normalize(data: np.ndarray, form: str) -> np.ndarray:
     """Per byte, whether it starts a character that normalisation could change (a superset): a two-byte character
-    outside _stable_two_byte, or any longer one."""
+    outside stable_two_byte, or any longer one."""
     lead = data >= np.uint8(0xC0)
     marks = data >= np.uint8(0xE0)
     two = np.flatnonzero(lead & ~marks)
     two = two[two + 1 < len(data)]
     code = ((data[two].astype(np.int64) & 0x1F) << 6) | (data[two + 1].astype(np.int64) & 0x3F)
-    marks[two] = ~_stable_two_byte(form)[code]
+    marks[two] = ~stable_two_byte(form)[code]
     return marks
 
 

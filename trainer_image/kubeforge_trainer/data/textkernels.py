@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.extending import intrinsic
+
+from . import textmarkup
+from .swar import HIGH, ONES, at_least, equal, load, marked
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -41,6 +42,9 @@ def byte_classes() -> np.ndarray:
 
 
 CLASSES = byte_classes()
+DECODED_CLASSES = CLASSES.copy()
+DECODED_CLASSES[0x80:] = 0
+"""The classes of text whose non-ASCII characters are decoded entities (textmarkup.entity_table): plain bytes."""
 
 # Row kinds of the fused scan (and the two other verdicts of its word-at-a-time loop).
 UNCHANGED, REWRITTEN, EXACT_PATH = 0, 1, 2
@@ -199,53 +203,6 @@ def _scan(data: np.ndarray, start: int, end: int, classes: np.ndarray, features:
     return seen, untidy, ip_like, phone_like
 
 
-_ONES = np.uint64(0x0101010101010101)
-_HIGH = np.uint64(0x8080808080808080)
-
-
-@intrinsic
-def _unaligned_u64(typingctx, data, index):
-    """The eight bytes at data[index:index + 8] as one little-endian uint64: a single unaligned load, where numba
-    would otherwise load and shift each byte."""
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        address = builder.gep(array.data, [args[1]])
-        pointer = builder.bitcast(address, ir.IntType(64).as_pointer())
-        return builder.load(pointer, align=1)
-
-    return numba.types.uint64(data, index), codegen
-
-
-@numba.njit(inline="always")
-def _load(data: np.ndarray, i: int, count: int) -> np.uint64:
-    """count (at most 8) bytes from data[i], little-endian (the caller keeps i + count within data)."""
-    if count >= 8:
-        return _unaligned_u64(data, i)
-    word = np.uint64(0)
-    for k in range(count):
-        word |= np.uint64(data[i + k]) << np.uint64(8 * k)
-    return word
-
-
-@numba.njit(inline="always")
-def _at_least(word: np.uint64, value: int) -> np.uint64:
-    """The high bit of each byte (of an ASCII word) that is >= value."""
-    return ((word | _HIGH) - np.uint64(value) * _ONES) & _HIGH
-
-
-@numba.njit(inline="always")
-def _equal(word: np.uint64, value: int) -> np.uint64:
-    """The high bit of each byte (of an ASCII word) equal to value."""
-    return ~_at_least(word ^ (np.uint64(value) * _ONES), 1) & _HIGH
-
-
-@numba.njit(inline="always")
-def _count(marks: np.uint64) -> int:
-    """How many bytes have their high bit marked."""
-    return int(((marks >> np.uint64(7)) * _ONES) >> np.uint64(56))
-
-
 @numba.njit(cache=True, nogil=True)
 def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_classes: int) -> tuple:
     """Eight bytes at a time, a row of ASCII letters, digits, punctuation and single spaces between words: no operation
@@ -265,26 +222,26 @@ def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_
     i = start
     while i < end:
         count = min(8, end - i)
-        word = _load(data, i, count)
-        valid = _HIGH if count == 8 else _HIGH & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
-        if word & _HIGH:
+        word = load(data, i, count)
+        valid = HIGH if count == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
+        if word & HIGH:
             return EXACT_PATH, 0, 0, 0, h
-        space = _equal(word, 0x20) & valid
-        newline = _equal(word, 0x0A) & valid
+        space = equal(word, 0x20) & valid
+        newline = equal(word, 0x0A) & valid
         # Control characters other than the line break (the zero padding past a short word's end is not one).
-        exact = ~_at_least(word, 0x20) & valid & ~newline
+        exact = ~at_least(word, 0x20) & valid & ~newline
         if html:
-            exact |= _equal(word, 0x3C) | _equal(word, 0x26)
+            exact |= equal(word, 0x3C) | equal(word, 0x26)
         if at:
-            exact |= _equal(word, 0x40)
+            exact |= equal(word, 0x40)
         if exact & valid:
             return EXACT_PATH, 0, 0, 0, h
         stop = newline
-        digits = _at_least(word, 0x30) & ~_at_least(word, 0x3A)
-        folded = word | (np.uint64(0x20) * _ONES)
-        letters = _at_least(folded, 0x61) & ~_at_least(folded, 0x7B)
+        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
+        folded = word | (np.uint64(0x20) * ONES)
+        letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
         if colon:
-            stop |= _equal(word, 0x3A)
+            stop |= equal(word, 0x3A)
         if digit:
             stop |= digits
         # A space after a space (the previous word's last byte counts), or a space at the row's start.
@@ -293,10 +250,10 @@ def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_
         if stop & valid:
             return SCAN, 0, 0, 0, h
         starts = ~space & previous_space & valid
-        words += _count(starts)
-        alnum += _count((digits | letters) & valid)
-        spaces += _count(space)
-        upper = letters & ~_at_least(word, 0x61)
+        words += marked(starts)
+        alnum += marked((digits | letters) & valid)
+        spaces += marked(space)
+        upper = letters & ~at_least(word, 0x61)
         lowered = word | (upper >> np.uint64(2))
         # The last, short word goes to _finish (its padding is zero bytes, as in _normalized_hash).
         h = _absorb(h, lowered) if count == 8 else _finish(h, lowered, end - start)
@@ -409,6 +366,63 @@ def _needs_exact_path(
 
 
 @numba.njit(cache=True, nogil=True)
+def _reserve(out: np.ndarray, pos: int, length: int) -> np.ndarray:
+    """out, or a copy twice as large (its first pos bytes kept) when length more bytes do not fit."""
+    if pos + length <= len(out):
+        return out
+    grown = np.empty(max(2 * len(out), pos + length), dtype=np.uint8)
+    grown[:pos] = out[:pos]
+    return grown
+
+
+@numba.njit(cache=True, nogil=True)
+def _after_replacements(length: int, replacement: np.ndarray, shortest_match: int) -> np.ndarray:
+    """A buffer for a row of this length with every match replaced (matches have shortest_match bytes or more)."""
+    return np.empty(length + (length // shortest_match + 1) * len(replacement), dtype=np.uint8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _markup_row(
+    data: np.ndarray,
+    start: int,
+    end: int,
+    seen: int,
+    untidy: bool,
+    settings: np.ndarray,
+    markup: tuple,
+) -> tuple:
+    """The text the operations leave of an ASCII row with HTML or PII-like runs, done here in their order (stripHtml,
+    collapseWhitespace, maskPii; normalizeUnicode leaves ASCII and the decoded entities alone): (buffer, its end), or
+    (data, BAIL) where the row must take ops.py. untidy: whether the row may have whitespace to collapse."""
+    names, name_offsets, values, value_offsets, email, phone = markup
+    text, length = data[start:end], end - start
+    if settings[0] and seen & HTML:
+        stripped = np.empty(length, dtype=np.uint8)
+        length = textmarkup.strip_block_tags(text, 0, length, stripped, 0)
+        if length == textmarkup.BAIL:
+            return data, textmarkup.BAIL
+        text = np.empty(length, dtype=np.uint8)
+        length = textmarkup.strip_tags(stripped, 0, length, text, 0)
+        decoded = np.empty(length, dtype=np.uint8)
+        length = textmarkup.decode_entities(text, 0, length, decoded, 0, names, name_offsets, values, value_offsets)
+        if length == textmarkup.BAIL:
+            return data, textmarkup.BAIL
+        text = decoded
+    if settings[1] and (untidy or (settings[0] and seen & HTML)):
+        collapsed = np.empty(length, dtype=np.uint8)
+        text, length = collapsed, _collapse(text, 0, length, collapsed, 0)
+    if settings[3]:
+        masked = _after_replacements(length, email, 6)  # a@b.io
+        text, length = masked, textmarkup.mask_emails(text, 0, length, masked, 0, email)
+    if settings[4] and textmarkup.ip_like(text, 0, length):
+        return data, textmarkup.BAIL
+    if settings[5]:
+        masked = _after_replacements(length, phone, 9)  # 12 3456789
+        text, length = masked, textmarkup.mask_phones(text, 0, length, masked, 0, phone)
+    return text, length
+
+
+@numba.njit(cache=True, nogil=True)
 def fused_scan(
     data: np.ndarray,
     starts: np.ndarray,
@@ -416,19 +430,23 @@ def fused_scan(
     valid: np.ndarray,
     classes: np.ndarray,
     settings: np.ndarray,
+    markup: tuple,
 ) -> tuple:
-    """Scan every row once: its kind (UNCHANGED: no operation changes it; REWRITTEN: only its whitespace collapses,
-    done here; EXACT_PATH: the exact operations must run on it), the features the filters test (of the text the
+    """Scan every row once: its kind (UNCHANGED: no operation changes it; REWRITTEN: the operations' result is made
+    here; EXACT_PATH: the exact operations must run on it), the features the filters test (of the text the
     operations leave), and the normalised content hash. settings: strip_html, collapse, rewrite (collapse runs
-    before the filters that count characters or lines), emails, ips, phones, lines, hash (0 or 1 each).
+    before the filters that count characters or lines), emails, ips, phones, lines, hash, markup (the rewrites of
+    _markup_row may run: the operations come in its order, before the filters) (0 or 1 each). markup: the entity
+    table of textmarkup.entity_table and the e-mail and phone replacements (UTF-8).
     Returns (kinds, features, hashes, rewritten bytes, their row starts, their row ends)."""
     strip_html, collapse, rewrite = settings[0] != 0, settings[1] != 0, settings[2] != 0
-    emails, ips, phones, lines, want_hash = (
+    emails, ips, phones, lines, want_hash, rewrite_markup = (
         settings[3] != 0,
         settings[4] != 0,
         settings[5] != 0,
         settings[6] != 0,
         settings[7] != 0,
+        settings[8] != 0,
     )
     exact_classes = (HTML if strip_html else 0) | (AT if emails else 0)
     scan_classes = (COLON if ips else 0) | (DIGIT if (ips or phones) else 0)
@@ -448,14 +466,41 @@ def fused_scan(
         kind = UNCHANGED
         verdict, words, alnum, spaces, h = _plain_row(buf, a, z, exact_classes, scan_classes)
         if verdict == EXACT_PATH:
-            continue
-        if verdict == SCAN:
-            seen, untidy, ip_like, phone_like = _scan(buf, a, z, classes, features, r)
-            if _needs_exact_path(seen, ip_like, phone_like, strip_html, emails, ips, phones):
+            if not rewrite_markup:
                 continue
-            if untidy and collapse:
+            # HTML or an '@' (the scan's other features are not needed): the classes seen, eight bytes at a time.
+            seen, untidy, ip_like, phone_like = _classes_seen(buf, a, z), True, True, True
+        elif verdict == SCAN:
+            seen, untidy, ip_like, phone_like = _scan(buf, a, z, classes, features, r)
+        if verdict != PLAIN:
+            if _needs_exact_path(seen, ip_like, phone_like, strip_html, emails, ips, phones):
+                if not rewrite_markup or seen & OTHER:
+                    continue
+                text, length = _markup_row(buf, a, z, seen, untidy, settings, markup)
+                if length == textmarkup.BAIL:
+                    continue
+                out = _reserve(out, pos, length)
+                out[pos : pos + length] = text[:length]
+                buf, a, z = out, pos, pos + length
+                # The features of the result, with its decoded entities (two-byte characters that are no letter,
+                # digit or space) counted as one character each.
+                verdict, words, alnum, spaces, h = _plain_row(buf, a, z, 0, 0)
+                if verdict != PLAIN:
+                    _scan(buf, a, z, DECODED_CLASSES, features, r)
+                    decoded = _continuation_bytes(buf, a, z)
+                    features[r, CHARS] -= decoded
+                    features[r, NON_SPACE] -= decoded
+                    if features[r, NON_SPACE] == 0:
+                        continue
+                elif words == 0:
+                    continue  # empty: dropEmpty's verdict could depend on where it runs
+                out_starts[r], out_ends[r] = a, z
+                pos = z
+                kind = REWRITTEN
+            elif untidy and collapse:
                 if not rewrite:
                     continue
+                out = _reserve(out, pos, z - a)
                 end = _collapse(data, a, z, out, pos)
                 buf, a, z = out, pos, end
                 # Usually plain once collapsed: features and hash at word speed.
@@ -477,6 +522,33 @@ def fused_scan(
                 hashes[r] = _normalized_hash(buf, a, z)
         kinds[r] = kind
     return kinds, features, hashes, out[:pos], out_starts, out_ends
+
+
+@numba.njit(cache=True, nogil=True)
+def _continuation_bytes(data: np.ndarray, start: int, end: int) -> int:
+    """How many bytes are not the first of their UTF-8 character (10xxxxxx), eight at a time."""
+    total = 0
+    for i in range(start, end, 8):
+        word = load(data, i, min(8, end - i))
+        total += marked(word & HIGH & ~(word << np.uint64(1)))
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _classes_seen(data: np.ndarray, start: int, end: int) -> int:
+    """The classes of the row's bytes that _markup_row tests (OTHER, HTML, AT), eight bytes at a time."""
+    seen = 0
+    for i in range(start, end, 8):
+        size = min(8, end - i)
+        word = load(data, i, size)
+        valid = HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+        if (word & HIGH) or (~at_least(word, 0x20) & valid & ~equal(word, 0x0A)):
+            seen |= OTHER
+        if equal(word, 0x3C) | equal(word, 0x26):
+            seen |= HTML
+        if equal(word, 0x40):
+            seen |= AT
+    return seen
 
 
 @numba.njit(cache=True, nogil=True)

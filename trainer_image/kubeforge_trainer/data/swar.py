@@ -1,0 +1,55 @@
+"""Eight bytes at a time (SWAR): loading a 64-bit word from any byte offset and testing all its bytes at once, for
+the compiled loops over text (textkernels, textmarkup)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.extending import intrinsic
+
+ONES = np.uint64(0x0101010101010101)
+HIGH = np.uint64(0x8080808080808080)
+
+
+@intrinsic
+def unaligned_u64(typingctx, data, index):
+    """The eight bytes at data[index:index + 8] as one little-endian uint64: a single unaligned load, where numba
+    would otherwise load and shift each byte."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        address = builder.gep(array.data, [args[1]])
+        pointer = builder.bitcast(address, ir.IntType(64).as_pointer())
+        return builder.load(pointer, align=1)
+
+    return numba.types.uint64(data, index), codegen
+
+
+@numba.njit(inline="always")
+def load(data: np.ndarray, i: int, count: int) -> np.uint64:
+    """count (at most 8) bytes from data[i], little-endian (the caller keeps i + count within data)."""
+    if count >= 8:
+        return unaligned_u64(data, i)
+    word = np.uint64(0)
+    for k in range(count):
+        word |= np.uint64(data[i + k]) << np.uint64(8 * k)
+    return word
+
+
+@numba.njit(inline="always")
+def at_least(word: np.uint64, value: int) -> np.uint64:
+    """The high bit of each byte (of an ASCII word) that is >= value."""
+    return ((word | HIGH) - np.uint64(value) * ONES) & HIGH
+
+
+@numba.njit(inline="always")
+def equal(word: np.uint64, value: int) -> np.uint64:
+    """The high bit of each byte (of an ASCII word) equal to value."""
+    return ~at_least(word ^ (np.uint64(value) * ONES), 1) & HIGH
+
+
+@numba.njit(inline="always")
+def marked(marks: np.uint64) -> int:
+    """How many bytes have their high bit marked."""
+    return int(((marks >> np.uint64(7)) * ONES) >> np.uint64(56))
