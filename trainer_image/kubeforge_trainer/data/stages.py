@@ -78,7 +78,7 @@ def warm_up(steps: Sequence[Step]) -> None:
         importlib.import_module(module)
 
     try:
-        apply_local_steps(warm_up_table(), steps)
+        apply_local_steps(warm_up_table(), steps, content_hash=True)
     except Exception:  # only a head start: the real tasks run the same operations and report what fails
         return
 

@@ -53,3 +53,15 @@ def equal(word: np.uint64, value: int) -> np.uint64:
 def marked(marks: np.uint64) -> int:
     """How many bytes have their high bit marked."""
     return int(((marks >> np.uint64(7)) * ONES) >> np.uint64(56))
+
+
+@numba.njit(inline="always")
+def skip_to(data: np.ndarray, i: int, end: int, a: int, b: int) -> int:
+    """i, moved past the 8-byte words that hold neither byte a nor b (it may stop early at a non-ASCII byte: the
+    caller tests each byte from there)."""
+    while i + 8 <= end:
+        word = unaligned_u64(data, i)
+        if equal(word, a) | equal(word, b):
+            return i
+        i += 8
+    return i

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from . import textmarkup
-from .swar import HIGH, ONES, at_least, equal, load, marked
+from .swar import HIGH, ONES, at_least, equal, load, marked, skip_to, unaligned_u64
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -82,12 +82,21 @@ def _feed(h: np.uint64, word: np.uint64, shift: np.uint64, byte: int) -> tuple:
     return h, word, shift
 
 
+@numba.njit(inline="always")
+def _feed_word(h: np.uint64, word: np.uint64, shift: np.uint64, eight: np.uint64) -> tuple:
+    """Eight bytes into the hash state: what _feed does with each of them, in one step."""
+    h = _absorb(h, word | (eight << shift))
+    return h, (eight >> (np.uint64(64) - shift)) if shift else np.uint64(0), shift
+
+
 @numba.njit(cache=True, nogil=True)
 def _span_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
-    h, word, shift = np.uint64(0), np.uint64(0), np.uint64(0)
-    for i in range(start, end):
-        h, word, shift = _feed(h, word, shift, data[i])
-    return _finish(h, word, end - start)
+    h = np.uint64(0)
+    i = start
+    while i + 8 <= end:
+        h = _absorb(h, unaligned_u64(data, i))
+        i += 8
+    return _finish(h, load(data, i, end - i), end - start)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -107,8 +116,30 @@ def _normalized_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
     h, word, shift = np.uint64(0), np.uint64(0), np.uint64(0)
     length = 0
     pending_space = False
-    for i in range(start, end):
+    i = start
+    while i < end:
+        if i + 8 <= end and length > 0 and not pending_space:
+            # Eight bytes at once when none is a control character or outside ASCII and their spaces are single
+            # (the byte before is no whitespace): they go in as they are, lower-cased.
+            eight = unaligned_u64(data, i)
+            space = equal(eight, 0x20)
+            # A space last among the eight is single only if the next byte is no whitespace (nor the end).
+            last = (space >> np.uint64(63)) and (i + 8 >= end or data[i + 8] <= 0x20)
+            if (
+                not (eight & HIGH)
+                and not (~at_least(eight, 0x20) & HIGH)
+                and not (space & (space << np.uint64(8)))
+                and not last
+            ):
+                folded = eight | (np.uint64(0x20) * ONES)
+                letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
+                upper = letters & ~at_least(eight, 0x61)
+                h, word, shift = _feed_word(h, word, shift, eight | (upper >> np.uint64(2)))
+                length += 8
+                i += 8
+                continue
         b = data[i]
+        i += 1
         if b == 0x20 or (0x09 <= b <= 0x0D):
             pending_space = length > 0
             continue
@@ -307,16 +338,16 @@ def _same_bytes(data: np.ndarray, a: int, b: int, length: int) -> bool:
 def _repeated_lines(data: np.ndarray, start: int, end: int) -> tuple:
     """(non-blank lines, those that repeat an earlier line) of a row, each line trimmed of spaces; lines are compared
     byte for byte (a hash only groups them)."""
-    newlines = 0
-    for i in range(start, end):
-        newlines += data[i] == 0x0A
+    newlines = 0  # at least as many as there are (a byte 0x8A counts too)
+    for i in range(start, end, 8):
+        newlines += marked(equal(load(data, i, min(8, end - i)), 0x0A))
     line_start = np.empty(newlines + 1, dtype=np.int64)
     line_end = np.empty(newlines + 1, dtype=np.int64)
     line_hash = np.empty(newlines + 1, dtype=np.uint64)
     count = 0
     i = start
     while True:
-        j = i
+        j = skip_to(data, i, end, 0x0A, 0x0A)
         while j < end and data[j] != 0x0A:
             j += 1
         a, z = i, j
@@ -396,7 +427,8 @@ def _markup_row(
     (data, BAIL) where the row must take ops.py. untidy: whether the row may have whitespace to collapse."""
     names, name_offsets, values, value_offsets, email, phone = markup
     text, length = data[start:end], end - start
-    if settings[0] and seen & HTML:
+    strip = settings[0] != 0 and (seen & HTML) != 0
+    if strip:
         stripped = np.empty(length, dtype=np.uint8)
         length = textmarkup.strip_block_tags(text, 0, length, stripped, 0)
         if length == textmarkup.BAIL:
@@ -408,15 +440,18 @@ def _markup_row(
         if length == textmarkup.BAIL:
             return data, textmarkup.BAIL
         text = decoded
-    if settings[1] and (untidy or (settings[0] and seen & HTML)):
+        seen |= AT | DIGIT | COLON  # what decoded entities may bring
+    if settings[1] and (untidy or strip):
         collapsed = np.empty(length, dtype=np.uint8)
         text, length = collapsed, _collapse(text, 0, length, collapsed, 0)
-    if settings[3]:
+    # Collapsing whitespace brings no new '@', digit or colon; an e-mail replacement may.
+    if settings[3] and seen & AT:
         masked = _after_replacements(length, email, 6)  # a@b.io
         text, length = masked, textmarkup.mask_emails(text, 0, length, masked, 0, email)
-    if settings[4] and textmarkup.ip_like(text, 0, length):
+        seen |= DIGIT | COLON
+    if settings[4] and seen & (DIGIT | COLON) and textmarkup.ip_like(text, 0, length):
         return data, textmarkup.BAIL
-    if settings[5]:
+    if settings[5] and seen & DIGIT:
         masked = _after_replacements(length, phone, 9)  # 12 3456789
         text, length = masked, textmarkup.mask_phones(text, 0, length, masked, 0, phone)
     return text, length
@@ -465,39 +500,30 @@ def fused_scan(
         buf, a, z = data, starts[r], ends[r]
         kind = UNCHANGED
         verdict, words, alnum, spaces, h = _plain_row(buf, a, z, exact_classes, scan_classes)
-        if verdict == EXACT_PATH:
-            if not rewrite_markup:
+        if verdict != PLAIN and rewrite_markup:
+            # Every other row is rewritten here unless it needs ops.py (the features are those of the result).
+            seen, untidy = _classes_seen(buf, a, z)
+            if seen & OTHER:
                 continue
-            # HTML or an '@' (the scan's other features are not needed): the classes seen, eight bytes at a time.
-            seen, untidy, ip_like, phone_like = _classes_seen(buf, a, z), True, True, True
+            text, length = _markup_row(buf, a, z, seen, untidy, settings, markup)
+            if length == textmarkup.BAIL:
+                continue
+            out = _reserve(out, pos, length)
+            out[pos : pos + length] = text[:length]
+            buf, a, z = out, pos, pos + length
+            _text_features(buf, a, z, features, r)
+            if features[r, NON_SPACE] == 0:
+                continue  # empty: dropEmpty's verdict could depend on where it runs
+            out_starts[r], out_ends[r] = a, z
+            pos = z
+            kind = REWRITTEN
+        elif verdict == EXACT_PATH:
+            continue
         elif verdict == SCAN:
             seen, untidy, ip_like, phone_like = _scan(buf, a, z, classes, features, r)
-        if verdict != PLAIN:
             if _needs_exact_path(seen, ip_like, phone_like, strip_html, emails, ips, phones):
-                if not rewrite_markup or seen & OTHER:
-                    continue
-                text, length = _markup_row(buf, a, z, seen, untidy, settings, markup)
-                if length == textmarkup.BAIL:
-                    continue
-                out = _reserve(out, pos, length)
-                out[pos : pos + length] = text[:length]
-                buf, a, z = out, pos, pos + length
-                # The features of the result, with its decoded entities (two-byte characters that are no letter,
-                # digit or space) counted as one character each.
-                verdict, words, alnum, spaces, h = _plain_row(buf, a, z, 0, 0)
-                if verdict != PLAIN:
-                    _scan(buf, a, z, DECODED_CLASSES, features, r)
-                    decoded = _continuation_bytes(buf, a, z)
-                    features[r, CHARS] -= decoded
-                    features[r, NON_SPACE] -= decoded
-                    if features[r, NON_SPACE] == 0:
-                        continue
-                elif words == 0:
-                    continue  # empty: dropEmpty's verdict could depend on where it runs
-                out_starts[r], out_ends[r] = a, z
-                pos = z
-                kind = REWRITTEN
-            elif untidy and collapse:
+                continue
+            if untidy and collapse:
                 if not rewrite:
                     continue
                 out = _reserve(out, pos, z - a)
@@ -525,30 +551,64 @@ def fused_scan(
 
 
 @numba.njit(cache=True, nogil=True)
-def _continuation_bytes(data: np.ndarray, start: int, end: int) -> int:
-    """How many bytes are not the first of their UTF-8 character (10xxxxxx), eight at a time."""
-    total = 0
-    for i in range(start, end, 8):
-        word = load(data, i, min(8, end - i))
-        total += marked(word & HIGH & ~(word << np.uint64(1)))
-    return total
-
-
-@numba.njit(cache=True, nogil=True)
-def _classes_seen(data: np.ndarray, start: int, end: int) -> int:
-    """The classes of the row's bytes that _markup_row tests (OTHER, HTML, AT), eight bytes at a time."""
+def _classes_seen(data: np.ndarray, start: int, end: int) -> tuple:
+    """Eight bytes at a time, the classes of the row's bytes that _markup_row tests (OTHER, HTML, AT, DIGIT, COLON;
+    a non-ASCII byte may add HTML, AT or COLON, which only costs a needless rewrite), and whether
+    it may have whitespace to collapse (a superset: a space or line break first, last or after another)."""
     seen = 0
+    untidy = False
+    after_space = np.uint64(1)
     for i in range(start, end, 8):
         size = min(8, end - i)
         word = load(data, i, size)
         valid = HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
-        if (word & HIGH) or (~at_least(word, 0x20) & valid & ~equal(word, 0x0A)):
+        newline = equal(word, 0x0A)
+        if (word & HIGH) or (~at_least(word, 0x20) & valid & ~newline):
             seen |= OTHER
         if equal(word, 0x3C) | equal(word, 0x26):
             seen |= HTML
         if equal(word, 0x40):
             seen |= AT
-    return seen
+        if at_least(word, 0x30) & ~at_least(word, 0x3A) & ~word & valid:
+            seen |= DIGIT
+        if equal(word, 0x3A):
+            seen |= COLON
+        space = (equal(word, 0x20) | newline) & ~word & valid
+        untidy |= (space & ((space << np.uint64(8)) | (after_space << np.uint64(7)))) != 0
+        after_space = (space >> np.uint64(8 * size - 1)) & np.uint64(1)
+    return seen, untidy or (after_space != 0 and end > start)
+
+
+@numba.njit(cache=True, nogil=True)
+def _text_features(data: np.ndarray, start: int, end: int, features: np.ndarray, row: int) -> None:
+    """The filter features of a text of ASCII (no control character but the line break) and characters that are
+    no letter, digit or space (counted as one character each), eight bytes at a time."""
+    words = 0
+    alnum = 0
+    spaces = 0
+    newlines = 0
+    continuation = 0
+    after_space = np.uint64(1)  # a word starts at the first byte
+    for i in range(start, end, 8):
+        size = min(8, end - i)
+        word = load(data, i, size)
+        valid = HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+        ascii = ~word & valid
+        newline = equal(word, 0x0A) & ascii
+        space = (equal(word, 0x20) & ascii) | newline
+        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
+        folded = word | (np.uint64(0x20) * ONES)
+        letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
+        words += marked(~space & ((space << np.uint64(8)) | (after_space << np.uint64(7))) & valid)
+        alnum += marked((digits | letters) & ascii)
+        spaces += marked(space)
+        newlines += marked(newline)
+        continuation += marked(word & HIGH & ~(word << np.uint64(1)))
+        after_space = (space >> np.uint64(8 * size - 1)) & np.uint64(1)
+    _set_counts(features, row, end - start - continuation, words, alnum, spaces)
+    features[row, HAS_NEWLINE] = 1 if newlines else 0
+    features[row, LINES] = 0
+    features[row, REPEATED] = 0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ops
-from .swar import at_least, equal, unaligned_u64
+from .swar import at_least, equal, skip_to, unaligned_u64
 
 BAIL = -1
 """What a rewrite returns for a row it leaves to ops.py."""
@@ -88,18 +88,6 @@ def _is_digit(b: int) -> bool:
 
 
 @numba.njit(inline="always")
-def _skip_to(data: np.ndarray, i: int, end: int, a: int, b: int) -> int:
-    """i, moved past the 8-byte words that hold neither byte a nor b (it may stop early at a non-ASCII byte: the
-    caller tests each byte from there)."""
-    while i + 8 <= end:
-        word = unaligned_u64(data, i)
-        if equal(word, a) | equal(word, b):
-            return i
-        i += 8
-    return i
-
-
-@numba.njit(inline="always")
 def _skip_to_number(data: np.ndarray, i: int, end: int) -> int:
     """i, moved past the 8-byte words without a digit, '+' or '(' (what a phone number starts with)."""
     while i + 8 <= end:
@@ -157,7 +145,7 @@ def strip_block_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, po
     copied = start
     i = start
     while i < end:
-        i = _skip_to(data, i, end, 0x3C, 0x3C)
+        i = skip_to(data, i, end, 0x3C, 0x3C)
         if i >= end:
             break
         if data[i] != 0x3C:
@@ -191,7 +179,7 @@ def strip_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: int
     copied = start
     i = start
     while i < end:
-        i = _skip_to(data, i, end, 0x3C, 0x3C)
+        i = skip_to(data, i, end, 0x3C, 0x3C)
         if i + 1 >= end:
             break
         if data[i] != 0x3C:
@@ -230,7 +218,7 @@ def decode_entities(
     copied = start
     i = start
     while i < end:
-        i = _skip_to(data, i, end, 0x26, 0x26)
+        i = skip_to(data, i, end, 0x26, 0x26)
         if i >= end:
             break
         if data[i] != 0x26:
@@ -301,7 +289,7 @@ def mask_emails(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
     """ops._EMAIL_RE replaced (data[start:end] into out[pos:]; returns the end there). The local part of a match is
     the whole run of its characters before an '@' (after the previous match)."""
     copied = start
-    at = _skip_to(data, start, end, 0x40, 0x40)
+    at = skip_to(data, start, end, 0x40, 0x40)
     while at < end:
         if data[at] == 0x40:
             s = at
@@ -312,9 +300,9 @@ def mask_emails(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
                 pos = _put(out, pos, data, copied, s)
                 pos = _put(out, pos, replacement, 0, len(replacement))
                 copied = e
-                at = _skip_to(data, e, end, 0x40, 0x40)
+                at = skip_to(data, e, end, 0x40, 0x40)
                 continue
-        at = _skip_to(data, at + 1, end, 0x40, 0x40)
+        at = skip_to(data, at + 1, end, 0x40, 0x40)
     return _put(out, pos, data, copied, end)
 
 
@@ -443,7 +431,7 @@ def ip_like(data: np.ndarray, start: int, end: int) -> bool:
     """Whether ops._IPV4_RE or ops._IPV6_RE could match (a superset): a digit, a dot and a digit in a row; "::"; or
     seven colons."""
     colons = 0
-    i = _skip_to(data, start, end, 0x2E, 0x3A)
+    i = skip_to(data, start, end, 0x2E, 0x3A)
     while i < end:
         b = data[i]
         if b == 0x3A:
@@ -452,5 +440,5 @@ def ip_like(data: np.ndarray, start: int, end: int) -> bool:
                 return True
         elif b == 0x2E and i > start and i + 1 < end and _is_digit(data[i - 1]) and _is_digit(data[i + 1]):
             return True
-        i = _skip_to(data, i + 1, end, 0x2E, 0x3A)
+        i = skip_to(data, i + 1, end, 0x2E, 0x3A)
     return colons >= 7
