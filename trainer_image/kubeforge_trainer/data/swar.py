@@ -65,3 +65,33 @@ def skip_to(data: np.ndarray, i: int, end: int, a: int, b: int) -> int:
             return i
         i += 8
     return i
+
+
+@intrinsic
+def store_u64(typingctx, out, index, value):
+    """Write value's eight bytes, little-endian, at out[index:index + 8]: a single unaligned store."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        address = builder.gep(array.data, [args[1]])
+        pointer = builder.bitcast(address, ir.IntType(64).as_pointer())
+        builder.store(args[2], pointer, align=1)
+        return context.get_dummy_value()
+
+    return numba.types.void(out, index, value), codegen
+
+
+@numba.njit(inline="always")
+def copy_bytes(source: np.ndarray, start: int, end: int, out: np.ndarray, pos: int) -> int:
+    """source[start:end] to out[pos:], eight bytes a step (numba compiles a slice assignment to a byte loop);
+    returns where the copy ends in out."""
+    i = start
+    while i + 8 <= end:
+        store_u64(out, pos, unaligned_u64(source, i))
+        i += 8
+        pos += 8
+    while i < end:
+        out[pos] = source[i]
+        i += 1
+        pos += 1
+    return pos

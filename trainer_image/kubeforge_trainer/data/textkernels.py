@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from . import textmarkup
-from .swar import HIGH, ONES, at_least, equal, load, marked, skip_to, unaligned_u64
+from .swar import HIGH, ONES, at_least, copy_bytes, equal, load, marked, skip_to, store_u64, unaligned_u64
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -305,8 +305,24 @@ def _collapse(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: int)
     first = pos
     newlines = 0
     in_run = False
-    for i in range(start, end):
+    next_try = start  # where to try eight bytes at once again (not before eight bytes after a miss)
+    i = start
+    while i < end:
+        if not in_run and i >= next_try and i + 8 <= end:
+            # Eight bytes with no two spaces or line breaks in a row and none last (a run could go on) are the same
+            # after the collapse, but at the row's start, where a space or line break is trimmed.
+            word = unaligned_u64(data, i)
+            blank = (equal(word, 0x20) | equal(word, 0x0A)) & ~word
+            if not (blank & ((blank >> np.uint64(8)) | np.uint64(0x8000000000000000))) and (
+                pos > first or not blank & np.uint64(0x80)
+            ):
+                store_u64(out, pos, word)
+                pos += 8
+                i += 8
+                continue
+            next_try = i + 8
         b = data[i]
+        i += 1
         if b == 0x20 or b == 0x0A:
             in_run = True
             newlines += b == 0x0A
@@ -402,7 +418,7 @@ def _reserve(out: np.ndarray, pos: int, length: int) -> np.ndarray:
     if pos + length <= len(out):
         return out
     grown = np.empty(max(2 * len(out), pos + length), dtype=np.uint8)
-    grown[:pos] = out[:pos]
+    copy_bytes(out, 0, pos, grown, 0)
     return grown
 
 
@@ -509,7 +525,7 @@ def fused_scan(
             if length == textmarkup.BAIL:
                 continue
             out = _reserve(out, pos, length)
-            out[pos : pos + length] = text[:length]
+            copy_bytes(text, 0, length, out, pos)
             buf, a, z = out, pos, pos + length
             _text_features(buf, a, z, features, r)
             if features[r, NON_SPACE] == 0:
@@ -625,9 +641,7 @@ def gather(
     (offsets: where each row goes; a null row has length 0 there)."""
     out = np.empty(offsets[-1], dtype=np.uint8)
     for r in range(len(kinds)):
-        length = offsets[r + 1] - offsets[r]
-        if length == 0:
-            continue
-        source = data if kinds[r] == UNCHANGED else (rewritten if kinds[r] == REWRITTEN else exact)
-        out[offsets[r] : offsets[r + 1]] = source[starts[r] : starts[r] + length]
+        if offsets[r + 1] > offsets[r]:
+            source = data if kinds[r] == UNCHANGED else (rewritten if kinds[r] == REWRITTEN else exact)
+            copy_bytes(source, starts[r], starts[r] + offsets[r + 1] - offsets[r], out, offsets[r])
     return out

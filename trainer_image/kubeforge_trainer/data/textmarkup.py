@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ops
-from .swar import at_least, equal, skip_to, unaligned_u64
+from .swar import at_least, copy_bytes, equal, skip_to, unaligned_u64
 
 BAIL = -1
 """What a rewrite returns for a row it leaves to ops.py."""
@@ -120,8 +120,7 @@ def _find_name(data: np.ndarray, start: int, end: int, names: np.ndarray, offset
 
 @numba.njit(inline="always")
 def _put(out: np.ndarray, pos: int, data: np.ndarray, start: int, end: int) -> int:
-    out[pos : pos + end - start] = data[start:end]
-    return pos + end - start
+    return copy_bytes(data, start, end, out, pos)
 
 
 @numba.njit(cache=True, nogil=True)
