@@ -234,6 +234,50 @@ def _scan(data: np.ndarray, start: int, end: int, classes: np.ndarray, features:
     return seen, untidy, ip_like, phone_like
 
 
+@numba.njit(inline="always")
+def _plain_word(word: np.uint64, valid: np.uint64, last: np.uint64, after_space: np.uint64, classes: tuple) -> tuple:
+    """One step of _plain_row: (verdict, word starts, letters and digits, spaces, the bytes lower-cased, whether the
+    last byte is a space) of eight bytes (valid: the high bit of each byte that is the row's; last: the bit position
+    of the last one's high bit)."""
+    html, at, colon, digit = classes
+    nothing = np.uint64(0)
+    if word & HIGH:
+        return EXACT_PATH, nothing, nothing, nothing, word, nothing
+    space = equal(word, 0x20) & valid
+    # One test first for every byte that may need more than counting: control characters (the line break among
+    # them; not the zero padding past a short word's end), '0' to '<' (digits, ':', ';', '<'), '&' and '@'.
+    special = ~at_least(word, 0x20) | (at_least(word, 0x30) & ~at_least(word, 0x3D))
+    special |= equal(word, 0x26) | equal(word, 0x40)
+    digits = nothing
+    if special & valid:
+        newline = equal(word, 0x0A) & valid
+        exact = ~at_least(word, 0x20) & valid & ~newline
+        if html:
+            exact |= equal(word, 0x3C) | equal(word, 0x26)
+        if at:
+            exact |= equal(word, 0x40)
+        if exact & valid:
+            return EXACT_PATH, nothing, nothing, nothing, word, nothing
+        stop = newline
+        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
+        if colon:
+            stop |= equal(word, 0x3A)
+        if digit:
+            stop |= digits
+        if stop & valid:
+            return SCAN, nothing, nothing, nothing, word, nothing
+    # A space after a space (the previous word's last byte counts), or a space at the row's start.
+    previous_space = (space << np.uint64(8)) | (after_space << np.uint64(7))
+    if space & previous_space:
+        return SCAN, nothing, nothing, nothing, word, nothing
+    folded = word | (np.uint64(0x20) * ONES)
+    letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
+    upper = letters & ~at_least(word, 0x61)
+    starts = ~space & previous_space & valid
+    lowered = word | (upper >> np.uint64(2))
+    return PLAIN, starts, (digits | letters) & valid, space, lowered, (space >> last) & np.uint64(1)
+
+
 @numba.njit(cache=True, nogil=True)
 def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_classes: int) -> tuple:
     """Eight bytes at a time, a row of ASCII letters, digits, punctuation and single spaces between words: no operation
@@ -246,55 +290,40 @@ def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_
     spaces = 0
     h = np.uint64(0)
     after_space = np.uint64(1)  # the row's start: a word starts at its first byte, and it must not be a space
-    html = (exact_classes & HTML) != 0
-    at = (exact_classes & AT) != 0
-    colon = (scan_classes & COLON) != 0
-    digit = (scan_classes & DIGIT) != 0
+    classes = (
+        (exact_classes & HTML) != 0,
+        (exact_classes & AT) != 0,
+        (scan_classes & COLON) != 0,
+        (scan_classes & DIGIT) != 0,
+    )
     i = start
-    while i < end:
-        count = min(8, end - i)
-        word = load(data, i, count)
-        valid = HIGH if count == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
-        if word & HIGH:
-            return EXACT_PATH, 0, 0, 0, h
-        space = equal(word, 0x20) & valid
-        newline = equal(word, 0x0A) & valid
-        # Control characters other than the line break (the zero padding past a short word's end is not one).
-        exact = ~at_least(word, 0x20) & valid & ~newline
-        if html:
-            exact |= equal(word, 0x3C) | equal(word, 0x26)
-        if at:
-            exact |= equal(word, 0x40)
-        if exact & valid:
-            return EXACT_PATH, 0, 0, 0, h
-        stop = newline
-        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
-        folded = word | (np.uint64(0x20) * ONES)
-        letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
-        if colon:
-            stop |= equal(word, 0x3A)
-        if digit:
-            stop |= digits
-        # A space after a space (the previous word's last byte counts), or a space at the row's start.
-        previous_space = (space << np.uint64(8)) | (after_space << np.uint64(7))
-        stop |= space & previous_space
-        if stop & valid:
-            return SCAN, 0, 0, 0, h
-        starts = ~space & previous_space & valid
+    # Whole words, then the last few bytes (padded with zeros, as in _normalized_hash).
+    while i + 8 <= end:
+        verdict, starts, letters, space, lowered, after_space = _plain_word(
+            unaligned_u64(data, i), HIGH, np.uint64(63), after_space, classes
+        )
+        if verdict != PLAIN:
+            return verdict, 0, 0, 0, h
         words += marked(starts)
-        alnum += marked((digits | letters) & valid)
+        alnum += marked(letters)
         spaces += marked(space)
-        upper = letters & ~at_least(word, 0x61)
-        lowered = word | (upper >> np.uint64(2))
-        # The last, short word goes to _finish (its padding is zero bytes, as in _normalized_hash).
-        h = _absorb(h, lowered) if count == 8 else _finish(h, lowered, end - start)
-        after_space = (space >> np.uint64(8 * count - 1)) & np.uint64(1)
+        h = _absorb(h, lowered)
         i += 8
+    lowered = np.uint64(0)
+    if i < end:
+        size = end - i
+        valid = HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+        verdict, starts, letters, space, lowered, after_space = _plain_word(
+            load(data, i, size), valid, np.uint64(8 * size - 1), after_space, classes
+        )
+        if verdict != PLAIN:
+            return verdict, 0, 0, 0, h
+        words += marked(starts)
+        alnum += marked(letters)
+        spaces += marked(space)
     if after_space and end > start:  # a space at the end
         return SCAN, 0, 0, 0, h
-    if (end - start) % 8 == 0:
-        h = _finish(h, np.uint64(0), end - start)
-    return PLAIN, words, alnum, spaces, h
+    return PLAIN, words, alnum, spaces, _finish(h, lowered, end - start)
 
 
 @numba.njit(cache=True, nogil=True)
