@@ -51,6 +51,20 @@ def test_offload_of_optimizer_and_parameters() -> None:
     assert "offload_param" not in build_deepspeed_config(spec({"zeroStage": 2}), 2, True)["zero_optimization"]
 
 
+@pytest.mark.parametrize(("world_size", "use_gpu", "overlap"), [(1, True, False), (2, True, True), (2, False, False)])
+def test_gradient_reduction_overlaps_the_backward_only_with_gpus_to_reduce_over(
+    world_size: int, use_gpu: bool, overlap: bool
+) -> None:
+    config = build_deepspeed_config(spec({"zeroStage": 2}), world_size, use_gpu)
+    assert config["zero_optimization"]["overlap_comm"] is overlap
+
+
+def test_bf16_skips_deepspeeds_per_tensor_overflow_check_unless_the_raw_config_asks() -> None:
+    assert build_deepspeed_config(spec(), 1, True)["bf16"] == {"enabled": True, "check_grad_overflow": False}
+    raw = {"bf16": {"check_grad_overflow": True}}
+    assert build_deepspeed_config(spec({"config": raw}), 1, True)["bf16"]["check_grad_overflow"] is True
+
+
 @pytest.mark.parametrize(
     ("precision", "use_gpu", "bf16", "fp16"),
     [

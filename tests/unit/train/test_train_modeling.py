@@ -189,3 +189,20 @@ def test_optimizer_choice(name: str, expected: type) -> None:
         assert optimizer.param_groups[0]["momentum"] == 0.8
     else:
         assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+def test_compiled_language_model_loss_matches_the_eager_one_and_its_gradient() -> None:
+    from kubeforge_trainer.train.worker import _compiled_lm_loss, lm_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, dtype=torch.bfloat16)
+    targets = torch.randint(0, 11, (2, 5))
+    for reduction in ("mean", "sum"):
+        eager_in, compiled_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        eager, compiled = lm_loss(eager_in, targets, reduction), _compiled_lm_loss()(compiled_in, targets, reduction)
+        eager.backward()
+        compiled.backward()
+        assert compiled.dtype == torch.float32
+        torch.testing.assert_close(compiled, eager)
+        torch.testing.assert_close(compiled_in.grad, eager_in.grad)
+    assert _compiled_lm_loss() is _compiled_lm_loss()

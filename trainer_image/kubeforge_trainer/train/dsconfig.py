@@ -70,7 +70,9 @@ def build_deepspeed_config(spec: TrainingJobSpec, world_size: int, use_gpu: bool
     precision = effective_precision(training.precision, use_gpu)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
-        zero.update(contiguous_gradients=True, overlap_comm=use_gpu)
+        # Overlapping the gradient reduction with the backward pass only pays with a reduction to overlap: on one
+        # worker it adds device synchronisations per bucket (3 ms a step for GPT-2-124M on one H100).
+        zero.update(contiguous_gradients=True, overlap_comm=use_gpu and world_size > 1)
     if ds.zero_stage == 3:
         # Gathering 16-bit weights on save keeps `save_16bit_model` usable by people who bring their own tooling.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -84,7 +86,11 @@ def build_deepspeed_config(spec: TrainingJobSpec, world_size: int, use_gpu: bool
         "train_batch_size": training.micro_batch_size * training.gradient_accumulation_steps * world_size,
         "gradient_clipping": training.gradient_clipping or 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
+        # bf16 has fp32's exponent range and needs no loss scaling; DeepSpeed's default overflow check before each
+        # step tests every gradient tensor on its own (amax, amin, isfinite: ~1,200 kernel launches and a host sync
+        # a step for GPT-2-124M, 20 ms of a 75 ms ZeRO-2 step on one H100). Set it in spec.deepspeed.config to
+        # have steps with non-finite gradients skipped.
+        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": False},
         "fp16": {"enabled": precision == "fp16"},
         # kubeforge builds the optimizer itself (torch AdamW/Adam/SGD, DeepSpeedCPUAdam when offloading), which
         # DeepSpeed calls "untested" with ZeRO; these let it through.
