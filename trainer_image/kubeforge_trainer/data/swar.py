@@ -95,3 +95,16 @@ def copy_bytes(source: np.ndarray, start: int, end: int, out: np.ndarray, pos: i
         i += 1
         pos += 1
     return pos
+
+
+@numba.njit(inline="always")
+def find_byte(data: np.ndarray, i: int, end: int, value: int) -> int:
+    """The index of the first byte equal to value (ASCII) in data[i:end], or end."""
+    while i < end:
+        i = skip_to(data, i, end, value, value)
+        stop = min(i + 8, end)
+        while i < stop:
+            if data[i] == value:
+                return i
+            i += 1
+    return end

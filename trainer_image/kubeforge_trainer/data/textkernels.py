@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from . import textmarkup
-from .swar import HIGH, ONES, at_least, copy_bytes, equal, load, marked, skip_to, store_u64, unaligned_u64
+from .swar import HIGH, ONES, at_least, copy_bytes, equal, find_byte, load, marked, store_u64, unaligned_u64
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -392,9 +392,7 @@ def _repeated_lines(data: np.ndarray, start: int, end: int) -> tuple:
     count = 0
     i = start
     while True:
-        j = skip_to(data, i, end, 0x0A, 0x0A)
-        while j < end and data[j] != 0x0A:
-            j += 1
+        j = find_byte(data, i, end, 0x0A)
         a, z = i, j
         while a < z and data[a] == 0x20:
             a += 1

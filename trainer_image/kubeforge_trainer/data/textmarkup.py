@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ops
-from .swar import at_least, copy_bytes, equal, skip_to, unaligned_u64
+from .swar import at_least, copy_bytes, equal, find_byte, skip_to, unaligned_u64
 
 BAIL = -1
 """What a rewrite returns for a row it leaves to ops.py."""
@@ -142,14 +142,8 @@ def strip_block_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, po
     for a row with a comment or a script, style or noscript element, which ops._SCRIPT_STYLE_RE and ops._COMMENT_RE
     change first."""
     copied = start
-    i = start
+    i = find_byte(data, start, end, 0x3C)
     while i < end:
-        i = skip_to(data, i, end, 0x3C, 0x3C)
-        if i >= end:
-            break
-        if data[i] != 0x3C:
-            i += 1
-            continue
         if i + 3 < end and data[i + 1] == 0x21 and data[i + 2] == 0x2D and data[i + 3] == 0x2D:
             return BAIL
         j = i + 1
@@ -162,13 +156,12 @@ def strip_block_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, po
             return BAIL
         # The name alternatives each end at \b: the whole run of word characters must be one of them.
         closed = _tag_end(data, k, end) if _find_name(data, j, k, BLOCK_TAGS, BLOCK_TAG_OFFSETS, True) >= 0 else -1
-        if closed < 0:
-            i += 1
-            continue
-        pos = _put(out, pos, data, copied, i)
-        out[pos] = 0x0A
-        pos += 1
-        copied = i = closed
+        if closed >= 0:
+            pos = _put(out, pos, data, copied, i)
+            out[pos] = 0x0A
+            pos += 1
+            copied = closed
+        i = find_byte(data, max(i + 1, closed), end, 0x3C)
     return _put(out, pos, data, copied, end)
 
 
@@ -176,21 +169,14 @@ def strip_block_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, po
 def strip_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: int) -> int:
     """ops._TAG_RE removed (data[start:end] into out[pos:]; returns the end there)."""
     copied = start
-    i = start
-    while i < end:
-        i = skip_to(data, i, end, 0x3C, 0x3C)
-        if i + 1 >= end:
-            break
-        if data[i] != 0x3C:
-            i += 1
-            continue
+    i = find_byte(data, start, end, 0x3C)
+    while i + 1 < end:
         b = data[i + 1]
         closed = _tag_end(data, i + 1, end) if _is_letter(b) or b == 0x2F or b == 0x21 or b == 0x3F else -1
-        if closed < 0:
-            i += 1
-            continue
-        pos = _put(out, pos, data, copied, i)
-        copied = i = closed
+        if closed >= 0:
+            pos = _put(out, pos, data, copied, i)
+            copied = closed
+        i = find_byte(data, max(i + 1, closed), end, 0x3C)
     return _put(out, pos, data, copied, end)
 
 
@@ -215,23 +201,15 @@ def decode_entities(
     """ops.decode_entities (html.unescape on rows with an entity) for rows whose every '&' starts a listed entity
     with its ';' or no reference at all (data[start:end] into out[pos:]; returns the end there), else BAIL."""
     copied = start
-    i = start
+    i = find_byte(data, start, end, 0x26)
     while i < end:
-        i = skip_to(data, i, end, 0x26, 0x26)
-        if i >= end:
-            break
-        if data[i] != 0x26:
-            i += 1
-            continue
         j = i + 1
-        if j >= end or (_ends_entity_name(data[j]) and data[j] != 0x23):
-            i += 1  # "&" before a space, '<', '&', ';' or the end: no reference
-            continue
-        if data[j] == 0x23:
-            # "&#": a numeric reference when a digit or x and a hex digit follow, else no reference.
-            if j + 1 < end and (_is_digit(data[j + 1]) or data[j + 1] == 0x78 or data[j + 1] == 0x58):
+        if j >= end or _ends_entity_name(data[j]):
+            # No reference: "&" before a space, '<', '&', ';', the end, or "&#" without a digit or x after it (a
+            # numeric reference, which is left to ops.py).
+            if j + 1 < end and data[j] == 0x23 and (_is_digit(data[j + 1]) or data[j + 1] in (0x58, 0x78)):
                 return BAIL
-            i += 1
+            i = find_byte(data, j, end, 0x26)
             continue
         k = j
         while k < end and k - j < 32 and not _ends_entity_name(data[k]):
@@ -241,7 +219,8 @@ def decode_entities(
             return BAIL  # an unlisted name, or one without ';' (html.unescape tries its prefixes)
         pos = _put(out, pos, data, copied, i)
         pos = _put(out, pos, values, value_offsets[found], value_offsets[found + 1])
-        copied = i = k + 1
+        copied = k + 1
+        i = find_byte(data, copied, end, 0x26)
     return _put(out, pos, data, copied, end)
 
 
@@ -288,20 +267,17 @@ def mask_emails(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
     """ops._EMAIL_RE replaced (data[start:end] into out[pos:]; returns the end there). The local part of a match is
     the whole run of its characters before an '@' (after the previous match)."""
     copied = start
-    at = skip_to(data, start, end, 0x40, 0x40)
+    at = find_byte(data, start, end, 0x40)
     while at < end:
-        if data[at] == 0x40:
-            s = at
-            while s > copied and _is_local(data[s - 1]):
-                s -= 1
-            e = _email_end(data, at, end) if s < at else -1
-            if e >= 0:
-                pos = _put(out, pos, data, copied, s)
-                pos = _put(out, pos, replacement, 0, len(replacement))
-                copied = e
-                at = skip_to(data, e, end, 0x40, 0x40)
-                continue
-        at = skip_to(data, at + 1, end, 0x40, 0x40)
+        s = at
+        while s > copied and _is_local(data[s - 1]):
+            s -= 1
+        e = _email_end(data, at, end) if s < at else -1
+        if e >= 0:
+            pos = _put(out, pos, data, copied, s)
+            pos = _put(out, pos, replacement, 0, len(replacement))
+            copied = e
+        at = find_byte(data, max(at + 1, e), end, 0x40)
     return _put(out, pos, data, copied, end)
 
 
