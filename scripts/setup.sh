@@ -19,4 +19,6 @@ export PIP_CONSTRAINT="$root/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, from the pinned (CPU on CPU machines) build: deepspeed's build imports it.
 "$venv/bin/python" -m pip install -q "torch==$(sed -n 's/^torch==//p' "$root/constraints.txt")"
 "$venv/bin/python" -m pip install -q -e "$root[dev]"
+# The data step's numba kernels, compiled once into their on-disk cache here rather than by the first run's workers.
+"$venv/bin/python" -c "from kubeforge_trainer.data import stages; stages.compile_kernels()"
 echo "$want" > "$stamp"

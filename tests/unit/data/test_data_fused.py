@@ -4,6 +4,8 @@ columns, per-operation counts and content hashes, on text built to take every pa
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import unicodedata
 
 import numpy as np
@@ -259,3 +261,16 @@ def test_normalization_prefilter_skips_only_rows_normalization_leaves_alone(form
     assert skipped.sum() > 500
     normalized = pc.utf8_normalize(text, form=form).to_pylist()
     assert all(normalized[i] == rows[i] == unicodedata.normalize(form, rows[i]) for i in np.flatnonzero(skipped))
+
+
+def test_compile_kernels_compiles_every_kernel_the_data_step_calls() -> None:
+    # In a fresh interpreter: what the trainer image and scripts/setup.sh run, so no worker compiles on its block.
+    script = (
+        "import numba\n"
+        "from kubeforge_trainer.data import stages, textkernels\n"
+        "stages.compile_kernels()\n"
+        "called = ['fused_scan', 'gather', 'hash_rows', 'normalized_hash_rows']\n"
+        "print([name for name in called if not getattr(textkernels, name).signatures])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

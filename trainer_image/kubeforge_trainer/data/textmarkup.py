@@ -72,22 +72,22 @@ def entity_table(forms: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.nda
     return name_bytes, name_offsets, value_bytes, value_offsets
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_word(b: int) -> bool:
     return (0x30 <= b <= 0x39) or (0x41 <= b <= 0x5A) or (0x61 <= b <= 0x7A) or b == 0x5F
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_letter(b: int) -> bool:
     return (0x41 <= b <= 0x5A) or (0x61 <= b <= 0x7A)
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_digit(b: int) -> bool:
     return 0x30 <= b <= 0x39
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _skip_to_number(data: np.ndarray, i: int, end: int) -> int:
     """i, moved past the 8-byte words without a digit, '+' or '(' (what a phone number starts with)."""
     while i + 8 <= end:
@@ -118,7 +118,7 @@ def _find_name(data: np.ndarray, start: int, end: int, names: np.ndarray, offset
     return -1
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _put(out: np.ndarray, pos: int, data: np.ndarray, start: int, end: int) -> int:
     return copy_bytes(data, start, end, out, pos)
 
@@ -180,7 +180,7 @@ def strip_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: int
     return _put(out, pos, data, copied, end)
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _ends_entity_name(b: int) -> bool:
     # html.unescape's named reference: [^\t\n\f <&#;]{1,32}
     return b == 0x09 or b == 0x0A or b == 0x0C or b == 0x20 or b == 0x3C or b == 0x26 or b == 0x23 or b == 0x3B
@@ -224,13 +224,13 @@ def decode_entities(
     return _put(out, pos, data, copied, end)
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_local(b: int) -> bool:
     # [A-Za-z0-9._%+-]
     return _is_word(b) or b == 0x2E or b == 0x25 or b == 0x2B or b == 0x2D
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_label(b: int) -> bool:
     # [A-Za-z0-9-]
     return (_is_word(b) and b != 0x5F) or b == 0x2D
@@ -281,7 +281,7 @@ def mask_emails(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
     return _put(out, pos, data, copied, end)
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _digits(data: np.ndarray, i: int, count: int, end: int) -> bool:
     if i + count > end:
         return False
@@ -291,13 +291,13 @@ def _digits(data: np.ndarray, i: int, count: int, end: int) -> bool:
     return True
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _is_separator(data: np.ndarray, i: int, end: int) -> bool:
     # [ .-]
     return i < end and (data[i] == 0x20 or data[i] == 0x2E or data[i] == 0x2D)
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _phone_ends(data: np.ndarray, e: int, end: int) -> bool:
     # ($|[^0-9A-Za-z_])
     return e == end or not _is_word(data[e])
@@ -367,7 +367,7 @@ def _phone_end(data: np.ndarray, q: int, end: int) -> int:
     return -1
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def _char_start(data: np.ndarray, i: int) -> int:
     """The start of the character whose last byte is data[i] (the rows here hold characters of two bytes at most)."""
     return i - 1 if data[i] >= 0x80 else i
