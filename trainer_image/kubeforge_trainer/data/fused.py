@@ -94,7 +94,7 @@ def _replacements(steps: Sequence[Step]) -> list[str]:
     pii = next((s.params for s in steps if s.kind == "maskPii"), None)
     if pii is None:
         return []
-    return [pii.replacement.replace("{kind}", kind) for kind in ("EMAIL", "PHONE")]
+    return [ops.replacement_text(pii.replacement, kind) for kind in ("EMAIL", "PHONE")]
 
 
 def _markup_tables(steps: Sequence[Step]) -> tuple:

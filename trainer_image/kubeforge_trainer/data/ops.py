@@ -388,9 +388,14 @@ def script_filter(table: pa.Table, params: ScriptFilterParams) -> pa.Table:
     return table.filter(script_ratio(filled_text(table), list(params.scripts)) >= params.min_ratio)
 
 
+def replacement_text(replacement: str, kind: str) -> str:
+    """The text maskPii puts in place of a match of kind (EMAIL, PHONE or IP)."""
+    return replacement.replace("{kind}", kind)
+
+
 def _rewrite(replacement: str, kind: str) -> str:
     """An RE2 rewrite string inserting the replacement for kind (backslashes escaped)."""
-    return replacement.replace("{kind}", kind).replace("\\", "\\\\")
+    return replacement_text(replacement, kind).replace("\\", "\\\\")
 
 
 _DIGIT = byte_set_table(b"0123456789")

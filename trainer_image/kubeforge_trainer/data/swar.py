@@ -49,6 +49,25 @@ def equal(word: np.uint64, value: int) -> np.uint64:
     return ~at_least(word ^ (np.uint64(value) * ONES), 1) & HIGH
 
 
+@numba.njit(nogil=True)
+def digits(word: np.uint64) -> np.uint64:
+    """The high bit of each byte (of an ASCII word) that is an ASCII digit."""
+    return at_least(word, 0x30) & ~at_least(word, 0x3A)
+
+
+@numba.njit(nogil=True)
+def letters(word: np.uint64) -> np.uint64:
+    """The high bit of each byte (of an ASCII word) that is an ASCII letter."""
+    folded = word | (np.uint64(0x20) * ONES)
+    return at_least(folded, 0x61) & ~at_least(folded, 0x7B)
+
+
+@numba.njit(nogil=True)
+def lanes(size: int) -> np.uint64:
+    """The high bit of each of the first size (1 to 8) bytes of a word: those a shorter load filled."""
+    return HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+
+
 @numba.njit(inline="always")
 def marked(marks: np.uint64) -> int:
     """How many bytes have their high bit marked."""
@@ -81,7 +100,7 @@ def store_u64(typingctx, out, index, value):
     return numba.types.void(out, index, value), codegen
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True)
 def copy_bytes(source: np.ndarray, start: int, end: int, out: np.ndarray, pos: int) -> int:
     """source[start:end] to out[pos:], eight bytes a step (numba compiles a slice assignment to a byte loop);
     returns where the copy ends in out."""

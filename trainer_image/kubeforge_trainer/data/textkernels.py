@@ -12,7 +12,20 @@ import numba
 import numpy as np
 
 from . import textmarkup
-from .swar import HIGH, ONES, at_least, copy_bytes, equal, find_byte, load, marked, store_u64, unaligned_u64
+from .swar import (
+    HIGH,
+    at_least,
+    copy_bytes,
+    digits,
+    equal,
+    find_byte,
+    lanes,
+    letters,
+    load,
+    marked,
+    store_u64,
+    unaligned_u64,
+)
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -42,9 +55,6 @@ def byte_classes() -> np.ndarray:
 
 
 CLASSES = byte_classes()
-DECODED_CLASSES = CLASSES.copy()
-DECODED_CLASSES[0x80:] = 0
-"""The classes of text whose non-ASCII characters are decoded entities (textmarkup.entity_table): plain bytes."""
 
 # Row kinds of the fused scan (and the two other verdicts of its word-at-a-time loop).
 UNCHANGED, REWRITTEN, EXACT_PATH = 0, 1, 2
@@ -131,9 +141,7 @@ def _normalized_hash(data: np.ndarray, start: int, end: int) -> np.uint64:
                 and not (space & (space << np.uint64(8)))
                 and not last
             ):
-                folded = eight | (np.uint64(0x20) * ONES)
-                letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
-                upper = letters & ~at_least(eight, 0x61)
+                upper = letters(eight) & ~at_least(eight, 0x61)
                 h, word, shift = _feed_word(h, word, shift, eight | (upper >> np.uint64(2)))
                 length += 8
                 i += 8
@@ -248,7 +256,7 @@ def _plain_word(word: np.uint64, valid: np.uint64, last: np.uint64, after_space:
     # them; not the zero padding past a short word's end), '0' to '<' (digits, ':', ';', '<'), '&' and '@'.
     special = ~at_least(word, 0x20) | (at_least(word, 0x30) & ~at_least(word, 0x3D))
     special |= equal(word, 0x26) | equal(word, 0x40)
-    digits = nothing
+    digit_marks = nothing
     if special & valid:
         newline = equal(word, 0x0A) & valid
         exact = ~at_least(word, 0x20) & valid & ~newline
@@ -259,23 +267,22 @@ def _plain_word(word: np.uint64, valid: np.uint64, last: np.uint64, after_space:
         if exact & valid:
             return EXACT_PATH, nothing, nothing, nothing, word, nothing
         stop = newline
-        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
+        digit_marks = digits(word)
         if colon:
             stop |= equal(word, 0x3A)
         if digit:
-            stop |= digits
+            stop |= digit_marks
         if stop & valid:
             return SCAN, nothing, nothing, nothing, word, nothing
     # A space after a space (the previous word's last byte counts), or a space at the row's start.
     previous_space = (space << np.uint64(8)) | (after_space << np.uint64(7))
     if space & previous_space:
         return SCAN, nothing, nothing, nothing, word, nothing
-    folded = word | (np.uint64(0x20) * ONES)
-    letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
-    upper = letters & ~at_least(word, 0x61)
+    letter_marks = letters(word)
+    upper = letter_marks & ~at_least(word, 0x61)
     starts = ~space & previous_space & valid
     lowered = word | (upper >> np.uint64(2))
-    return PLAIN, starts, (digits | letters) & valid, space, lowered, (space >> last) & np.uint64(1)
+    return PLAIN, starts, (digit_marks | letter_marks) & valid, space, lowered, (space >> last) & np.uint64(1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -299,27 +306,26 @@ def _plain_row(data: np.ndarray, start: int, end: int, exact_classes: int, scan_
     i = start
     # Whole words, then the last few bytes (padded with zeros, as in _normalized_hash).
     while i + 8 <= end:
-        verdict, starts, letters, space, lowered, after_space = _plain_word(
+        verdict, starts, alnums, space, lowered, after_space = _plain_word(
             unaligned_u64(data, i), HIGH, np.uint64(63), after_space, classes
         )
         if verdict != PLAIN:
             return verdict, 0, 0, 0, h
         words += marked(starts)
-        alnum += marked(letters)
+        alnum += marked(alnums)
         spaces += marked(space)
         h = _absorb(h, lowered)
         i += 8
     lowered = np.uint64(0)
     if i < end:
         size = end - i
-        valid = HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
-        verdict, starts, letters, space, lowered, after_space = _plain_word(
-            load(data, i, size), valid, np.uint64(8 * size - 1), after_space, classes
+        verdict, starts, alnums, space, lowered, after_space = _plain_word(
+            load(data, i, size), lanes(size), np.uint64(8 * size - 1), after_space, classes
         )
         if verdict != PLAIN:
             return verdict, 0, 0, 0, h
         words += marked(starts)
-        alnum += marked(letters)
+        alnum += marked(alnums)
         spaces += marked(space)
     if after_space and end > start:  # a space at the end
         return SCAN, 0, 0, 0, h
@@ -604,7 +610,7 @@ def _classes_seen(data: np.ndarray, start: int, end: int) -> tuple:
     for i in range(start, end, 8):
         size = min(8, end - i)
         word = load(data, i, size)
-        valid = HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+        valid = lanes(size)
         newline = equal(word, 0x0A)
         if (word & HIGH) or (~at_least(word, 0x20) & valid & ~newline):
             seen |= OTHER
@@ -612,7 +618,7 @@ def _classes_seen(data: np.ndarray, start: int, end: int) -> tuple:
             seen |= HTML
         if equal(word, 0x40):
             seen |= AT
-        if at_least(word, 0x30) & ~at_least(word, 0x3A) & ~word & valid:
+        if digits(word) & ~word & valid:
             seen |= DIGIT
         if equal(word, 0x3A):
             seen |= COLON
@@ -635,23 +641,18 @@ def _text_features(data: np.ndarray, start: int, end: int, features: np.ndarray,
     for i in range(start, end, 8):
         size = min(8, end - i)
         word = load(data, i, size)
-        valid = HIGH if size == 8 else HIGH & ((np.uint64(1) << np.uint64(8 * size)) - np.uint64(1))
+        valid = lanes(size)
         ascii = ~word & valid
         newline = equal(word, 0x0A) & ascii
         space = (equal(word, 0x20) & ascii) | newline
-        digits = at_least(word, 0x30) & ~at_least(word, 0x3A)
-        folded = word | (np.uint64(0x20) * ONES)
-        letters = at_least(folded, 0x61) & ~at_least(folded, 0x7B)
         words += marked(~space & ((space << np.uint64(8)) | (after_space << np.uint64(7))) & valid)
-        alnum += marked((digits | letters) & ascii)
+        alnum += marked((digits(word) | letters(word)) & ascii)
         spaces += marked(space)
         newlines += marked(newline)
         continuation += marked(word & HIGH & ~(word << np.uint64(1)))
         after_space = (space >> np.uint64(8 * size - 1)) & np.uint64(1)
     _set_counts(features, row, end - start - continuation, words, alnum, spaces)
     features[row, HAS_NEWLINE] = 1 if newlines else 0
-    features[row, LINES] = 0
-    features[row, REPEATED] = 0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ops
-from .swar import at_least, copy_bytes, equal, find_byte, skip_to, unaligned_u64
+from .swar import copy_bytes, digits, equal, find_byte, skip_to, unaligned_u64
 
 BAIL = -1
 """What a rewrite returns for a row it leaves to ops.py."""
@@ -88,14 +88,22 @@ def _is_digit(b: int) -> bool:
 
 
 @numba.njit(nogil=True)
-def _skip_to_number(data: np.ndarray, i: int, end: int) -> int:
-    """i, moved past the 8-byte words without a digit, '+' or '(' (what a phone number starts with)."""
-    while i + 8 <= end:
-        word = unaligned_u64(data, i)
-        if (at_least(word, 0x30) & ~at_least(word, 0x3A)) | equal(word, 0x2B) | equal(word, 0x28):
-            return i
-        i += 8
-    return i
+def _next_number(data: np.ndarray, i: int, end: int) -> int:
+    """The index of the first digit, '+' or '(' (what a phone number starts with) in data[i:end], or end; eight bytes
+    a step past the words with none."""
+    while i < end:
+        while i + 8 <= end:
+            word = unaligned_u64(data, i)
+            if digits(word) | equal(word, 0x2B) | equal(word, 0x28):
+                break
+            i += 8
+        stop = min(i + 8, end)
+        while i < stop:
+            b = data[i]
+            if _is_digit(b) or b == 0x2B or b == 0x28:
+                return i
+            i += 1
+    return end
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,11 +124,6 @@ def _find_name(data: np.ndarray, start: int, end: int, names: np.ndarray, offset
         if same:
             return k
     return -1
-
-
-@numba.njit(nogil=True)
-def _put(out: np.ndarray, pos: int, data: np.ndarray, start: int, end: int) -> int:
-    return copy_bytes(data, start, end, out, pos)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,12 +160,12 @@ def strip_block_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, po
         # The name alternatives each end at \b: the whole run of word characters must be one of them.
         closed = _tag_end(data, k, end) if _find_name(data, j, k, BLOCK_TAGS, BLOCK_TAG_OFFSETS, True) >= 0 else -1
         if closed >= 0:
-            pos = _put(out, pos, data, copied, i)
+            pos = copy_bytes(data, copied, i, out, pos)
             out[pos] = 0x0A
             pos += 1
             copied = closed
         i = find_byte(data, max(i + 1, closed), end, 0x3C)
-    return _put(out, pos, data, copied, end)
+    return copy_bytes(data, copied, end, out, pos)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -174,10 +177,10 @@ def strip_tags(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: int
         b = data[i + 1]
         closed = _tag_end(data, i + 1, end) if _is_letter(b) or b == 0x2F or b == 0x21 or b == 0x3F else -1
         if closed >= 0:
-            pos = _put(out, pos, data, copied, i)
+            pos = copy_bytes(data, copied, i, out, pos)
             copied = closed
         i = find_byte(data, max(i + 1, closed), end, 0x3C)
-    return _put(out, pos, data, copied, end)
+    return copy_bytes(data, copied, end, out, pos)
 
 
 @numba.njit(nogil=True)
@@ -217,11 +220,11 @@ def decode_entities(
         found = _find_name(data, j, k, names, name_offsets, False) if k < end and data[k] == 0x3B else -1
         if found < 0:
             return BAIL  # an unlisted name, or one without ';' (html.unescape tries its prefixes)
-        pos = _put(out, pos, data, copied, i)
-        pos = _put(out, pos, values, value_offsets[found], value_offsets[found + 1])
+        pos = copy_bytes(data, copied, i, out, pos)
+        pos = copy_bytes(values, value_offsets[found], value_offsets[found + 1], out, pos)
         copied = k + 1
         i = find_byte(data, copied, end, 0x26)
-    return _put(out, pos, data, copied, end)
+    return copy_bytes(data, copied, end, out, pos)
 
 
 @numba.njit(nogil=True)
@@ -274,11 +277,11 @@ def mask_emails(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
             s -= 1
         e = _email_end(data, at, end) if s < at else -1
         if e >= 0:
-            pos = _put(out, pos, data, copied, s)
-            pos = _put(out, pos, replacement, 0, len(replacement))
+            pos = copy_bytes(data, copied, s, out, pos)
+            pos = copy_bytes(replacement, 0, len(replacement), out, pos)
             copied = e
         at = find_byte(data, max(at + 1, e), end, 0x40)
-    return _put(out, pos, data, copied, end)
+    return copy_bytes(data, copied, end, out, pos)
 
 
 @numba.njit(nogil=True)
@@ -360,9 +363,9 @@ def _phone_end(data: np.ndarray, q: int, end: int) -> int:
     e = _phone_after_country(data, q, end)
     if e >= 0 or not plus:
         return e
-    for digits in range(15, 8, -1):
-        e = q + 1 + digits
-        if _digits(data, q + 1, digits, end) and _phone_ends(data, e, end):
+    for count in range(15, 8, -1):
+        e = q + 1 + count
+        if _digits(data, q + 1, count, end) and _phone_ends(data, e, end):
             return e
     return -1
 
@@ -380,25 +383,21 @@ def mask_phones(data: np.ndarray, start: int, end: int, out: np.ndarray, pos: in
     starts after both."""
     copied = start
     resume = start  # where the next match may start
-    q = _skip_to_number(data, start, end)
+    q = _next_number(data, start, end)
     while q < end:
-        b = data[q]
-        if _is_digit(b) or b == 0x2B or b == 0x28:
-            if q == start:
-                allowed = resume == start  # ^ holds at the start of the text only
-            else:
-                before = data[q - 1]
-                allowed = not (_is_word(before) or before == 0x2B) and _char_start(data, q - 1) >= resume
-            e = _phone_end(data, q, end) if allowed else -1
-            if e >= 0:
-                pos = _put(out, pos, data, copied, q)
-                pos = _put(out, pos, replacement, 0, len(replacement))
-                copied = e
-                resume = e if e == end else e + (2 if data[e] >= 0x80 else 1)
-                q = _skip_to_number(data, e, end)
-                continue
-        q = _skip_to_number(data, q + 1, end)
-    return _put(out, pos, data, copied, end)
+        if q == start:
+            allowed = resume == start  # ^ holds at the start of the text only
+        else:
+            before = data[q - 1]
+            allowed = not (_is_word(before) or before == 0x2B) and _char_start(data, q - 1) >= resume
+        e = _phone_end(data, q, end) if allowed else -1
+        if e >= 0:
+            pos = copy_bytes(data, copied, q, out, pos)
+            pos = copy_bytes(replacement, 0, len(replacement), out, pos)
+            copied = e
+            resume = e if e == end else e + (2 if data[e] >= 0x80 else 1)
+        q = _next_number(data, max(q + 1, e), end)
+    return copy_bytes(data, copied, end, out, pos)
 
 
 @numba.njit(cache=True, nogil=True)
