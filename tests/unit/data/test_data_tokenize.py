@@ -159,3 +159,28 @@ def test_tokens_added_to_a_tokenizer_in_use_are_seen_by_the_next_encode():
     tokenizer.add_special_tokens(["<x>"])
     after = tokenize.encode(tokenizer, texts).to_pylist()
     assert after == [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)] and after != before
+
+
+@pytest.mark.parametrize("by_words", [True, False])
+def test_a_file_that_enables_padding_or_truncation_still_gives_every_id(by_words):
+    from tokenizers import normalizers
+
+    tokenizer = tokenize.train_bpe([CORPUS], 300, 2)
+    if not by_words:
+        tokenizer.normalizer = normalizers.Lowercase()
+    texts = ["the quick brown fox jumps over the lazy dog", "pack", "", "the lazy dog and the quick fox"]
+    expected = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    tokenizer.enable_truncation(max_length=3)
+    tokenizer.enable_padding(pad_id=0, pad_token="<pad>")
+    assert tokenize.splits_at_spaces(tokenizer) is by_words
+    assert tokenize.encode(tokenizer, texts).to_pylist() == expected
+    assert tokenizer.truncation is not None and tokenizer.padding is not None  # the caller's tokenizer is untouched
+
+
+def test_a_tokenizer_text_is_built_once_per_process_while_it_stays_the_same(trained):
+    text = trained.to_str()
+    first = tokenize.from_json(text)
+    assert tokenize.from_json(str(text)) is first
+    assert first.to_str() == text
+    other = tokenize.train_bpe([CORPUS[:50]], 280, 2).to_str()
+    assert tokenize.from_json(other) is not first and tokenize.from_json(other).to_str() == other

@@ -197,7 +197,7 @@ def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequ
 @ray.remote(num_cpus=1, num_returns=5)
 def _tokenize_block(block: pa.Table, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict) -> list:
     started = time.process_time()
-    meta, outputs = stages.tokenize_block(block, assigned, tokenize.Tokenizer.from_str(tokenizer_json), task, settings)
+    meta, outputs = stages.tokenize_block(block, assigned, tokenize.from_json(tokenizer_json), task, settings)
     return [meta, time.process_time() - started, *outputs]
 
 

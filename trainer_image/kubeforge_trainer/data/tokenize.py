@@ -63,6 +63,18 @@ def load_tokenizer(path: str) -> Tokenizer:
     raise DataPipelineError(f"spec.tokenizer.path: no tokenizer file at {path}")
 
 
+_BUILT: list[tuple[str, Tokenizer]] = []
+
+
+def from_json(text: str) -> Tokenizer:
+    """The tokenizer of a tokenizer.json text, built once per process while the text is the same: every tokenize task
+    of a run passes the same text, and building the tokenizer and what encode learns of it costs ~75 ms a task. The
+    tokenizer is shared: use it to encode, do not change it."""
+    if not _BUILT or _BUILT[0][0] != text:
+        _BUILT[:] = [(text, Tokenizer.from_str(text))]
+    return _BUILT[0][1]
+
+
 def _is_dir(uri: str) -> bool:
     import pyarrow.fs as pafs
 
@@ -97,9 +109,10 @@ def encode(tokenizer: Tokenizer, texts: list[str] | pa.Array) -> pa.ListArray:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if not len(texts):
         return pa.array([], pa.list_(pa.int32()))
-    if splits_at_spaces(tokenizer):
-        return _encode_by_words(tokenizer, texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()))
-    return _encode_all(tokenizer, texts if isinstance(texts, list) else texts.to_pylist())
+    facts = _facts(tokenizer)
+    if facts.splits_at_spaces:
+        return _encode_by_words(facts, texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()))
+    return _encode_all(facts.plain, texts if isinstance(texts, list) else texts.to_pylist())
 
 
 def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
@@ -114,6 +127,9 @@ class _Facts:
     size: int
     splits_at_spaces: bool
     digest: str
+    plain: Tokenizer
+    """The tokenizer, or a copy of it without the padding and truncation its file may enable: the data step wants
+    every id of a document (classification truncates on its own; padding would add ids)."""
 
 
 _LAST_FACTS: list[_Facts] = []
@@ -135,7 +151,12 @@ def _facts(tokenizer: Tokenizer) -> _Facts:
         and pre.get("use_regex", True)
         and not any(any(c.isspace() for c in t.get("content", "")) for t in config.get("added_tokens", []))
     )
-    _LAST_FACTS[:] = [_Facts(tokenizer, size, splits, hashlib.sha256(text.encode()).hexdigest())]
+    plain = tokenizer
+    if tokenizer.padding is not None or tokenizer.truncation is not None:
+        plain = Tokenizer.from_str(text)
+        plain.no_padding()
+        plain.no_truncation()
+    _LAST_FACTS[:] = [_Facts(tokenizer, size, splits, hashlib.sha256(text.encode()).hexdigest(), plain)]
     return _LAST_FACTS[0]
 
 
@@ -163,27 +184,37 @@ class _WordIds:
         self.offsets = np.zeros(1, dtype=np.int64)
         self.values = np.zeros(0, dtype=np.int32)
 
-    def lookup(self, tokenizer: Tokenizer, words: pa.Array) -> np.ndarray:
+    def lookup(self, facts: _Facts, words: pa.Array) -> np.ndarray:
         """The index of each of the (distinct) words in this store, encoding and adding those it lacks."""
-        digest = _facts(tokenizer).digest
+        digest = facts.digest
         if digest != self.digest or len(self.words) + len(words) > self.MAX_WORDS:
             self.clear(digest)
         found = pc.fill_null(pc.index_in(words, value_set=self.words), -1).to_numpy().astype(np.int64)
         missing = np.flatnonzero(found < 0)
         if len(missing):
             new = words.take(pa.array(missing))
-            ids = _encode_all(tokenizer, new.to_pylist())
+            counts, ids = _encode_words(facts.plain, new.to_pylist())
             found[missing] = len(self.words) + np.arange(len(missing))
             self.words = pa.concat_arrays([self.words, new.cast(pa.string())])
-            self.offsets = np.concatenate([self.offsets, self.offsets[-1] + ids.offsets.to_numpy()[1:]])
-            self.values = np.concatenate([self.values, ids.values.to_numpy()])
+            self.offsets = np.concatenate([self.offsets, self.offsets[-1] + np.cumsum(counts)])
+            self.values = np.concatenate([self.values, ids])
         return found
+
+
+def _encode_words(tokenizer: Tokenizer, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(token count of each word, the ids of all in order), each word encoded as if alone: one call with the words as
+    a pre-tokenized sequence, whose words go through the pre-tokenizer and the model one by one. A batch of one-word
+    encodings gives the same ids, but builds an object and a list per word (1.5x the time)."""
+    encoding = tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+    ids = np.array(encoding.ids, dtype=np.int32)
+    counts = np.bincount(np.array(encoding.word_ids, dtype=np.int64), minlength=len(words))
+    return counts, ids
 
 
 _WORD_IDS = _WordIds()
 
 
-def _encode_by_words(tokenizer: Tokenizer, texts: pa.Array) -> pa.ListArray:
+def _encode_by_words(facts: _Facts, texts: pa.Array) -> pa.ListArray:
     """Encode each distinct word (a piece from a word start to the next: the word with its leading space and what
     trails it) once, through a store of words kept across blocks, and assemble the documents from them: the same ids
     as encoding the whole texts, several times faster on natural text. The words are cut straight from the texts'
@@ -193,7 +224,7 @@ def _encode_by_words(tokenizer: Tokenizer, texts: pa.Array) -> pa.ListArray:
     word_starts[textscan.spaces_before_words(view)] = True
     words, first_word = textscan.cut_rows(view, word_starts)
     encoded = pc.dictionary_encode(words)
-    stored = _WORD_IDS.lookup(tokenizer, encoded.dictionary)[encoded.indices.to_numpy()]
+    stored = _WORD_IDS.lookup(facts, encoded.dictionary)[encoded.indices.to_numpy()]
     # Gather each word's ids from the store, in order.
     firsts, lengths = _WORD_IDS.offsets[stored], np.diff(_WORD_IDS.offsets)[stored]
     ends = np.cumsum(lengths)
