@@ -399,3 +399,58 @@ def test_pvc_text_files_with_a_given_tokenizer(tmp_path, run_pipeline, make_pipe
     assert (tmp_path / "out" / "tokenizer.json").read_text() == Tokenizer.from_file(str(given)).to_str()
     assert manifest["splits"]["test"]["rows"] == 0 and manifest["splits"]["test"]["shards"] == []
     assert manifest["splits"]["validation"]["documents"] == 3
+
+
+def test_whole_dataset_steps_chain_in_any_order_with_row_steps_between(
+    tmp_path, run_pipeline, make_pipeline, find_doc_ids
+):
+    # Each task that makes a block also runs the next whole-dataset step's map side on it; here near dedup comes
+    # first, a row filter sits between it and exact dedup (raw text), and an outlier filter follows.
+    words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "islet", "juniper"]
+
+    def doc(i: int) -> str:
+        return f"doc-{i} " + " ".join(words[(i * 7 + k) % 10] + str(i) for k in range(8))
+
+    first = [{"text": doc(i), "price": 10.0 + i % 5, "kind": "a"} for i in range(40)]
+    first += [{"text": f"tiny {i}", "price": 12.0, "kind": "a"} for i in range(3)]  # under minChars
+    first.append({"text": doc(40), "price": 1e6, "kind": "a"})  # the outlier
+    second = [{"text": doc(i).upper(), "price": 12.0, "kind": "a"} for i in range(5)]  # near (same shingles)
+    # No words, so no shingles: only exact dedup sees these; it compares raw text, so the double space is distinct.
+    second += [{"text": "!!!! ???? !!!!", "price": 12.0, "kind": "b"}] * 3 + [
+        {"text": "!!!!  ???? !!!!", "price": 12.0, "kind": "b"}
+    ]
+    for name, records in (("a.jsonl", first), ("b.jsonl", second)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    steps = [
+        {"nearDedup": {"threshold": 0.9, "numPerm": 32, "bands": 8, "shingleSize": 3}},
+        {"lengthFilter": {"minChars": 10}},
+        {"exactDedup": {"normalize": False}},
+        {"outlierFilter": {"column": "price", "method": "iqr", "threshold": 1.5}},
+        {"dropEmpty": {}},
+    ]
+    spec = {
+        "source": {"uris": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], "labelField": "kind"},
+        "steps": steps,
+        "tokenizer": {"train": {"vocabSize": 300}, "task": "classification", "sequenceLength": 16},
+        "split": {"train": 0.5, "validation": 0.25, "test": 0.25, "method": "random", "seed": 1},
+        "output": {"uri": str(tmp_path / "out")},
+    }
+    manifest, _ = run_pipeline(make_pipeline("chain", spec))
+    assert_accounted(manifest)
+    counts = {op["name"]: (op["rowsIn"], op["rowsOut"]) for op in manifest["operations"]}
+    assert counts == {
+        "read": (53, 53),
+        "nearDedup": (53, 48),
+        "lengthFilter": (48, 45),
+        "exactDedup": (45, 43),
+        "outlierFilter": (43, 42),
+        "dropEmpty": (42, 42),
+    }
+    tokenizer = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    texts = [
+        tokenizer.decode(ids)
+        for name in ("train", "validation", "test")
+        for ids in split_table(tmp_path / "out", manifest, name).column("input_ids").to_pylist()
+    ]
+    assert sorted(find_doc_ids(texts)) == sorted(f"doc-{i}" for i in range(40))  # the lower-case originals stay
+    assert sum("????" in t for t in texts) == 2

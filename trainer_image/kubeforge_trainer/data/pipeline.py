@@ -9,7 +9,8 @@ Ray only orchestrates; every computation is a pure function of the other modules
    (content hash, row id) pairs to hash partitions; near dedup shuffles LSH band keys, verifies the candidate pairs
    on their MinHash signatures and clusters them; an outlier filter aggregates one numeric column. Only hashes, ids
    and numbers travel, never the texts. The filter that applies the result also runs the row-local operations that
-   follow, in the same task.
+   follow, in the same task, and every task that makes a block (read or filter) runs the map side of the next
+   whole-dataset operation on it too, so a stage's reduces start without another round of tasks over the blocks.
 3. Split: the ranking keys (8 bytes a row) decide exact cut points; a hash-partitioned pass moves duplicate groups
    that span splits into one. The tokenizer is loaded, or trained in one task streaming the train split block by
    block. Tokenize tasks return per-split token streams; shards are planned over them and written in parallel
@@ -35,7 +36,7 @@ from kubeforge.api import DataPipeline
 from kubeforge.api.datapipeline import TrainTokenizer
 
 from .. import storage
-from . import builtin, hashing, manifest, minhash, split, stages, tokenize, writer
+from . import builtin, manifest, minhash, split, stages, tokenize, writer
 from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .plan import Plan, Step, plan_pipeline
@@ -73,25 +74,16 @@ def _warm_up(steps: tuple[Step, ...]) -> None:
     stages.warm_up(steps)
 
 
-@ray.remote(num_cpus=1, num_returns=2)
-def _read_and_clean(chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...], content_hash: bool) -> tuple[pa.Table, dict]:
-    return stages.read_and_clean(chunk, read, steps, content_hash)
-
-
-@ray.remote(num_cpus=1, num_returns=2)
-def _clean(block: pa.Table, steps: tuple[Step, ...], content_hash: bool) -> tuple[pa.Table, dict]:
-    return stages.clean(block, steps, content_hash)
+@ray.remote(num_cpus=1)
+def _read_and_clean(
+    chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...], content_hash: bool, then: Step | None, partitions: int
+) -> list:
+    return _with_map(*stages.read_and_clean(chunk, read, steps, content_hash), then, partitions)
 
 
 @ray.remote(num_cpus=1)
-def _exact_map(block: pa.Table, normalize: bool, partitions: int) -> list:
-    started = time.process_time()
-    if normalize and CONTENT_HASH in block.column_names:
-        hashes = block.column(CONTENT_HASH).to_numpy()
-    else:
-        hashes = hashing.content_hashes(block.column(TEXT), normalize)
-    keys = pa.table({"h": pa.array(hashes, pa.uint64()), "rid": block.column(RID)})
-    return [*stages.partitioned(keys, hashes, partitions), time.process_time() - started]
+def _clean(block: pa.Table, steps: tuple[Step, ...], content_hash: bool, then: Step | None, partitions: int) -> list:
+    return _with_map(*stages.clean(block, steps, content_hash), then, partitions)
 
 
 @ray.remote(num_cpus=1)
@@ -100,17 +92,6 @@ def _exact_reduce(*parts: pa.Table) -> tuple[np.ndarray, float]:
     keys = pa.concat_tables(parts)
     drops = stages.exact_duplicates(keys.column("h").to_numpy(), keys.column("rid").to_numpy())
     return drops, time.process_time() - started
-
-
-@ray.remote(num_cpus=1)
-def _minhash_map(block: pa.Table, num_perm: int, bands: int, shingle: int, seed: int, partitions: int) -> list:
-    started = time.process_time()
-    sig = minhash.signatures(block.column(TEXT), num_perm, shingle, seed)
-    rids = block.column(RID).to_numpy()
-    usable = minhash.has_shingles(sig)
-    keys = minhash.band_keys(sig[usable], bands).ravel()
-    table = pa.table({"key": pa.array(keys, pa.uint64()), "rid": pa.array(np.repeat(rids[usable], bands))})
-    return [(rids, sig), *stages.partitioned(table, keys, partitions), time.process_time() - started]
 
 
 @ray.remote(num_cpus=1)
@@ -130,21 +111,28 @@ def _take_signatures(signatures: tuple[np.ndarray, np.ndarray], needed: np.ndarr
 
 
 @ray.remote(num_cpus=1)
-def _numeric_values(block: pa.Table, column: str) -> tuple[np.ndarray, float]:
+def _filter_then_clean(
+    block: pa.Table,
+    drops: np.ndarray | None,
+    bounds: tuple | None,
+    steps: Sequence[Step],
+    then: Step | None,
+    partitions: int,
+) -> list:
     started = time.process_time()
-    values = block.column(column).drop_null()
-    return (values.to_numpy() if len(values) else np.zeros(0)), time.process_time() - started
-
-
-@ray.remote(num_cpus=1, num_returns=2)
-def _filter_then_clean(block: pa.Table, drops: np.ndarray | None, bounds: tuple | None, steps: Sequence[Step]) -> tuple:
-    started = time.process_time()
-    if CONTENT_HASH in block.column_names:  # exact dedup, its only reader, is done
-        block = block.drop_columns([CONTENT_HASH])
     table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
     after, cpu = table.num_rows, time.process_time() - started
     table, counts = stages.apply_local_steps(table, steps)
-    return table, {"global": [block.num_rows, after, 0, cpu], "steps": counts}
+    return _with_map(table, {"global": [block.num_rows, after, 0, cpu], "steps": counts}, then, partitions)
+
+
+def _with_map(table: pa.Table, stats: dict, then: Step | None, partitions: int) -> list:
+    """What a task that makes a block returns: the block, its statistics, then the map side of the next whole-dataset
+    step on it (stages.global_map), so that step's reduces start without another round of tasks over the blocks."""
+    outputs = stages.global_map(then, table, partitions) if then is not None else []
+    if CONTENT_HASH in table.column_names:  # the cleaning pass's hash, read by exact dedup's map just now
+        table = table.drop_columns([CONTENT_HASH])
+    return [table, stats, *outputs]
 
 
 @ray.remote(num_cpus=1, num_returns=2)
@@ -267,10 +255,14 @@ class _Run:
         writer.remove_temporary(self.output, split.SPLITS)
 
         self.operations = [manifest.OpStats("read")] + [manifest.OpStats(s.name) for s in plan.steps]
-        blocks = self._read(plan, source)
+        segments = plan.segments
+        # Whole-dataset steps in order; each task that makes a block also runs the next one's map side on it.
+        globals_ = [s.global_step for s in segments[1:]]
+        blocks, maps = self._read(plan, source, globals_[0] if globals_ else None)
         step_position = {s.index: i + 1 for i, s in enumerate(plan.steps)}
-        for segment in plan.segments[1:]:
-            blocks = self._global(segment.global_step, segment.local_steps, blocks, step_position)
+        for index, segment in enumerate(segments[1:]):
+            then = globals_[index + 1] if index + 1 < len(globals_) else None
+            blocks, maps = self._global(segment.global_step, segment.local_steps, blocks, maps, then, step_position)
         totals = manifest.accounting(self.operations)
         if totals["rowsOut"] == 0:
             raise DataPipelineError(
@@ -366,17 +358,21 @@ class _Run:
 
     # -- stage 1: read and clean
 
-    def _read(self, plan: Plan, source: Any) -> list:
+    def _read(self, plan: Plan, source: Any, then: Step | None) -> tuple[list, list]:
+        """(blocks, the map outputs of the first whole-dataset step on each) after reading and the first steps."""
         first = plan.segments[0].local_steps
-        following = plan.segments[1].global_step if len(plan.segments) > 1 else None
         # Exact dedup right after: the cleaning pass hashes the text it already reads.
-        content_hash = following is not None and following.kind == "exactDedup" and following.params.normalize
+        content_hash = then is not None and then.kind == "exactDedup" and then.params.normalize
         self._enter("read")
         self._report(progress="read", outputUri=self.output)
+        parts = self.partitions
+        returns = 2 + stages.global_map_returns(then, parts)
         if source and isinstance(source[0], Chunk):
-            outputs = [_read_and_clean.remote(chunk, plan.read, first, content_hash) for chunk in source]
+            read = _read_and_clean.options(num_returns=returns)
+            outputs = [read.remote(chunk, plan.read, first, content_hash, then, parts) for chunk in source]
         else:
-            outputs = [_clean.remote(block, first, content_hash) for block in source]
+            clean = _clean.options(num_returns=returns)
+            outputs = [clean.remote(block, first, content_hash, then, parts) for block in source]
         blocks = [o[0] for o in outputs]
         self._wait([o[1] for o in outputs], "read")
         all_stats = ray.get([o[1] for o in outputs])
@@ -389,33 +385,44 @@ class _Run:
         for error in self.errors[:5]:
             log.warning("skipped: %s: %s row %s: %s", error["field"], error["source"], error["row"], error["reason"])
         self._report_operations(f"read {len(blocks)}/{len(blocks)}")
-        return blocks
+        return blocks, [o[2:] for o in outputs]
 
     # -- stage 2: whole-dataset operations
 
-    def _global(self, step: Step, after: tuple[Step, ...], blocks: list, position: dict[int, int]) -> list:
+    def _global(
+        self,
+        step: Step,
+        after: tuple[Step, ...],
+        blocks: list,
+        maps: list,
+        then: Step | None,
+        position: dict[int, int],
+    ) -> tuple[list, list]:
+        """Reduce a whole-dataset step's map outputs, apply the result and the row-local steps after it to every block
+        (with the next whole-dataset step's map side); (blocks, their map outputs)."""
         self._enter(step.name)
         self._report(progress=step.name)
         drops, bounds = None, None
         op = self.operations[position[step.index]]
         if step.kind == "exactDedup":
-            drops = ray.put(self._exact_drops(step, blocks, op))
+            drops = ray.put(self._exact_drops(step, maps, op))
         elif step.kind == "nearDedup":
-            drops = ray.put(self._near_drops(step, blocks, op))
+            drops = ray.put(self._near_drops(step, maps, op))
         else:
-            bounds = self._outlier_range(step, blocks, op)
-        outputs = [_filter_then_clean.remote(b, drops, bounds, after) for b in blocks]
+            bounds = self._outlier_range(step, maps, op)
+        parts = self.partitions
+        apply = _filter_then_clean.options(num_returns=2 + stages.global_map_returns(then, parts))
+        outputs = [apply.remote(b, drops, bounds, after, then, parts) for b in blocks]
         self._wait([o[1] for o in outputs], step.name)
         for stats in ray.get([o[1] for o in outputs]):
             op.add(*stats["global"])
             for local, (rows_in, rows_out, seconds) in zip(after, stats["steps"], strict=True):
                 self.operations[position[local.index]].add(rows_in, rows_out, 0, seconds)
         self._report_operations(f"{step.name} done")
-        return [o[0] for o in outputs]
+        return [o[0] for o in outputs], [o[2:] for o in outputs]
 
-    def _exact_drops(self, step: Step, blocks: list, stats: manifest.OpStats) -> np.ndarray:
+    def _exact_drops(self, step: Step, maps: list, stats: manifest.OpStats) -> np.ndarray:
         parts = self.partitions
-        maps = [_exact_map.options(num_returns=parts + 1).remote(b, step.params.normalize, parts) for b in blocks]
         reduces = [_exact_reduce.remote(*[m[p] for m in maps]) for p in range(parts)]
         self._wait(reduces, step.name)
         results = ray.get(reduces)
@@ -423,13 +430,9 @@ class _Run:
         drops = [d for d, _ in results if len(d)]
         return np.sort(np.concatenate(drops)) if drops else np.zeros(0, dtype=np.int64)
 
-    def _near_drops(self, step: Step, blocks: list, stats: manifest.OpStats) -> np.ndarray:
+    def _near_drops(self, step: Step, maps: list, stats: manifest.OpStats) -> np.ndarray:
         p = step.params
         parts = self.partitions
-        maps = [
-            _minhash_map.options(num_returns=parts + 2).remote(b, p.num_perm, p.bands, p.shingle_size, p.seed, parts)
-            for b in blocks
-        ]
         reduces = [_candidate_reduce.remote(*[m[1 + i] for m in maps]) for i in range(parts)]
         self._wait(reduces, step.name)
         results = ray.get(reduces)
@@ -452,11 +455,11 @@ class _Run:
         stats.seconds += time.process_time() - started + sum(f[2] for f in found)
         return drops
 
-    def _outlier_range(self, step: Step, blocks: list, stats: manifest.OpStats) -> tuple[str, float, float]:
+    def _outlier_range(self, step: Step, maps: list, stats: manifest.OpStats) -> tuple[str, float, float]:
         column = numeric_column(step.params.column)
-        results = ray.get([_numeric_values.remote(b, column) for b in blocks])
-        stats.seconds += sum(cpu for _, cpu in results)
-        merged = np.concatenate([v for v, _ in results]) if results else np.zeros(0)
+        results = ray.get([m[0] for m in maps])
+        stats.seconds += sum(ray.get([m[-1] for m in maps]))
+        merged = np.concatenate(results) if results else np.zeros(0)
         low, high = stages.outlier_bounds(merged, step.params.method, step.params.threshold)
         return (column, low, high)
 
@@ -504,7 +507,7 @@ class _Run:
         run_id = uuid.uuid4().hex[:12]
         compression = self.spec.output.compression
         write_settings = {"task": plan.task, "sequence_length": plan.sequence_length, "compression": compression}
-        shard_tasks: list[tuple[str, Any]] = []
+        planned: list[tuple[str, int, list[writer.Piece], list]] = []
         split_entries: dict[str, dict] = {}
         tails: dict[str, int] = {}
         for index, name in enumerate(split.SPLITS):
@@ -522,16 +525,21 @@ class _Run:
                     )
             per_shard = self._units_per_shard(plan, metas, name)
             for shard_index, pieces in enumerate(writer.plan_shards(units, per_shard, usable)):
-                involved = [outputs[p.block] for p in pieces]
-                task = _write_shard.remote(
-                    self.output,
-                    writer.tmp_shard_path(name, shard_index, run_id),
-                    writer.shard_path(name, shard_index),
-                    write_settings,
-                    [(p.start, p.end) for p in pieces],
-                    *involved,
-                )
-                shard_tasks.append((name, task))
+                planned.append((name, shard_index, pieces, [outputs[p.block] for p in pieces]))
+        # The biggest shards first (Ray starts tasks in the order they come), so the cores finish together.
+        order = sorted(range(len(planned)), key=lambda i: -sum(p.end - p.start for p in planned[i][2]))
+        submitted = {}
+        for i in order:
+            name, shard_index, pieces, involved = planned[i]
+            submitted[i] = _write_shard.remote(
+                self.output,
+                writer.tmp_shard_path(name, shard_index, run_id),
+                writer.shard_path(name, shard_index),
+                write_settings,
+                [(p.start, p.end) for p in pieces],
+                *involved,
+            )
+        shard_tasks = [(planned[i][0], submitted[i]) for i in range(len(planned))]
         self._enter("write")
         self._report(progress="write")
         self._wait([t for _, t in shard_tasks], "write")

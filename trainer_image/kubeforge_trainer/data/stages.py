@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from kubeforge.api import DataPipelineSpec
+from kubeforge.api.datapipeline import NearDedupParams
 
-from . import fused, hashing, split, textscan, tokenize
-from .columns import CONTENT_HASH, KEY, LABEL, RID, TEXT, TIME
+from . import fused, hashing, minhash, split, textscan, tokenize
+from .columns import CONTENT_HASH, KEY, LABEL, RID, TEXT, TIME, numeric_column
 from .plan import Step, plan_pipeline
 from .readers import Chunk, ReadSpec, read_chunk
 
@@ -109,6 +110,50 @@ def partitioned(table: pa.Table, hashes: np.ndarray, partitions: int) -> list[pa
     """table cut into one piece per partition of hashes."""
     part = partition_of(hashes, partitions)
     return [table.filter(part == p) for p in range(partitions)]
+
+
+def global_map(step: Step, block: pa.Table, partitions: int) -> list[Any]:
+    """The map side of a whole-dataset step on one block, then its CPU seconds. exactDedup: one (content hash, rid)
+    table per reduce partition; nearDedup: the block's (rids, MinHash signatures), then one (band key, rid) table per
+    partition; outlierFilter: the non-null values of the numeric column."""
+    started = time.process_time()
+    if step.kind == "exactDedup":
+        outputs: list[Any] = exact_map(block, step.params.normalize, partitions)
+    elif step.kind == "nearDedup":
+        outputs = minhash_map(block, step.params, partitions)
+    else:
+        values = block.column(numeric_column(step.params.column)).drop_null()
+        outputs = [values.to_numpy() if len(values) else np.zeros(0)]
+    return [*outputs, time.process_time() - started]
+
+
+def global_map_returns(step: Step | None, partitions: int) -> int:
+    """How many values global_map returns for the step (0 for none)."""
+    if step is None:
+        return 0
+    return {"exactDedup": partitions, "nearDedup": 1 + partitions}.get(step.kind, 1) + 1
+
+
+def exact_map(block: pa.Table, normalize: bool, partitions: int) -> list[pa.Table]:
+    """(content hash, rid) of each row, cut by hash into reduce partitions; the hash is the CONTENT_HASH column when
+    the cleaning pass left one (it is the normalised hash)."""
+    if normalize and CONTENT_HASH in block.column_names:
+        hashes = block.column(CONTENT_HASH).to_numpy()
+    else:
+        hashes = hashing.content_hashes(block.column(TEXT), normalize)
+    keys = pa.table({"h": pa.array(hashes, pa.uint64()), "rid": block.column(RID)})
+    return partitioned(keys, hashes, partitions)
+
+
+def minhash_map(block: pa.Table, params: NearDedupParams, partitions: int) -> list[Any]:
+    """(rids, MinHash signatures) of the block's rows, then the (LSH band key, rid) pairs of the rows with shingles, cut
+    by key into reduce partitions."""
+    sig = minhash.signatures(block.column(TEXT), params.num_perm, params.shingle_size, params.seed)
+    rids = block.column(RID).to_numpy()
+    usable = minhash.has_shingles(sig)
+    keys = minhash.band_keys(sig[usable], params.bands).ravel()
+    table = pa.table({"key": pa.array(keys, pa.uint64()), "rid": pa.array(np.repeat(rids[usable], params.bands))})
+    return [(rids, sig), *partitioned(table, keys, partitions)]
 
 
 def exact_duplicates(hashes: np.ndarray, rids: np.ndarray) -> np.ndarray:
