@@ -93,6 +93,14 @@ def test_signatures_do_not_depend_on_how_documents_are_batched():
     assert (together == apart).all()
 
 
+def test_signatures_are_the_same_whatever_the_slice_of_text_signed_at_once(monkeypatch):
+    rng = random.Random(4)
+    docs = pa.chunked_array([[document(rng, rng.randint(1, 200)) for _ in range(30)], ["", None, "one two"]])
+    whole = minhash.signatures(docs, 32, 5, 3)
+    monkeypatch.setattr(minhash, "_SLICE_BYTES", 300)  # a few rows per slice, and rows longer than a slice alone
+    assert (minhash.signatures(docs, 32, 5, 3) == whole).all()
+
+
 def test_candidate_pairs_cover_every_pair_in_small_buckets_and_connect_large_ones():
     keys = np.array([5, 5, 5, 9, 9, 1], dtype=np.uint64)
     rids = np.array([30, 10, 20, 7, 8, 99])

@@ -187,3 +187,12 @@ def test_squeeze_rebuilds_only_rows_with_runs_and_keeps_nulls() -> None:
     squeezed = textscan.squeeze_spaces(text)
     squeezed.validate(full=True)
     assert squeezed.to_pylist() == [None if r is None else re.sub(" {2,}", " ", r) for r in rows]
+
+
+def test_row_slices_cover_every_row_once_within_the_byte_budget() -> None:
+    texts = pa.array(["aaaa", "bb", "", "cccccccccc", "d", "ee", None, "ff"]).slice(1)  # an offset array too
+    view = textscan.utf8_bytes(texts)
+    slices = textscan.row_slices(view, 4)
+    # "bb" "" | the row longer than the budget, alone | "d" "ee" None (3 bytes; "ff" would make 5) | "ff"
+    assert slices == [(0, 2), (2, 3), (3, 6), (6, 7)]
+    assert textscan.row_slices(textscan.utf8_bytes(pa.array([], pa.string())), 4) == []

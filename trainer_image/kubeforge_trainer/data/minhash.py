@@ -20,6 +20,7 @@ EMPTY = np.uint32(0xFFFFFFFF)
 _CHUNK_CELLS = 1 << 16  # shingles x permutations at once (512 KiB of uint64 stays in L2; 8 MiB ran 25% slower)
 _COMBINE = np.uint64(0x100000001B3)  # odd multiplier combining word hashes into a shingle hash
 _ALL_PAIRS_MAX = 16  # buckets up to this size compare every pair; larger ones a star and a chain
+_SLICE_BYTES = 16 << 20  # text signed at once (see signatures)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,11 +93,21 @@ def _word_hashes(cleaned: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def signatures(text: pa.Array | pa.ChunkedArray, num_perm: int, shingle_size: int, seed: int) -> np.ndarray:
     """MinHash signatures (documents x num_perm, uint32); a document without words gets all EMPTY."""
-    n = len(text)
-    sig = np.full((n, num_perm), EMPTY, dtype=np.uint32)
-    hashes, docs = shingle_hashes(text, shingle_size)
+    text = textscan.combined(text)
+    sig = np.full((len(text), num_perm), EMPTY, dtype=np.uint32)
     a, b = permutations(num_perm, seed)
-    step = max(1, _CHUNK_CELLS // num_perm)
+    # A slice of rows at a time: the temporaries (several arrays of 8 bytes a word) stay a few tens of MB, which the
+    # allocator hands back from slice to slice; a whole 50 MB block's were fresh pages each time, whose faults cost
+    # 0.4-0.8 CPU s a block, and the peak memory of a task grew with its block.
+    for start, stop in textscan.row_slices(textscan.utf8_bytes(text), _SLICE_BYTES):
+        hashes, docs = shingle_hashes(text.slice(start, stop - start), shingle_size)
+        _fold_minima(sig[start:stop], hashes, docs, a, b)
+    return sig
+
+
+def _fold_minima(sig: np.ndarray, hashes: np.ndarray, docs: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Lower each document's signature (rows of sig, in place) to the minima of its shingles' permuted hashes."""
+    step = max(1, _CHUNK_CELLS // len(a))
     with np.errstate(over="ignore"):
         for start in range(0, len(hashes), step):
             h = hashes[start : start + step]
@@ -109,7 +120,6 @@ def signatures(text: pa.Array | pa.ChunkedArray, num_perm: int, shingle_size: in
             mins = np.minimum.reduceat(values, seg, axis=0) >> np.uint64(32)
             rows = d[seg]
             sig[rows] = np.minimum(sig[rows], mins.astype(np.uint32))
-    return sig
 
 
 def has_shingles(sig: np.ndarray) -> np.ndarray:

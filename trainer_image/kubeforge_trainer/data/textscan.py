@@ -9,6 +9,7 @@ Every scan works on raw UTF-8 bytes; a byte below 0x80 is always the ASCII chara
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -244,6 +245,16 @@ def on_rows(
         return text
     mask = pa.array(rows, pa.bool_())
     return pc.replace_with_mask(text, mask, combined(transform(text.filter(mask))))
+
+
+def row_slices(view: Utf8Bytes, max_bytes: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive rows, in order, each with at most max_bytes of text (or one longer row)."""
+    bounds = [0]
+    while bounds[-1] < len(view.starts):
+        start = bounds[-1]
+        stop = int(np.searchsorted(view.ends, view.starts[start] + max_bytes, side="right"))
+        bounds.append(max(stop, start + 1))
+    return list(itertools.pairwise(bounds))
 
 
 def combined(values: pa.ChunkedArray | pa.Array) -> pa.Array:
