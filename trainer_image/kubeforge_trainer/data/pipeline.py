@@ -36,7 +36,7 @@ from kubeforge.api import DataPipeline
 from kubeforge.api.datapipeline import TrainTokenizer
 
 from .. import storage
-from . import builtin, manifest, minhash, split, stages, tokenize, writer
+from . import allocator, builtin, manifest, minhash, split, stages, tokenize, writer
 from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .plan import Plan, Step, plan_pipeline
@@ -67,10 +67,12 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
 
 
 # ---- Ray tasks: thin wrappers around stages.py ---------------------------------------------------------------
+# The tasks that work on whole blocks first set this worker's allocator to keep freed memory (allocator.py).
 
 
 @ray.remote(num_cpus=1)
 def _warm_up(steps: tuple[Step, ...]) -> None:
+    allocator.keep_freed_memory()
     stages.warm_up(steps)
 
 
@@ -78,11 +80,13 @@ def _warm_up(steps: tuple[Step, ...]) -> None:
 def _read_and_clean(
     chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...], content_hash: bool, then: Step | None, partitions: int
 ) -> list:
+    allocator.keep_freed_memory()
     return _with_map(*stages.read_and_clean(chunk, read, steps, content_hash), then, partitions)
 
 
 @ray.remote(num_cpus=1)
 def _clean(block: pa.Table, steps: tuple[Step, ...], content_hash: bool, then: Step | None, partitions: int) -> list:
+    allocator.keep_freed_memory()
     return _with_map(*stages.clean(block, steps, content_hash), then, partitions)
 
 
@@ -119,6 +123,7 @@ def _filter_then_clean(
     then: Step | None,
     partitions: int,
 ) -> list:
+    allocator.keep_freed_memory()
     started = time.process_time()
     table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
     after, cpu = table.num_rows, time.process_time() - started
@@ -184,6 +189,7 @@ def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequ
 
 @ray.remote(num_cpus=1, num_returns=5)
 def _tokenize_block(block: pa.Table, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict) -> list:
+    allocator.keep_freed_memory()
     started = time.process_time()
     meta, outputs = stages.tokenize_block(block, assigned, tokenize.from_json(tokenizer_json), task, settings)
     return [meta, time.process_time() - started, *outputs]
