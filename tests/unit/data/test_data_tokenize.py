@@ -184,3 +184,11 @@ def test_a_tokenizer_text_is_built_once_per_process_while_it_stays_the_same(trai
     assert first.to_str() == text
     other = tokenize.train_bpe([CORPUS[:50]], 280, 2).to_str()
     assert tokenize.from_json(other) is not first and tokenize.from_json(other).to_str() == other
+
+
+def test_encoding_a_slice_of_rows_at_a_time_gives_the_same_ids(trained, monkeypatch):
+    texts = [*CORPUS[:40], "", " lead", "x" * 50, "trail  "]
+    expected = [e.ids for e in trained.encode_batch(texts, add_special_tokens=False)]
+    monkeypatch.setattr(tokenize, "SLICE_BYTES", 64)  # a few rows per slice; the 50-byte row alone
+    encoded = tokenize.encode(trained, pa.array([None, *texts]).slice(1))
+    assert encoded.to_pylist() == expected

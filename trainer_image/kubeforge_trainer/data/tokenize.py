@@ -20,6 +20,8 @@ from .. import storage
 from . import textscan
 from .errors import DataPipelineError
 
+SLICE_BYTES = 16 << 20
+"""Text encoded at once (see encode)."""
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -110,9 +112,13 @@ def encode(tokenizer: Tokenizer, texts: list[str] | pa.Array) -> pa.ListArray:
     if not len(texts):
         return pa.array([], pa.list_(pa.int32()))
     facts = _facts(tokenizer)
-    if facts.splits_at_spaces:
-        return _encode_by_words(facts, texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()))
-    return _encode_all(facts.plain, texts if isinstance(texts, list) else texts.to_pylist())
+    if not facts.splits_at_spaces:
+        return _encode_all(facts.plain, texts if isinstance(texts, list) else texts.to_pylist())
+    text = pc.fill_null(texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()), "")
+    # A slice of rows at a time, for the reason minhash.signatures gives: temporaries the allocator can reuse.
+    slices = textscan.row_slices(textscan.utf8_bytes(text), SLICE_BYTES)
+    parts = [_encode_by_words(facts, text.slice(start, stop - start)) for start, stop in slices]
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
 
 def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
@@ -219,7 +225,7 @@ def _encode_by_words(facts: _Facts, texts: pa.Array) -> pa.ListArray:
     trails it) once, through a store of words kept across blocks, and assemble the documents from them: the same ids
     as encoding the whole texts, several times faster on natural text. The words are cut straight from the texts'
     bytes, without copying them."""
-    view = textscan.utf8_bytes(pc.fill_null(texts, ""))
+    view = textscan.utf8_bytes(texts)
     word_starts = np.zeros(len(view.data), dtype=bool)
     word_starts[textscan.spaces_before_words(view)] = True
     words, first_word = textscan.cut_rows(view, word_starts)
