@@ -8,8 +8,9 @@ Reported, in one run on one machine: MB/s and documents/s of the full pipeline (
 tokenize, split, write) for pandas, for the runtime on 1 and on 2 Ray workers (each a fresh local Ray with that many
 CPUs, Ray start-up excluded), their ratios, and the clean + exact-dedup stages against the raw pyarrow read of the
 same files. Both implementations use the same tokenizer file (trained once beforehand on a sample), so tokenizing
-costs the same per token in both. Then 1 -> 2 workers again on bigger corpora (--scaling-mb), and what a run costs
-whatever its size: a line fitted through the sizes gives each worker count's fixed seconds and seconds per 100 MB.
+costs the same per token in both. Then 1 -> 2 workers again on bigger corpora (--scaling-mb), what a run costs
+whatever its size (a line fitted through the sizes gives each worker count's fixed seconds and seconds per 100 MB),
+and the machine's own 1 -> 2 for the per-block work: the same work in one plain process, then in two at once.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ TARGET_SCALING = 1.7
 TARGET_CLEAN_VS_READ = 2.0
 ROUNDS = 3
 SCALING_ROUNDS = 2
+REFERENCE_ROUNDS = 3
+REFERENCE_PASSES = 3
 SEQUENCE_LENGTH = 256
 FILES = 8
 STEPS: list[dict[str, Any]] = [
@@ -401,6 +404,62 @@ def run_ray_subprocess(directory: Path, tokenizer_path: Path, out: Path, workers
 # ---- report --------------------------------------------------------------------------------------------------------
 
 
+# ---- the machine's own scaling for this work -------------------------------------------------------------------------
+
+
+def block_work_seconds(corpus: Path, barrier: Path, peers: int) -> float:
+    """In this process, no Ray: two read chunks of the corpus, the per-block work (clean, MinHash, tokenize) run once on
+    them to warm up, then, once `peers` processes are ready, REFERENCE_PASSES passes of it timed."""
+    import pyarrow.compute as pc
+    from kubeforge.api import DataPipelineSpec
+    from kubeforge_trainer.data import allocator, minhash, sources, stages, tokenize
+    from kubeforge_trainer.data.plan import plan_pipeline
+
+    allocator.keep_freed_memory()
+    spec = DataPipelineSpec.model_validate(
+        {"source": {"uris": [str(corpus / "part-*.jsonl")], "format": "jsonl"}, "steps": STEPS, "output": {"uri": "/x"}}
+    )
+    plan = plan_pipeline(spec)
+    files = sources.resolve_files(spec.source)
+    chunks = sources.plan_chunks(files, "jsonl", "line", sources.chunk_bytes(sum(f.size for f in files), 2))[:2]
+    near = next(s for s in plan.steps if s.kind == "nearDedup").params
+    tokenizer = tokenize.from_json((corpus / "tokenizer.json").read_text())
+    raw = [stages.read_and_clean(c, plan.read, (), False)[0] for c in chunks]
+
+    def work() -> None:
+        for block in raw:
+            clean, _ = stages.apply_local_steps(block, plan.segments[0].local_steps, content_hash=True)
+            minhash.signatures(clean.column("text"), near.num_perm, near.shingle_size, near.seed)
+            tokenize.encode(tokenizer, pc.fill_null(clean.column("text"), "").combine_chunks())
+
+    work()
+    (barrier / f"ready-{os.getpid()}").touch()
+    while len(list(barrier.glob("ready-*"))) < peers:
+        time.sleep(0.001)
+    started = time.perf_counter()
+    for _ in range(REFERENCE_PASSES):
+        work()
+    return time.perf_counter() - started
+
+
+def machine_scaling(corpus: Path, work: Path) -> tuple[float, float]:
+    """(best seconds of one process alone, best seconds of the slower of two at once) for block_work_seconds, the two
+    interleaved REFERENCE_ROUNDS times."""
+    alone, together = [], []
+    for _ in range(REFERENCE_ROUNDS):
+        for peers in (1, 2):
+            barrier = work / "barrier"
+            subprocess.run(["rm", "-rf", str(barrier)], check=True)
+            barrier.mkdir(parents=True)
+            command = [sys.executable, __file__, "--reference-peers", str(peers), "--corpus", str(corpus)]
+            command += ["--out", str(barrier)]
+            running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(peers)]
+            seconds = [float(p.communicate()[0].strip().splitlines()[-1]) for p in running]
+            (alone if peers == 1 else together).append(max(seconds))
+            print(f"per-block work, {peers} process(es) at once: {max(seconds):.2f} s", flush=True)
+    return min(alone), min(together)
+
+
 def best_runs(corpus: Path, work: Path, rounds: int) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], bool]:
     """The runtime on 1 and 2 workers, the best of `rounds` runs each, interleaved so a burst of noise on this small
     machine reaches both alike: (best result per worker count, every run's seconds, whether all outputs are
@@ -462,9 +521,13 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     parser.add_argument("--ray-workers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-peers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_peers:
+        print(block_work_seconds(Path(args.corpus), Path(args.out), args.reference_peers))
+        return 0
     if args.ray_workers:
         corpus = Path(args.corpus)
         print(json.dumps(ray_pipeline(corpus, corpus / "tokenizer.json", Path(args.out), args.ray_workers)))
@@ -491,6 +554,7 @@ def main() -> int:
         train_tokenizer(bigger, bigger / "tokenizer.json")
         best, _, same = best_runs(bigger, work, SCALING_ROUNDS)
         sizes[mb] = (best["ray1"]["seconds"], best["ray2"]["seconds"], same)
+    reference = machine_scaling(corpus, work)
     results["pandas"] = pandas_pipeline(corpus, tokenizer_path, work / "out-pandas")
     print(f"pandas: {results['pandas']['seconds']:.1f} s", flush=True)
     load_after = os.getloadavg()
@@ -587,6 +651,12 @@ def main() -> int:
             f"Outputs of every run, 1 and 2 workers, byte-identical (shard checksums): {identical}.",
             "",
             *scaling_section(sizes),
+            "The machine's own 1 -> 2 for this work: the per-block work (clean, MinHash, tokenize of two 2-worker "
+            f"read chunks, {REFERENCE_PASSES} passes) in plain processes, blocks in memory, no Ray, best of "
+            f"{REFERENCE_ROUNDS}: {reference[0]:.2f} s alone, {reference[1]:.2f} s for the slower of two at once, "
+            f"{2 * reference[0] / reference[1]:.2f}x the throughput. The runtime's 1 -> 2 on {args.mb} MB is "
+            f"{100 * scaling / (2 * reference[0] / reference[1]):.0f}% of that.",
+            "",
             *(f"- {name}: `{json.dumps(value)}`" for name, value in timings.items()),
             "",
         ]
