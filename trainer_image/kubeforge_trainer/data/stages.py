@@ -88,7 +88,7 @@ def warm_up(steps: Sequence[Step]) -> None:
 def compile_kernels() -> None:
     """Compile the data step's numba kernels (the cleaning pass's and MinHash's) into their on-disk cache, raising if
     one fails. The trainer image does this when it is built (with NUMBA_CPU_NAME=generic, so the cache serves every
-    x86-64 node), sparing each worker the compile (about 15 CPU s) on its first block."""
+    x86-64 node), sparing each worker the compile (about 18 CPU s) on its first block."""
     steps = [{kind: {}} for kind in sorted(fused.FUSABLE)]
     spec = DataPipelineSpec.model_validate({"source": {"uris": ["/in"]}, "output": {"uri": "/out"}, "steps": steps})
     apply_local_steps(warm_up_table(), plan_pipeline(spec).segments[0].local_steps, content_hash=True)
