@@ -190,6 +190,29 @@ def test_rerun_is_idempotent_and_the_output_does_not_depend_on_block_boundaries(
     assert fresh["operations"] == manifest["operations"]
 
 
+def test_dedups_that_leave_their_dropped_rows_in_the_blocks_give_the_same_output(
+    lm_run, corpus, run_pipeline, make_pipeline, tmp_path
+):
+    # In lm_run both dedups come last, so neither makes new blocks: their dropped rows stay in the read blocks and
+    # every later task (MinHash's map, split keys, tokenizer training, tokenize) drops them as it reads. A row step
+    # after each dedup makes them write filtered blocks instead; the output must not change.
+    out, manifest = lm_run["out"], lm_run["manifest"]
+    steps = []
+    for step in TEXT_STEPS:
+        steps.append(step)
+        if next(iter(step)) in ("exactDedup", "nearDedup"):
+            steps.append({"dropEmpty": {}})
+    resource = make_pipeline("materialized", lm_spec([str(corpus["root"])], tmp_path / "o", steps=steps))
+    materialized, _ = run_pipeline(resource)
+    assert_accounted(materialized)
+    assert shard_digests(tmp_path / "o", materialized) == shard_digests(out, manifest)
+    assert (tmp_path / "o" / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    counts = {op["name"]: op for op in materialized["operations"] if op["name"] != "dropEmpty"}
+    assert counts == {op["name"]: op for op in manifest["operations"] if op["name"] != "dropEmpty"}
+    assert operation(manifest, "exactDedup")["rowsOut"] < operation(manifest, "exactDedup")["rowsIn"]
+    assert operation(manifest, "nearDedup")["rowsOut"] < operation(manifest, "nearDedup")["rowsIn"]
+
+
 def test_a_crashed_commit_leaves_no_manifest_and_the_next_run_completes(lm_run, run_pipeline, tmp_path, monkeypatch):
     out = tmp_path / "crash"
     resource = lm_run["resource"].model_copy(deep=True)

@@ -11,6 +11,8 @@ Ray only orchestrates; every computation is a pure function of the other modules
    and numbers travel, never the texts. The filter that applies the result also runs the row-local operations that
    follow, in the same task, and every task that makes a block (read or filter) runs the map side of the next
    whole-dataset operation on it too, so a stage's reduces start without another round of tasks over the blocks.
+   A dedup with no row-local operation after it makes no new blocks: its dropped rows (ids) travel beside the blocks
+   and each later task drops them as it reads a block, so the dataset is not copied into the object store again.
 3. Split: the ranking keys (8 bytes a row) decide exact cut points; a hash-partitioned pass moves duplicate groups
    that span splits into one. The tokenizer is loaded, or trained in one task streaming the train split block by
    block. Tokenize tasks return per-split token streams; shards are planned over them and written in parallel
@@ -117,6 +119,7 @@ def _take_signatures(signatures: tuple[np.ndarray, np.ndarray], needed: np.ndarr
 @ray.remote(num_cpus=1)
 def _filter_then_clean(
     block: pa.Table,
+    dropped: np.ndarray,
     drops: np.ndarray | None,
     bounds: tuple | None,
     steps: Sequence[Step],
@@ -125,10 +128,20 @@ def _filter_then_clean(
 ) -> list:
     allocator.keep_freed_memory()
     started = time.process_time()
+    block = stages.drop_rids(block, dropped)
     table = stages.drop_rids(block, drops) if drops is not None else stages.keep_in_range(block, *bounds)
     after, cpu = table.num_rows, time.process_time() - started
     table, counts = stages.apply_local_steps(table, steps)
     return _with_map(table, {"global": [block.num_rows, after, 0, cpu], "steps": counts}, then, partitions)
+
+
+@ray.remote(num_cpus=1)
+def _filter_then_map(block: pa.Table, dropped: np.ndarray, then: Step, partitions: int) -> list:
+    """The map side of the next whole-dataset step on a block whose dropped rows are left in it (no new block)."""
+    allocator.keep_freed_memory()
+    started = time.process_time()
+    table = stages.drop_rids(block, dropped)
+    return [time.process_time() - started, *stages.global_map(then, table, partitions)]
 
 
 def _with_map(table: pa.Table, stats: dict, then: Step | None, partitions: int) -> list:
@@ -141,8 +154,8 @@ def _with_map(table: pa.Table, stats: dict, then: Step | None, partitions: int) 
 
 
 @ray.remote(num_cpus=1, num_returns=2)
-def _split_keys(block: pa.Table, method: str, seed: int) -> tuple[pa.Table, list[str]]:
-    return stages.split_keys(block, method, seed)
+def _split_keys(block: pa.Table, dropped: np.ndarray, method: str, seed: int) -> tuple[pa.Table, list[str]]:
+    return stages.split_keys(stages.drop_rids(block, dropped), method, seed)
 
 
 @ray.remote(num_cpus=1)
@@ -166,12 +179,14 @@ def _final_assignment(keys: pa.Table, assigned: np.ndarray, moved: np.ndarray, t
 
 
 @ray.remote(num_cpus=1)
-def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequency: int, max_bytes: int) -> str:
+def _train_tokenizer(
+    blocks: list, dropped: np.ndarray, assignments: list, vocab_size: int, min_frequency: int, max_bytes: int
+) -> str:
     def train_texts() -> Iterator[list[str]]:
         used = 0
         # One block in memory at a time.
         for block_ref, assigned_ref in zip(blocks, assignments, strict=True):
-            block, assigned = ray.get(block_ref), ray.get(assigned_ref)
+            block, assigned = stages.drop_rids(ray.get(block_ref), dropped), ray.get(assigned_ref)
             texts = pc.fill_null(block.column(TEXT).filter(pa.array(assigned == split.TRAIN)), "").to_pylist()
             taken = []
             for text in texts:
@@ -188,10 +203,13 @@ def _train_tokenizer(blocks: list, assignments: list, vocab_size: int, min_frequ
 
 
 @ray.remote(num_cpus=1, num_returns=5)
-def _tokenize_block(block: pa.Table, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict) -> list:
+def _tokenize_block(
+    block: pa.Table, dropped: np.ndarray, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict
+) -> list:
     allocator.keep_freed_memory()
     started = time.process_time()
-    meta, outputs = stages.tokenize_block(block, assigned, tokenize.from_json(tokenizer_json), task, settings)
+    tokenizer = tokenize.from_json(tokenizer_json)
+    meta, outputs = stages.tokenize_block(stages.drop_rids(block, dropped), assigned, tokenizer, task, settings)
     return [meta, time.process_time() - started, *outputs]
 
 
@@ -265,17 +283,20 @@ class _Run:
         # Whole-dataset steps in order; each task that makes a block also runs the next one's map side on it.
         globals_ = [s.global_step for s in segments[1:]]
         blocks, maps = self._read(plan, source, globals_[0] if globals_ else None)
+        dropped = np.zeros(0, dtype=np.int64)  # rows still in the blocks that a dedup dropped (sorted rids)
         step_position = {s.index: i + 1 for i, s in enumerate(plan.steps)}
         for index, segment in enumerate(segments[1:]):
             then = globals_[index + 1] if index + 1 < len(globals_) else None
-            blocks, maps = self._global(segment.global_step, segment.local_steps, blocks, maps, then, step_position)
+            blocks, dropped, maps = self._global(
+                segment.global_step, segment.local_steps, blocks, dropped, maps, then, step_position
+            )
         totals = manifest.accounting(self.operations)
         if totals["rowsOut"] == 0:
             raise DataPipelineError(
                 f"spec.steps: no rows left to write ({totals['rowsIn']} read, {totals['rowsDropped']} dropped, "
                 f"{totals['rowsErrored']} errored)"
             )
-        return self._split_tokenize_write(plan, blocks, spec_digest, input_digest)
+        return self._split_tokenize_write(plan, blocks, dropped, spec_digest, input_digest)
 
     def _report(self, **fields: Any) -> None:
         self.reporter.report(**fields)
@@ -400,32 +421,49 @@ class _Run:
         step: Step,
         after: tuple[Step, ...],
         blocks: list,
+        dropped: np.ndarray,
         maps: list,
         then: Step | None,
         position: dict[int, int],
-    ) -> tuple[list, list]:
-        """Reduce a whole-dataset step's map outputs, apply the result and the row-local steps after it to every block
-        (with the next whole-dataset step's map side); (blocks, their map outputs)."""
+    ) -> tuple[list, np.ndarray, list]:
+        """Reduce a whole-dataset step's map outputs and apply the result, with the row-local steps after it, to every
+        block (and the next whole-dataset step's map side); (blocks, the rows dropped but still in them, the map
+        outputs). A dedup with nothing row-local after it leaves the blocks as they are and adds its drops to
+        `dropped`."""
         self._enter(step.name)
         self._report(progress=step.name)
         drops, bounds = None, None
         op = self.operations[position[step.index]]
         if step.kind == "exactDedup":
-            drops = ray.put(self._exact_drops(step, maps, op))
+            drops = self._exact_drops(step, maps, op)
         elif step.kind == "nearDedup":
-            drops = ray.put(self._near_drops(step, maps, op))
+            drops = self._near_drops(step, maps, op)
         else:
             bounds = self._outlier_range(step, maps, op)
         parts = self.partitions
+        if drops is not None and not after:
+            rows_in = self.operations[position[step.index] - 1].rows_out
+            op.add(rows_in, rows_in - len(drops))  # drops are distinct rids of rows still in the dataset
+            dropped = np.union1d(dropped, drops)
+            if then is not None:
+                dropped_ref = ray.put(dropped)
+                mapped = _filter_then_map.options(num_returns=1 + stages.global_map_returns(then, parts))
+                outputs = [mapped.remote(b, dropped_ref, then, parts) for b in blocks]
+                self._wait([o[0] for o in outputs], step.name)
+                op.seconds += sum(ray.get([o[0] for o in outputs]))
+                maps = [o[1:] for o in outputs]
+            self._report_operations(f"{step.name} done")
+            return blocks, dropped, maps
         apply = _filter_then_clean.options(num_returns=2 + stages.global_map_returns(then, parts))
-        outputs = [apply.remote(b, drops, bounds, after, then, parts) for b in blocks]
+        dropped_ref, drops_ref = ray.put(dropped), ray.put(drops) if drops is not None else None
+        outputs = [apply.remote(b, dropped_ref, drops_ref, bounds, after, then, parts) for b in blocks]
         self._wait([o[1] for o in outputs], step.name)
         for stats in ray.get([o[1] for o in outputs]):
             op.add(*stats["global"])
             for local, (rows_in, rows_out, seconds) in zip(after, stats["steps"], strict=True):
                 self.operations[position[local.index]].add(rows_in, rows_out, 0, seconds)
         self._report_operations(f"{step.name} done")
-        return [o[0] for o in outputs], [o[2:] for o in outputs]
+        return [o[0] for o in outputs], np.zeros(0, dtype=np.int64), [o[2:] for o in outputs]
 
     def _exact_drops(self, step: Step, maps: list, stats: manifest.OpStats) -> np.ndarray:
         parts = self.partitions
@@ -471,10 +509,13 @@ class _Run:
 
     # -- stage 3: split, tokenize, write
 
-    def _split_tokenize_write(self, plan: Plan, blocks: list, spec_digest: str, input_digest: str) -> dict:
+    def _split_tokenize_write(
+        self, plan: Plan, blocks: list, dropped: np.ndarray, spec_digest: str, input_digest: str
+    ) -> dict:
         self._enter("split")
         self._report(progress="split")
-        keyed = [_split_keys.remote(b, plan.split_method, plan.seed) for b in blocks]
+        dropped_ref = ray.put(dropped)  # every task below drops these rows as it reads a block
+        keyed = [_split_keys.remote(b, dropped_ref, plan.split_method, plan.seed) for b in blocks]
         keys = [k[0] for k in keyed]
         labels = sorted(set().union(*ray.get([k[1] for k in keyed])))
         cuts = self._cuts(plan, keys, labels)
@@ -498,13 +539,14 @@ class _Run:
             "rowsMoved": len(moved),
         }
 
-        tok_json, pad_id, eos_id = self._tokenizer(blocks, assignments)
+        tok_json, pad_id, eos_id = self._tokenizer(blocks, dropped_ref, assignments)
         settings = {"eos": eos_id, "sequence_length": plan.sequence_length, "labels": labels}
         tok_ref = ray.put(tok_json)
         self._enter("tokenize")
         self._report(progress="tokenize")
         tokenized = [
-            _tokenize_block.remote(b, a, tok_ref, plan.task, settings) for b, a in zip(blocks, assignments, strict=True)
+            _tokenize_block.remote(b, dropped_ref, a, tok_ref, plan.task, settings)
+            for b, a in zip(blocks, assignments, strict=True)
         ]
         self._wait([t[0] for t in tokenized], "tokenize")
         metas = ray.get([t[0] for t in tokenized])
@@ -612,7 +654,7 @@ class _Run:
         row_bytes = 4 * tokens / rows + 24
         return max(1, int(target // row_bytes))
 
-    def _tokenizer(self, blocks: list, assignments: list) -> tuple[str, int, int]:
+    def _tokenizer(self, blocks: list, dropped: Any, assignments: list) -> tuple[str, int, int]:
         """(tokenizer JSON, pad id, eos id): loaded from spec.tokenizer.path or trained on the train split."""
         tok_spec = self.spec.tokenizer
         self._enter("tokenizer")
@@ -623,7 +665,7 @@ class _Run:
             train = tok_spec.train or TrainTokenizer()  # training is the default when no path is set
             tok_json = ray.get(
                 _train_tokenizer.remote(
-                    blocks, assignments, train.vocab_size, train.min_frequency, TOKENIZER_TRAIN_MAX_BYTES
+                    blocks, dropped, assignments, train.vocab_size, train.min_frequency, TOKENIZER_TRAIN_MAX_BYTES
                 )
             )
             tok = tokenize.Tokenizer.from_str(tok_json)
