@@ -18,7 +18,11 @@ __all__ = ["DataPipelineError", "run_datapipeline"]
 
 def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
     """Run the data step of a DataPipeline on Ray; returns the manifest it wrote."""
-    # Imported here so the pure modules (and their unit tests) do not pay for importing Ray.
+    # Imported here so the pure modules (and their unit tests) do not pay for importing Ray; the workers start
+    # importing the data step before this process does (warmup.py).
+    from .warmup import start_workers
+
+    start_workers(resource)
     from .pipeline import run_datapipeline as run
 
     return run(resource, reporter)

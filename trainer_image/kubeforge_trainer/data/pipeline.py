@@ -73,12 +73,6 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
 
 
 @ray.remote(num_cpus=1)
-def _warm_up(steps: tuple[Step, ...]) -> None:
-    allocator.keep_freed_memory()
-    stages.warm_up(steps)
-
-
-@ray.remote(num_cpus=1)
 def _read_and_clean(
     chunk: Chunk, read: ReadSpec, steps: tuple[Step, ...], content_hash: bool, then: Step | None, partitions: int
 ) -> list:
@@ -259,10 +253,6 @@ class _Run:
         if not ray.is_initialized():
             ray.init()
         self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        # One warm-up task per core, sent first: the workers import the data step and set it up while this process
-        # lists the input and plans the read. Nothing waits for them (a dropped reference does not cancel a task).
-        for _ in range(self.cores):
-            _warm_up.remote(plan.segments[0].local_steps)
         return self._execute(plan)
 
     def _execute(self, plan: Plan) -> dict:
