@@ -21,7 +21,7 @@ from .hashing import hash_strings, mix64
 EMPTY = np.uint32(0xFFFFFFFF)
 _COMBINE = np.uint64(0x100000001B3)  # odd multiplier combining word hashes into a shingle hash
 _ALL_PAIRS_MAX = 16  # buckets up to this size compare every pair; larger ones a star and a chain
-_SLICE_BYTES = 16 << 20  # text signed at once (see signatures)
+_SLICE_BYTES = 8 << 20  # text signed at once (see signatures)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,8 @@ def signatures(text: pa.Array | pa.ChunkedArray, num_perm: int, shingle_size: in
     a, b = permutations(num_perm, seed)
     # A slice of rows at a time: the temporaries (several arrays of 8 bytes a word) stay a few tens of MB, which the
     # allocator hands back from slice to slice; a whole 50 MB block's were fresh pages each time, whose faults cost
-    # 0.4-0.8 CPU s a block, and the peak memory of a task grew with its block.
+    # 0.4-0.8 CPU s a block, and the peak memory of a task grew with its block. At 16 MB a worker's first block
+    # still paid 0.1-0.5 CPU s of faults growing its heap; at 8 MB about 0.03, and later blocks take the same time.
     for start, stop in textscan.row_slices(textscan.utf8_bytes(text), _SLICE_BYTES):
         hashes, docs = shingle_hashes(text.slice(start, stop - start), shingle_size)
         _fold_minima(sig[start:stop], hashes, docs, a, b)
