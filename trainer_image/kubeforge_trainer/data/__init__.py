@@ -22,7 +22,7 @@ def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
     # importing the data step before this process does (warmup.py).
     from .warmup import start_workers
 
-    start_workers(resource)
+    cores = start_workers(resource)
     from .pipeline import run_datapipeline as run
 
-    return run(resource, reporter)
+    return run(resource, reporter, cores)

@@ -54,12 +54,13 @@ BUILTIN_BLOCK_BYTES = 4 << 20
 BUILTIN_DOCS_PER_BLOCK_MIN = 64
 
 
-def run_datapipeline(resource: DataPipeline, reporter: Any) -> dict:
-    """Run the data step of a DataPipeline; returns the manifest written (see docs/contracts.md)."""
+def run_datapipeline(resource: DataPipeline, reporter: Any, cores: int) -> dict:
+    """Run the data step of a DataPipeline on the running Ray's `cores` CPUs (warmup.start_workers starts it and
+    counts them); returns the manifest written (see docs/contracts.md)."""
     meta = resource.metadata
     who = f"DataPipeline {meta.namespace or 'default'}/{meta.name}"
     try:
-        return _Run(resource, reporter).execute()
+        return _Run(resource, reporter, cores).execute()
     except Exception as exc:
         # A task's error comes as RayTaskError(DataPipelineError), whose text carries the remote traceback.
         found = find_pipeline_error(exc)
@@ -224,7 +225,7 @@ def _write_shard(
 class _Run:
     """One execution of the data step; its methods are the stages, in order."""
 
-    def __init__(self, resource: DataPipeline, reporter: Any) -> None:
+    def __init__(self, resource: DataPipeline, reporter: Any, cores: int) -> None:
         self.resource = resource
         self.spec = resource.spec
         self.reporter = reporter
@@ -232,7 +233,7 @@ class _Run:
         self.operations: list[manifest.OpStats] = []
         self.errors: list[dict] = []
         self.files_errored = 0
-        self.cores = 1
+        self.cores = cores
         self.stage_seconds: dict[str, float] = {}
         self.stage_cpu: dict[str, float] = {}
         self._stage: str | None = None
@@ -248,12 +249,8 @@ class _Run:
     # -- driver
 
     def execute(self) -> dict:
-        """Check the spec, start Ray if needed and run the stages; returns the manifest."""
-        plan = plan_pipeline(self.spec)
-        if not ray.is_initialized():
-            ray.init()
-        self.cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return self._execute(plan)
+        """Check the spec and run the stages; returns the manifest."""
+        return self._execute(plan_pipeline(self.spec))
 
     def _execute(self, plan: Plan) -> dict:
         self.partitions = self.cores

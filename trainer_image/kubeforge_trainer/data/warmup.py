@@ -25,10 +25,12 @@ def _warm_up(resource: Any) -> None:
     stages.warm_up(steps)
 
 
-def start_workers(resource: Any) -> None:
-    """Start Ray if it is not running and send one warm-up task per CPU; nothing waits for them (a dropped reference
-    does not cancel a task)."""
+def start_workers(resource: Any) -> int:
+    """Start Ray if it is not running and send one warm-up task per CPU; returns the CPUs. Nothing waits for the tasks
+    (a dropped reference does not cancel a task)."""
     if not ray.is_initialized():
         ray.init()
-    for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
+    cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    for _ in range(cores):
         _warm_up.remote(resource)
+    return cores
