@@ -203,6 +203,8 @@ def make_job(name: str, data: Path, checkpoints: Path, **spec_overrides: Any) ->
         "workers": {"count": 2, "cpu": 1, "memory": "512Mi"},
         "failurePolicy": {"maxWorkerFailures": 0},
     }
+    if "pretrained" in spec_overrides.get("model", {}):
+        spec["model"] = {}  # the pretrained directory fixes the architecture
     manifest = {
         "apiVersion": "kubeforge.dev/v1alpha1",
         "kind": "TrainingJob",
