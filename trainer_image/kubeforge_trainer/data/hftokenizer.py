@@ -8,6 +8,7 @@ directory, to render chat templates and to write the tokenizer out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -155,6 +156,14 @@ def save_pretrained(bundle: Bundle, output_uri: str) -> list[str]:
             storage.write_text_atomic(storage.join(output_uri, name), (Path(tmp) / name).read_text(encoding="utf-8"))
             names.append(name)
     return names
+
+
+def with_chat_template(bundle: Bundle, override: str | None) -> Bundle:
+    """The bundle with the template chat and preference render with: spec.tokenizer.chatTemplate, else the
+    tokenizer's own, else chat.DEFAULT_CHAT_TEMPLATE."""
+    from .chat import DEFAULT_CHAT_TEMPLATE
+
+    return dataclasses.replace(bundle, chat_template=override or bundle.chat_template or DEFAULT_CHAT_TEMPLATE)
 
 
 def describe(bundle: Bundle) -> dict[str, Any]:

@@ -699,8 +699,7 @@ class _Run:
         if tok_spec.extend is not None:
             bundle = self._extend(bundle, blocks, dropped, assignments)
         if plan.conversational:
-            template = tok_spec.chat_template or bundle.chat_template or chat.DEFAULT_CHAT_TEMPLATE
-            bundle = dataclasses.replace(bundle, chat_template=template)
+            bundle = hftokenizer.with_chat_template(bundle, tok_spec.chat_template)
         return bundle
 
     @staticmethod
