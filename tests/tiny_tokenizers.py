@@ -3,6 +3,7 @@ SentencePiece-style (▁) BPE or Unigram like LLaMA's, wrapped in transformers a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -23,7 +24,9 @@ def build(texts: list[str], style: str = "bytelevel", vocab_size: int = 400) -> 
     """A tokenizers tokenizer trained on texts: bytelevel (BPE), metaspace (BPE) or unigram (metaspace)."""
     if style == "unigram":
         tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=[*SPECIALS, "<unk>"], unk_token="<unk>", show_progress=False
+        )
     else:
         tok = Tokenizer(models.BPE())
         alphabet = pre_tokenizers.ByteLevel.alphabet() if style == "bytelevel" else []
@@ -37,7 +40,25 @@ def build(texts: list[str], style: str = "bytelevel", vocab_size: int = 400) -> 
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return tok if style == "bytelevel" else _with_byte_fallback(tok)
+
+
+def _with_byte_fallback(tok: Tokenizer) -> Tokenizer:
+    """The tokenizer with <0x00>..<0xFF> byte tokens for characters it lacks, as LLaMA's SentencePiece model has."""
+    config = json.loads(tok.to_str())
+    model = config["model"]
+    model["byte_fallback"] = True
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    if model["type"] == "BPE":
+        start = max(model["vocab"].values()) + 1
+        model["vocab"].update({token: start + i for i, token in enumerate(bytes_)})
+    else:
+        model["vocab"].extend([token, 0.0] for token in bytes_)
+    config["decoder"] = {
+        "type": "Sequence",
+        "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}, json.loads(tok.decoder.__getstate__())],
+    }
+    return Tokenizer.from_str(json.dumps(config))
 
 
 def save_model_tokenizer(
