@@ -64,7 +64,7 @@ def _with_byte_fallback(tok: Tokenizer) -> Tokenizer:
 def save_model_tokenizer(
     directory: Path, texts: list[str] = ENGLISH, chat_template: str | None = CHATML, style: str = "bytelevel"
 ) -> Path:
-    """A model directory's tokenizer files (eos <|endoftext|>, bos <s>, no pad token), as save_pretrained writes them."""
+    """A model directory's tokenizer files (eos <|endoftext|>, bos <s>, no pad), as save_pretrained writes them."""
     hf = PreTrainedTokenizerFast(tokenizer_object=build(texts, style), eos_token="<|endoftext|>", bos_token="<s>")
     hf.chat_template = chat_template
     hf.save_pretrained(str(directory))

@@ -199,7 +199,7 @@ def test_documents_keep_the_conversation_and_a_stable_id():
 def test_a_template_that_is_not_prefix_stable_is_refused(chatml):
     reversed_template = "{% for m in messages|reverse %}{{ m['content'] }}|{% endfor %}"
     bundle = hftokenizer.with_chat_template(chatml, reversed_template)
-    with pytest.raises(DataPipelineError, match="spec.tokenizer.chatTemplate"):
+    with pytest.raises(DataPipelineError, match=r"spec\.tokenizer\.chatTemplate"):
         stages.conversation_table(rows(MULTI), bundle, "chat", SKIP)
 
 
