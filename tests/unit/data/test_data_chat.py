@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from kubeforge.api.datapipeline import ConversationFields
 from kubeforge_trainer.data import chat, hftokenizer, stages
 from kubeforge_trainer.data.columns import PARTS, RID, TEXT
 from kubeforge_trainer.data.errors import DataPipelineError
+from kubeforge_trainer.data.readers import Chunk, FileSlice, ReadSpec, read_chunk
 from tiny_tokenizers import save_model_tokenizer
 
 FIELDS = ConversationFields()
@@ -210,3 +212,25 @@ def test_masks_line_up_with_ids_for_every_row():
     assert labels.tolist() == [-100, -100, 99, 100, -100]
     pair = chat.preference_pair(np.array([1, 2], np.int32), [np.array([3, 4, 5], np.int32)], 4)
     assert pair[0][0].tolist() == [1, 2, 3, 4] and pair[0][1].tolist() == [-100, -100, 3, 4]
+
+
+def test_conversations_are_read_from_parquet_and_csv_with_bad_rows_counted(tmp_path):
+    pq.write_table(
+        pa.Table.from_pylist([MULTI, {"messages": [{"role": "user", "content": "only a question"}]}]),
+        tmp_path / "c.parquet",
+    )
+    (tmp_path / "c.csv").write_text('instruction,input,output\n"say hi",,"hi"\n"translate","chat","talk"\n')
+    spec = ReadSpec(format="parquet", conversation="chat", fields=FIELDS, on_error="skip")
+    result = read_chunk(Chunk(0, (FileSlice(str(tmp_path / "c.parquet")),)), spec)
+    assert result.table.column(PARTS).to_pylist() == [["system", "user", "assistant", "user", "assistant"]]
+    assert result.table.column(TEXT)[0].as_py().split(chat.SEPARATOR)[2] == "the answer is the dog"
+    assert result.rows_errored == 1 and result.errors[0].reason == "the conversation has no assistant message"
+    assert result.errors[0].field == "spec.source.fields"
+    spec = ReadSpec(format="csv", conversation="chat", fields=FIELDS)
+    table = read_chunk(Chunk(0, (FileSlice(str(tmp_path / "c.csv")),)), spec).table
+    assert table.column(TEXT).to_pylist() == [chat.joined(["say hi", "hi"]), chat.joined(["translate\n\nchat", "talk"])]
+    with pytest.raises(DataPipelineError, match=r"spec.source.fields: .*c.parquet row 2: the conversation has no"):
+        read_chunk(
+            Chunk(0, (FileSlice(str(tmp_path / "c.parquet")),)),
+            ReadSpec(format="parquet", conversation="chat", fields=FIELDS),
+        )

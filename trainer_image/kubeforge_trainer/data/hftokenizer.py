@@ -9,6 +9,7 @@ directory, to render chat templates and to write the tokenizer out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 from tokenizers import Tokenizer
 
 from .. import storage
+from . import tokenize
 from .errors import DataPipelineError
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -43,7 +45,7 @@ class Bundle:
         token = self.special.get(name)
         return None if token is None else tokenizer(self).token_to_id(token)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """SHA-256 of what decides the ids: the tokenizers JSON, the special tokens and the chat template."""
         text = json.dumps([self.json, self.special, self.chat_template], sort_keys=True)
@@ -51,11 +53,12 @@ class Bundle:
 
 
 _BUILT: dict[str, Any] = {}
+"""The transformers tokenizer of the last bundle, by digest."""
 
 
 def tokenizer(bundle: Bundle) -> Tokenizer:
     """The bundle's tokenizers.Tokenizer, built once per process (shared: encode with it, do not change it)."""
-    return _cached(bundle, "tokenizer", lambda: Tokenizer.from_str(bundle.json))
+    return tokenize.from_json(bundle.json)
 
 
 def transformers_tokenizer(bundle: Bundle) -> Any:
@@ -75,9 +78,7 @@ def transformers_tokenizer(bundle: Bundle) -> Any:
 def _cached(bundle: Bundle, kind: str, build: Any) -> Any:
     key = f"{kind}:{bundle.digest}"
     if key not in _BUILT:
-        # Every task of a run passes the same bundle: keep the last one of each kind.
-        for old in [k for k in _BUILT if k.startswith(f"{kind}:")]:
-            del _BUILT[old]
+        _BUILT.clear()  # every task of a run passes the same bundle: keep the last one
         _BUILT[key] = build()
     return _BUILT[key]
 

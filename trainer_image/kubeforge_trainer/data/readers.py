@@ -194,10 +194,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_slice(piece: FileSlice, spec: ReadSpec, errors: _Collector) -> pa.Table | None:
-    if spec.format == "parquet":
-        return _read_parquet(piece, spec, errors)
     if spec.conversation and spec.format in ("parquet", "csv"):
         return _read_conversation_table(piece, spec, errors)
+    if spec.format == "parquet":
+        return _read_parquet(piece, spec, errors)
     data = read_bytes(piece)
     if spec.format == "jsonl" and spec.conversation:
         return _read_jsonl_rows(data, piece, spec, errors)  # nested messages: each row checked on its own
