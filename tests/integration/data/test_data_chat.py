@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def assert_accounted(manifest: dict[str, Any]) -> None:
 
 def test_chat_from_a_model_directory(tmp_path, run_pipeline, make_pipeline, chat_corpus, model_dir):
     out = tmp_path / "out"
+    model_dir = Path(shutil.copytree(model_dir, tmp_path / "model"))  # changed at the end
     manifest, status = run_pipeline(make_pipeline("chat", chat_spec(chat_corpus, model_dir, out)))
     base = AutoTokenizer.from_pretrained(str(model_dir))
     assert manifest["task"] == "chat" and manifest["format"] == "tokenized"
@@ -117,6 +119,17 @@ def test_chat_from_a_model_directory(tmp_path, run_pipeline, make_pipeline, chat
             if "name an animal" in text:
                 where_shared.add(name)
     assert len(where_shared) == 1  # the rows with the same prompt share one split
+
+    # A rerun is a no-op while the model's tokenizer files are the same, and writes again when they change.
+    again, _ = run_pipeline(make_pipeline("chat", chat_spec(chat_corpus, model_dir, out)))
+    assert again["createdAt"] == manifest["createdAt"]
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 4096}))
+    changed, _ = run_pipeline(make_pipeline("chat", chat_spec(chat_corpus, model_dir, out)))
+    assert (
+        changed["tokenizerSource"]["sha256"] != source["sha256"]
+        and changed["inputFingerprint"] != manifest["inputFingerprint"]
+    )
 
 
 def test_preference_pairs_and_their_errored_rows(tmp_path, run_pipeline, make_pipeline, model_dir):

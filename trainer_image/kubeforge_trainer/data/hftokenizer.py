@@ -119,6 +119,12 @@ def load_model_tokenizer(uri: str, trust_remote_code: bool, field_path: str = "s
     return Bundle(plain.to_str(), special, template, {"kind": "fromModel", "uri": uri, "sha256": digest})
 
 
+def tokenizer_files_digest(uri: str, field_path: str = "spec.tokenizer.fromModel") -> str:
+    """SHA-256 over the tokenizer files of the model directory at uri (what load_model_tokenizer records)."""
+    with tempfile.TemporaryDirectory(prefix="kubeforge-tokenizer-") as tmp:
+        return _fetch_tokenizer_files(uri, Path(tmp), field_path)[1]
+
+
 def _token_text(token: Any) -> str | None:
     return None if token is None else str(token)
 

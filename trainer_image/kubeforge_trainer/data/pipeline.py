@@ -271,6 +271,7 @@ class _Run:
         self.partitions = self.cores
 
         source, input_digest = self._source(plan)
+        input_digest = self._with_tokenizer_files(plan, input_digest)
         spec_digest = manifest.spec_hash(self.spec)
         done = self._complete_manifest(spec_digest, input_digest)
         if done is not None:
@@ -299,6 +300,18 @@ class _Run:
                 f"{totals['rowsErrored']} errored)"
             )
         return self._split_tokenize_write(plan, blocks, dropped, spec_digest, input_digest)
+
+    def _with_tokenizer_files(self, plan: Plan, input_digest: str) -> str:
+        """The input fingerprint, covering a given tokenizer's files too: a rerun after the model directory's
+        tokenizer changed writes the data again rather than keeping ids of the old one."""
+        tok = self.spec.tokenizer
+        if plan.output_format == "documents" or not (tok.from_model or tok.path):
+            return input_digest
+        if tok.from_model:
+            files = hftokenizer.tokenizer_files_digest(tok.from_model)
+        else:
+            files = _sha256(tokenize.load_tokenizer(tok.path).to_str())
+        return _sha256(f"{input_digest} {files}")
 
     def _report(self, **fields: Any) -> None:
         self.reporter.report(**fields)
