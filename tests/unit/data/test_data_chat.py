@@ -234,3 +234,15 @@ def test_conversations_are_read_from_parquet_and_csv_with_bad_rows_counted(tmp_p
             Chunk(0, (FileSlice(str(tmp_path / "c.parquet")),)),
             ReadSpec(format="parquet", conversation="chat", fields=FIELDS),
         )
+
+
+def test_a_trained_tokenizer_renders_chat_with_the_default_template():
+    from kubeforge_trainer.data import tokenize
+    from tiny_tokenizers import ENGLISH
+
+    trained = tokenize.train_bpe([ENGLISH], 300, 2)
+    bundle = hftokenizer.with_chat_template(hftokenizer.from_tokenizers(trained, "<pad>", "<eos>", {}), None)
+    assert bundle.chat_template == chat.DEFAULT_CHAT_TEMPLATE and bundle.token_id("eos_token") == 1
+    table, _, _ = stages.conversation_table(rows({"prompt": "the dog", "response": "the fox"}), bundle, "chat", SKIP)
+    ids, labels = table.column("input_ids")[0].as_py(), table.column("labels")[0].as_py()
+    assert trained_text(bundle, ids, labels) == "the fox<eos>\n\n"
