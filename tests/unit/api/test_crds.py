@@ -89,7 +89,13 @@ def test_cel_rules_present_in_crds() -> None:
 
 def test_defaults_match_the_models() -> None:
     spec = _schema("TrainingJob")["properties"]["spec"]["properties"]
-    assert spec["deepspeed"]["default"] == {}
+    # Object defaults are written out in full: the API server checks them against the rules as written.
+    assert spec["deepspeed"]["default"] == {
+        "zeroStage": 2,
+        "offloadOptimizer": "none",
+        "offloadParameters": "none",
+        "config": {},
+    }
     assert spec["deepspeed"]["properties"]["zeroStage"]["default"] == 2
     assert spec["training"]["properties"]["betas"]["default"] == [0.9, 0.95]
     assert spec["deepspeed"]["properties"]["config"]["x-kubernetes-preserve-unknown-fields"] is True
