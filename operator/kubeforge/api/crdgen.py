@@ -151,12 +151,10 @@ def _structural(node: Any, defs: dict[str, Any], defaults: dict[str, dict[str, A
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node.pop("additionalProperties", None)
         node.pop("default", None)
-    if node.get("type") == "object" and not node.get("properties") and not isinstance(
-        node.get("additionalProperties"), dict
-    ):
-        if not node.get("x-kubernetes-preserve-unknown-fields"):
-            kept = {k: v for k, v in node.items() if k in ("description", "default")}
-            node = {**copy.deepcopy(_EMPTY_OBJECT), **kept}
+    schemaless = not node.get("properties") and not isinstance(node.get("additionalProperties"), dict)
+    if node.get("type") == "object" and schemaless and not node.get("x-kubernetes-preserve-unknown-fields"):
+        kept = {k: v for k, v in node.items() if k in ("description", "default")}
+        node = {**copy.deepcopy(_EMPTY_OBJECT), **kept}
     if node.get("properties"):
         node.pop("additionalProperties", None)
         props = {}

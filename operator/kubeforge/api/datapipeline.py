@@ -99,12 +99,8 @@ class LengthFilterParams(ApiModel):
 
     min_chars: int | None = Field(default=None, ge=0, le=MAX_CHARS, description="Minimum characters.")
     max_chars: int | None = Field(default=None, ge=1, le=MAX_CHARS, description="Maximum characters.")
-    min_words: int | None = Field(
-        default=None, ge=0, le=MAX_WORDS, description="Minimum whitespace-separated words."
-    )
-    max_words: int | None = Field(
-        default=None, ge=1, le=MAX_WORDS, description="Maximum whitespace-separated words."
-    )
+    min_words: int | None = Field(default=None, ge=0, le=MAX_WORDS, description="Minimum whitespace-separated words.")
+    max_words: int | None = Field(default=None, ge=1, le=MAX_WORDS, description="Maximum whitespace-separated words.")
 
 
 class QualityFilterParams(ApiModel):

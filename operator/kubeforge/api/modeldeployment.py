@@ -41,18 +41,14 @@ class ReplicaSpec(ApiModel):
         )
     )
 
-    min: int = Field(
-        default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas (0 allows scale to zero)."
-    )
+    min: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas (0 allows scale to zero).")
     max: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
     target_ongoing_requests: float = Field(
         default=2,
         gt=0,
         description="Ongoing requests per replica the autoscaler aims for.",
     )
-    max_ongoing_requests: int = Field(
-        default=32, ge=1, le=100_000, description="Requests one replica handles at once."
-    )
+    max_ongoing_requests: int = Field(default=32, ge=1, le=100_000, description="Requests one replica handles at once.")
     max_queued_requests: int = Field(
         default=128,
         ge=1,

@@ -111,9 +111,7 @@ class TrainingSpec(ApiModel):
         le=MAX_STEPS,
         description="Optimizer steps; wins over epochs when both are set.",
     )
-    micro_batch_size: int = Field(
-        default=8, ge=1, le=MAX_BATCH, description="Sequences per worker per forward pass."
-    )
+    micro_batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Sequences per worker per forward pass.")
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=MAX_BATCH, description="Micro-batches per optimizer step."
     )
@@ -141,9 +139,7 @@ class TrainingSpec(ApiModel):
         description="Training precision; on CPU bf16 and fp16 fall back to fp32.",
     )
     seed: int = Field(default=42, description="Seed for initialisation and data order.")
-    log_interval_steps: int = Field(
-        default=10, ge=1, le=MAX_STEPS, description="Steps between progress reports."
-    )
+    log_interval_steps: int = Field(default=10, ge=1, le=MAX_STEPS, description="Steps between progress reports.")
 
 
 class DeepSpeedSpec(ApiModel):
@@ -178,9 +174,7 @@ class EarlyStoppingSpec(ApiModel):
         description="Evaluation metric to watch, e.g. loss, perplexity, f1.",
     )
     mode: Literal["min", "max"] = Field(default="min", description="Whether smaller or larger is better.")
-    patience: int = Field(
-        default=3, ge=1, le=1_000_000, description="Evaluations without improvement before stopping."
-    )
+    patience: int = Field(default=3, ge=1, le=1_000_000, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
@@ -188,9 +182,7 @@ class EvaluationSpec(ApiModel):
     """Validation during training and the final test."""
 
     interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
-    max_batches: int | None = Field(
-        default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run."
-    )
+    max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
     metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1"]] = Field(
         default_factory=lambda: ["loss", "perplexity"],
         description="Metrics to compute.",
