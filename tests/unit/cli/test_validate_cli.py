@@ -280,3 +280,12 @@ def test_all_shipped_examples_are_valid(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["validate", str(REPO_ROOT / "examples")]) == 0
     out = capsys.readouterr().out
     assert "TrainingJob/gitops-gpt: valid" in out and "document(s) of other kinds" in out
+
+
+def test_the_shipped_manifests_helper_fails_a_test_on_a_manifest_the_server_would_reject(tmp_path: Path) -> None:
+    from shipped import quickstart_manifest, validated
+
+    assert quickstart_manifest("TrainingJob")["spec"]["workers"]["cpu"] == "500m"
+    (tmp_path / "job.yaml").write_text(_tj(spec=TJ_SPEC + "  workers: {cpu: 0.5}\n"))
+    with pytest.raises(pytest.fail.Exception, match=r'spec.workers.cpu: .* write "500m"'):
+        validated(tmp_path)
