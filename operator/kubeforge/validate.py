@@ -322,7 +322,7 @@ def to_cel(value: Any, schema: dict[str, Any]) -> Any:
     return celpy.json_to_cel(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rule:
     """One compiled CEL rule of a CRD and the schema node it sits on."""
 
@@ -331,6 +331,13 @@ class Rule:
     message: str
     schema: dict[str, Any] = field(compare=False, hash=False, repr=False)
     program: Any = field(compare=False, hash=False, repr=False)
+
+    @functools.cached_property
+    def fields_read(self) -> frozenset[str] | None:
+        """The top-level fields of self the rule reads, or None when it uses self as a whole."""
+        if re.search(r"\bself\b(?!\s*\.)", self.rule):
+            return None
+        return frozenset(re.findall(r"\bself\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)", self.rule))
 
     @property
     def field_path(self) -> tuple[str, ...]:
@@ -408,6 +415,8 @@ def _values_at(obj: Any, path: tuple[str, ...], shown: str = "") -> Iterator[tup
 
 def evaluate_rule(rule: Rule, value: Any) -> bool:
     """Whether the value satisfies the rule; raises celpy's CELEvalError when the rule cannot be evaluated on it."""
+    if isinstance(value, dict) and rule.fields_read is not None:
+        value = {key: item for key, item in value.items() if key in rule.fields_read}  # convert only what it reads
     result = rule.program.evaluate({"self": to_cel(value, rule.schema)})
     if isinstance(result, Exception):
         raise result
