@@ -201,7 +201,14 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if keyword == "pattern" and _is_quantity(schema):
         return f"{value!r} {QUANTITY_HINT}"
     if keyword == "type":
-        wanted = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false"}
+        wanted = {
+            "integer": "an integer",
+            "number": "a number",
+            "string": "a string",
+            "boolean": "true or false",
+            "object": "a mapping",
+            "array": "a list",
+        }
         expected = wanted.get(error.validator_value, f"of type {error.validator_value}")
         return f"must be {expected} (got {shown})"
     if keyword == "enum":
@@ -234,7 +241,7 @@ def schema_problems(kind: str, doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(field path, message) for every schema violation and every field the API server would prune."""
     found: list[tuple[str, str]] = []
     meta = doc.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
+    if meta is None or (isinstance(meta, dict) and not meta.get("name")):
         # The server names every object before it validates it (metadata.name, or one from generateName).
         found.append(("metadata.name" if isinstance(meta, dict) else "metadata", "required field is missing"))
     for error in _validator(kind).iter_errors(doc):
@@ -432,6 +439,8 @@ def cel_problems(kind: str, wire: dict[str, Any], broken: Iterable[str] = ()) ->
     found = []
     for rule in _cel_rules(kind):
         for shown, value in _values_at(defaulted, rule.path):
+            if rule.schema.get("type") == "object" and not isinstance(value, dict):
+                continue  # a type error, reported by the schema; the server runs no rules on it
             try:
                 ok = evaluate_rule(rule, value)
             except Exception as exc:
@@ -505,9 +514,20 @@ def model_problems(kind: str, doc: dict[str, Any]) -> tuple[ApiModel | None, lis
 # --- One document, many documents -----------------------------------------------------------------------------------
 
 
+def drop_nulls(value: Any) -> Any:
+    """The value without null fields: the server prunes nulls of fields that are not nullable (none of ours are)
+    before it defaults and validates."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
 def judge(kind: str, doc: dict[str, Any]) -> tuple[ApiModel | None, list[tuple[str, str]]]:
     """(typed resource or None, [(field path, message)]) for one document of a kubeforge kind, every problem at once:
     what the API server would reject, then what the operator would."""
+    doc = drop_nulls(doc)
     found = schema_problems(kind, doc)
     found += cel_problems(kind, doc, broken=[p for p, _ in found])
     resource, deeper = model_problems(kind, doc)
