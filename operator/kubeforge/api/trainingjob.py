@@ -217,7 +217,7 @@ class OutputModelSpec(ApiModel):
 class TrainingWorkers(WorkerResources):
     """Ray Train workers."""
 
-    model_config = cel_rules(cel("self.gpu <= 1", f"workers.gpu: {GPUS_PER_WORKER_MESSAGE}"))
+    model_config = cel_rules(cel("self.gpu <= 1", f"at most 1 GPU per worker: {GPUS_PER_WORKER_MESSAGE}"))
 
     count: int = Field(
         default=1,

@@ -186,7 +186,8 @@ ONE_LINE = {
     ),
     "two-gpus-per-worker": (
         _tj(spec=TJ_SPEC + "  workers: {gpu: 2}\n"),
-        "spec.workers.gpu: workers.gpu: each worker process drives one GPU; set workers.count to the number of GPUs",
+        "spec.workers.gpu: at most 1 GPU per worker: each worker process drives one GPU; set workers.count to the "
+        "number of GPUs instead",
     ),
     "parameter-for-a-parameterless-step": (_dp("dropEmpty: {x: y}"), "spec.steps[0].dropEmpty: takes no parameters"),
     "typo-gets-a-suggestion": (
