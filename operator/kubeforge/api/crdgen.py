@@ -148,11 +148,14 @@ def _structural(node: Any, defs: dict[str, Any], defaults: dict[str, dict[str, A
         if bound in node and not isinstance(node[bound], bool):
             node[plain] = node.pop(bound)
             node[bound] = True
+    if node.get("type") == "object" and node.get("additionalProperties") is True and not node.get("properties"):
+        # A free-form mapping (dict[str, Any]): structural schemas say so with preserve-unknown-fields.
+        node["x-kubernetes-preserve-unknown-fields"] = True
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node.pop("additionalProperties", None)
         node.pop("default", None)
-    schemaless = not node.get("properties") and not isinstance(node.get("additionalProperties"), dict)
-    if node.get("type") == "object" and schemaless and not node.get("x-kubernetes-preserve-unknown-fields"):
+    elif node.get("type") == "object" and "properties" in node and not node["properties"]:
+        # A model without fields (pydantic writes `properties: {}`, additionalProperties false).
         kept = {k: v for k, v in node.items() if k in ("description", "default")}
         node = {**copy.deepcopy(_EMPTY_OBJECT), **kept}
     if node.get("properties"):
