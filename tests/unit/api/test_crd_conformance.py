@@ -399,4 +399,5 @@ NEVER_WORK = {
 @pytest.mark.parametrize("case", list(NEVER_WORK))
 def test_what_can_never_work_is_refused_by_the_server(case: str) -> None:
     kind, dotted, value = NEVER_WORK[case]
+    assert server_verdict(kind, quickstart(kind)) == [], "the unchanged quickstart must be accepted"
     assert server_verdict(kind, _with(kind, dotted, value)) != []
