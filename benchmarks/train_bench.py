@@ -286,11 +286,15 @@ def decoder_step_rate(config: BenchConfig, model_name: str, steps: int, warmup: 
     ids = torch.randint(0, config.vocab, (config.micro_batch, config.context + 1), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bool(config.gpus))
     sync = torch.cuda.synchronize if config.gpus else (lambda: None)
-    started = time.perf_counter()
+    # On CPU: one thread and this process's CPU time, so the other load of a shared machine does not count.
+    clock = time.perf_counter if config.gpus else time.process_time
+    if not config.gpus:
+        torch.set_num_threads(1)
+    started = clock()
     for step in range(steps):
         if step == warmup:
             sync()
-            started = time.perf_counter()
+            started = clock()
         with autocast:
             logits = forward(runner, ids[:, :-1])
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
@@ -298,7 +302,7 @@ def decoder_step_rate(config: BenchConfig, model_name: str, steps: int, warmup: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     sync()
-    tps = (steps - warmup) * config.micro_batch * config.context / (time.perf_counter() - started)
+    tps = (steps - warmup) * config.micro_batch * config.context / (clock() - started)
     params = sum(p.numel() for p in model.parameters())
     return {"model": model_name, "tokens_per_second": tps, "parameters": params}
 
@@ -311,7 +315,8 @@ def decoder_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> list[st
         "Old home-made decoder against transformers, plain single-process loop: "
         f"{config.n_layers} layers, {config.n_heads} heads, width {config.d_model}, context {config.context}, "
         f"vocabulary {config.vocab}, micro-batch {config.micro_batch}, {config.steps} steps "
-        f"(first {config.warmup_steps} not timed), torch.compile {'on' if config.compile else 'off'}.",
+        f"(first {config.warmup_steps} not timed), torch.compile {'on' if config.compile else 'off'}"
+        + ("; CPU: one thread, tokens per second of this process's CPU time." if not config.gpus else "."),
         "",
         "| model | parameters | tokens/s | MFU | vs old decoder |",
         "|---|---|---|---|---|",
