@@ -11,6 +11,7 @@ import os
 import sys
 
 from kubeforge.api import DataPipeline, TrainingJob
+from kubeforge.failures import exit_message
 from pydantic import ValidationError
 
 from .progress import reporter_from_env
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             run_datapipeline(resource, reporter)
         except DataPipelineError as exc:  # bad input or spec: one line naming the resource and the field
             reporter.close()
-            sys.exit(f"kubeforge_trainer: {exc}")
+            sys.exit(exit_message(exc))  # marked permanent: failurePolicy does not retry it
     else:
         from .train import SpecError, TrainingFailed, run_trainingjob
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             run_trainingjob(resource, data_uri, reporter)
         except (SpecError, TrainingFailed) as exc:  # one line naming the resource (workers' tracebacks are above)
             reporter.close()
-            sys.exit(f"kubeforge_trainer: {exc}")
+            sys.exit(exit_message(exc))  # marked permanent when no retry can heal it
     reporter.close()
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import conditions
+from ..failures import is_permanent
 from ..validate import Problem, validate_paths
 from . import DEFAULT_PROMPT, DEFAULT_STATE_DIR
 from . import status as st
@@ -107,11 +108,6 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0].strip() if text else ""
     return first or type(exc).__name__
-
-
-def is_configuration_error(exc: BaseException) -> bool:
-    """Bad input (the workloads raise ValueError subclasses naming the field): retrying cannot help."""
-    return isinstance(root_cause(exc), ValueError)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -379,7 +375,7 @@ class LocalRun:
             except Exception as exc:
                 message = self._log_failure(step, exc)
                 status = self.statuses.get(step.kind, step.name)
-                if attempt < retries and not is_configuration_error(exc):
+                if attempt < retries and not is_permanent(exc):
                     attempt += 1
                     retry_note = f"retry {attempt}/{retries} after: {message}"
                     self.renderer.line(f"    ! {retry_note}", "yellow")
@@ -387,6 +383,8 @@ class LocalRun:
                     status["retries"] = status.get("retries", 0) + 1
                     self._put(step, status)
                     continue
+                if attempt < retries:
+                    message += "; not retried: a retry cannot fix this"
                 self._put(step, st.failed(status, step.kind, generation, now_rfc3339(), message))
                 return StepOutcome(step.kind, step.name, "Failed", time.monotonic() - started, message=message)
             status = self.statuses.get(step.kind, step.name)
