@@ -128,7 +128,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("--serve", action="store_true", help="keep the ModelDeployments serving until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (default 8080)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus metrics port of Ray (default: a free one)"
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the sample request to the served model")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="status, logs and reports (default .kubeforge)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")

@@ -47,8 +47,8 @@ class RunOptions:
     paths: Sequence[str]
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     serve: bool = False
-    port: int = 8000
-    metrics_port: int = 8080
+    port: int = 8000  # the endpoint's, when the run serves
+    metrics_port: int | None = None  # None: Ray picks a free one (and kubeforge one for the printed URL when serving)
     prompt: str = DEFAULT_PROMPT
     plain: bool = False
     verbose: bool = False
@@ -119,6 +119,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def manifest_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -338,7 +345,7 @@ class LocalRun:
         def work(reporter: Any) -> dict[str, Any]:
             from kubeforge_trainer.train import run_trainingjob
 
-            result = run_trainingjob(resource, data_uri, reporter)
+            result = run_trainingjob(resource, data_uri, reporter, notify=self._notice)
             fields = {"modelUri": result["modelUri"], "modelVersion": str(result["modelVersion"])}
             if result.get("testMetrics"):
                 fields["testMetrics"] = result["testMetrics"]
@@ -646,13 +653,22 @@ class LocalRun:
     # ---- helpers ----
 
     def _check_ports(self, steps: list[Step]) -> str:
-        if not any(s.kind == "ModelDeployment" for s in steps):
-            return ""
-        if not port_is_free(self.options.port):
+        """A fixed port this run needs that is taken, in one line (before Ray starts and fails less clearly)."""
+        if any(s.kind == "ModelDeployment" for s in steps) and not port_is_free(self.options.port):
             return f"port {self.options.port} is in use; pass --port to serve on another one"
-        if not port_is_free(self.options.metrics_port):
-            return f"port {self.options.metrics_port} is in use; pass --metrics-port to export metrics on another one"
+        metrics_port = self.options.metrics_port
+        if metrics_port is not None and not port_is_free(metrics_port):
+            return f"port {metrics_port} (--metrics-port) is in use; name another one, or leave it out for a free one"
         return ""
+
+    def _metrics_port(self) -> int | None:
+        """The metrics port to give Ray: the one named; a free one when the run serves (its URL is printed with
+        the curl commands); else None, and Ray picks its own, so runs side by side never collide."""
+        if self.options.metrics_port is not None:
+            return self.options.metrics_port
+        if any(kind == "ModelDeployment" for kind, _ in self.objects):
+            return free_port()
+        return None
 
     def start_ray(self) -> None:
         """Start the run's one local Ray (all steps share it); the entry points see it initialised and reuse it."""
@@ -668,6 +684,7 @@ class LocalRun:
             enable_direct_ingress(self.options.port)  # Serve's processes read it when they start
         cpus = self.cpus
         self.renderer.line(f"    starting a local Ray ({cpus} CPUs) ...", "dim")
+        metrics_port = self._metrics_port()
         for attempt in range(1, RAY_START_ATTEMPTS + 1):
             try:
                 ray.init(
@@ -678,7 +695,7 @@ class LocalRun:
                     # session logs, so the terminal shows the bars; --verbose shows both as Ray normally does.
                     configure_logging=self.options.verbose,
                     log_to_driver=self.options.verbose,
-                    _metrics_export_port=self.options.metrics_port,
+                    _metrics_export_port=metrics_port,
                 )
                 break
             except Exception as exc:
@@ -689,9 +706,15 @@ class LocalRun:
                 log.warning("starting Ray failed (%s); trying again", one_line(exc))
         self._ray_started = True
         self._route_ray_logs()
-        self.metrics_url = f"http://127.0.0.1:{self.options.metrics_port}/metrics"
+        if metrics_port is not None:
+            self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         # ray.init installs its own SIGTERM handler; a terminated run stops like Ctrl-C (status written, Ray down).
         self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    def _notice(self, text: str) -> None:
+        """A workload's one-line notice (e.g. "resuming from <uri> (step N)"): on screen and in run.log."""
+        log.info("%s", text)
+        self.renderer.line(f"    {text}", "cyan")
 
     def _put(self, step: Step, fields: dict[str, Any]) -> st.Status:
         return self._put_kind(step.kind, step.name, fields)
