@@ -16,18 +16,21 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from .. import conditions
+from ..constants import ANNOTATION_LOCAL_SOURCE
 from ..failures import is_permanent
 from ..validate import Problem, validate_paths
 from . import DEFAULT_PROMPT, DEFAULT_STATE_DIR
 from . import status as st
 from .display import Renderer, make_renderer, watching
+from .manage import owned_outputs, step_log_path
 from .plan import Step, capacity_problems, plan_run
 from .resources import ResourceStore, typed, with_absolute_locations
 from .serving import answer_text, curl_commands, post_json, sample_request
@@ -213,6 +216,11 @@ class LocalRun:
             self._err(f"kubeforge run: {port_problem}")
             return 1
 
+        conflict = self._state_conflict(steps)
+        if conflict:
+            self._err(f"kubeforge run: {conflict}")
+            return 1
+
         self._setup_logging()
         self._apply(steps)
         self._direct_ingress = any(
@@ -243,11 +251,35 @@ class LocalRun:
         finally:
             self._shutdown()
 
+    def _state_conflict(self, steps: list[Step]) -> str:
+        """Why this run would take over another resource's state: one of the same kind and name, applied from
+        another manifest file, that writes elsewhere (a copied manifest directory run from the same place). A copy
+        that writes to the same outputs shares the state, as it shares the outputs."""
+        for step in steps:
+            stored = self.resources.get(step.kind, step.name)
+            if stored is None:
+                continue
+            source = _source_file(step)
+            stored_source = (stored["metadata"].get("annotations") or {}).get(ANNOTATION_LOCAL_SOURCE)
+            wire = with_absolute_locations(step.kind, step.manifest.resource.to_wire(), self.options.workdir)
+            if stored_source in (None, source) or owned_outputs(stored) == owned_outputs(wire):
+                continue
+            return (
+                f"{step.label} from {step.manifest.source} writes to {', '.join(owned_outputs(wire))}, but "
+                f"{self._show(self.state_dir)} holds {step.label} from {stored_source} writing to "
+                f"{', '.join(owned_outputs(stored))}: run the copy from its own directory or with --state-dir, "
+                f"rename it, or `kubeforge delete {step.kind.lower()}/{step.name}` first"
+            )
+        return ""
+
     def _apply(self, steps: list[Step]) -> None:
         """Store each resource as `kubectl apply` would; a changed spec gets a new generation and a fresh status."""
         now = now_rfc3339()
         for step in steps:
             wire = with_absolute_locations(step.kind, step.manifest.resource.to_wire(), self.options.workdir)
+            source = _source_file(step)
+            annotations = {**(wire["metadata"].get("annotations") or {}), ANNOTATION_LOCAL_SOURCE: source}
+            wire["metadata"] = {**wire["metadata"], "annotations": annotations}
             previous = self.resources.get(step.kind, step.name)
             obj = self.resources.apply(wire, now)
             if previous is not None and previous["metadata"]["generation"] != obj["metadata"]["generation"]:
@@ -372,7 +404,7 @@ class LocalRun:
         while True:
             reporter = FileStatusReporter(step.kind, step.name, self.statuses.directory)
             try:
-                with watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
+                with self._step_log(step), watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
                     try:
                         fields = work(reporter)
                     finally:
@@ -448,7 +480,7 @@ class LocalRun:
         status = self._put(step, st.started(status, step.kind, generation, now_rfc3339(), "deploying"))
         try:
             self.start_ray()
-            with watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
+            with self._step_log(step), watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
                 url = self._deploy(step, args)
                 fields = self._deployment_fields(step.name, url, args)
                 self._put(step, fields)
@@ -722,10 +754,26 @@ class LocalRun:
     def _put_kind(self, kind: str, name: str, fields: dict[str, Any]) -> st.Status:
         return self.statuses.put(kind, name, fields)
 
+    @contextmanager
+    def _step_log(self, step: Step) -> Iterator[None]:
+        """While a step runs, everything logged (its step lines included) also goes to its own log file, which
+        `kubeforge logs KIND/NAME [-f]` shows."""
+        path = step_log_path(self.log_dir, step.kind, step.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
     def _log_failure(self, step: Step, exc: BaseException) -> str:
         """Write the traceback to the step's log file; returns the one line shown to the user."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        path = self.log_dir / f"{step.kind}-{step.name}.log"
+        path = step_log_path(self.log_dir, step.kind, step.name)
         with path.open("a") as f:
             f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         message = one_line(root_cause(exc)) if not isinstance(exc, StepFailed) else str(exc)
@@ -770,6 +818,11 @@ class LocalRun:
             return str(Path(path).relative_to(self.options.workdir.resolve()))
         except ValueError:
             return str(path)
+
+
+def _source_file(step: Step) -> str:
+    """The absolute path of the file a step's manifest came from (validate labels documents `file#N`)."""
+    return str(Path(step.manifest.source.rsplit("#", 1)[0]).resolve())
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -147,7 +147,23 @@ def _announce(text: str) -> None:
     log.info("%s", text)
 
 
+def step_line(fields: dict[str, Any]) -> str:
+    """The log line of one reported training step: `step 120/300 loss 2.3456 lr 3.00e-04 tokens/s 1234 eta 42s`."""
+    parts = [f"step {fields['step']}/{fields.get('totalSteps', '?')}"]
+    if fields.get("loss") is not None:
+        parts.append(f"loss {fields['loss']:.4f}")
+    if fields.get("learningRate") is not None:
+        parts.append(f"lr {fields['learningRate']:.2e}")
+    if fields.get("tokensPerSecond") is not None:
+        parts.append(f"tokens/s {fields['tokensPerSecond']:.0f}")
+    eta = fields.get("etaSeconds")
+    parts.append(f"eta {eta:.0f}s" if eta is not None else "eta -")
+    return " ".join(parts)
+
+
 def _forward_progress(message: dict[str, Any], reporter: Any, result: dict[str, Any]) -> None:
+    if "status" in message and "loss" in message["status"] and "step" in message["status"]:
+        log.info("%s", step_line(message["status"]))  # the step's log (`kubeforge logs`), one line per log interval
     if "status" in message:
         try:
             reporter.report(**message["status"])
