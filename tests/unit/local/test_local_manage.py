@@ -135,3 +135,10 @@ def test_status_into_a_closed_pipe_is_no_traceback(tmp_path):
     _, err = producer.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipe" not in err
     assert producer.returncode == 0
+
+
+def test_counted_nouns() -> None:
+    from kubeforge.wording import plural
+
+    assert [plural(n, "token") for n in (0, 1, 2)] == ["0 tokens", "1 token", "2 tokens"]
+    assert plural(1, "new token") == "1 new token" and plural(3, "replica") == "3 replicas"

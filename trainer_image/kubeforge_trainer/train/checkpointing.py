@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow.fs as pafs
+from kubeforge.wording import plural
 
 from .. import storage
 from .evaluation import BestTracker, EarlyStoppingState
@@ -314,13 +315,13 @@ def decide_resume(
         return ResumeDecision(latest, state.step)
     if state.step > planned_steps:
         problem = (
-            f"the checkpoints in {root} are at step {state.step}, past the {planned_steps} steps this spec plans "
-            f"(a model is never trained or reported beyond its planned steps): {fresh}"
+            f"the checkpoints in {root} are at step {state.step}, past the {plural(planned_steps, 'step')} this spec "
+            f"plans (a model is never trained or reported beyond its planned steps): {fresh}"
         )
         raise spec_error(resource_name, length_field, problem)
     if not extend:
         problem = (
-            f"the checkpoints in {root} are of the same run planned for {planned_before} steps (newest: step "
+            f"the checkpoints in {root} are of the same run planned for {plural(planned_before, 'step')} (newest: step "
             f"{state.step}); this spec plans {planned_steps}: set spec.checkpoint.extend: true to continue that run "
             f"to step {planned_steps} (its learning-rate schedule is stretched to the new length), or {fresh}"
         )

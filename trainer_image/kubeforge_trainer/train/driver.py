@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeforge.api import TrainingJob
+from kubeforge.wording import plural
 
 from .. import storage
 from . import checkpointing as ckpt
@@ -190,7 +191,8 @@ def run_trainingjob(
     notify = notify or _announce
     if decision.checkpoint is not None:
         extended = (
-            f"; extending the run from {decision.extended_from} to {plan.total_steps} steps (checkpoint.extend)"
+            f"; extending the run from {decision.extended_from} to {plural(plan.total_steps, 'step')} "
+            "(checkpoint.extend)"
             if decision.extended_from is not None
             else ""
         )
