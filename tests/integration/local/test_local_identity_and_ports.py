@@ -64,6 +64,9 @@ def test_an_edited_run_never_loads_a_foreign_checkpoint_nor_goes_past_its_steps(
     code, out, job = run(steps=4)
     assert code == 0, out
     assert (job["step"], job["totalSteps"], job["resumedFromStep"]) == (4, 4, 0)
+    assert main(["logs", "tj/gpt"]) == 0
+    logged = capsys.readouterr().out
+    assert all(f"step {n}/4 loss " in logged for n in (1, 2, 3, 4)), logged
 
     code, out, job = run(steps=6)  # edited: the same run planned longer, continued only when asked
     assert code == 1 and "Traceback" not in out and "retry 1/1" not in out and "not retried" in out, out
@@ -82,6 +85,11 @@ def test_an_edited_run_never_loads_a_foreign_checkpoint_nor_goes_past_its_steps(
     code, out, job = run(steps=6, d_model=16)  # another architecture: its checkpoints are never loaded
     assert code == 1 and "spec.model.dModel 8 -> 16" in job["message"], out
     assert "size mismatch" not in out
+
+    assert main(["delete", "trainingjob/gpt", "--yes"]) == 0
+    assert not (tmp_path / "runs" / "gpt" / "checkpoints").exists() and store.get("TrainingJob", "gpt") == {}
+    code, out, job = run(steps=2, d_model=16)  # after the delete, the new configuration starts afresh
+    assert code == 0 and job["resumedFromStep"] == 0, out
 
 
 @pytest.mark.timeout(900)
