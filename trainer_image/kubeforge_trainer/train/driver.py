@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeforge.api import TrainingJob
+from kubeforge.api.trainingjob import GPUS_PER_WORKER_MESSAGE
 from kubeforge.wording import plural
 
 from .. import storage
@@ -83,7 +84,7 @@ def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str,
         raise spec_error(
             name,
             "spec.workers.gpu",
-            f"{workers.gpu}: each worker process drives one GPU; set workers.count to the number of GPUs instead",
+            f"{workers.gpu}: {GPUS_PER_WORKER_MESSAGE}",
         )
     try:
         worker_resources(workers.cpu, workers.memory, workers.gpu)
