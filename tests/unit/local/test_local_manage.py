@@ -142,3 +142,35 @@ def test_counted_nouns() -> None:
 
     assert [plural(n, "token") for n in (0, 1, 2)] == ["0 tokens", "1 token", "2 tokens"]
     assert plural(1, "new token") == "1 new token" and plural(3, "replica") == "3 replicas"
+
+
+def test_ports_are_fixed_only_when_named_or_served(write_manifests, tmp_path, capsys, trainingjob, modeldeployment):
+    import socket
+
+    from kubeforge.local.plan import plan_run
+    from kubeforge.validate import validate_paths
+
+    job = trainingjob("gpt", None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        path = write_manifests(job)
+        # A named port that is taken: one line, before Ray starts, even with nothing to serve.
+        assert main(["run", str(path), "--metrics-port", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"kubeforge run: port {taken} (--metrics-port) is in use; name another one, or leave it out for a free one\n"
+    )
+
+    def metrics_port(*docs: dict, named: int | None = None) -> int | None:
+        path = write_manifests(*docs)
+        run = LocalRun(RunOptions(paths=[str(path)], workdir=tmp_path, metrics_port=named, num_cpus=4), io.StringIO())
+        run._apply(plan_run(validate_paths([path]).manifests, {})[0])
+        return run._metrics_port()
+
+    assert metrics_port(job) is None, "nothing served: Ray picks its own metrics port"
+    assert metrics_port(job, named=9999) == 9999
+    served = metrics_port(job, modeldeployment("md", "gpt"))
+    assert isinstance(served, int) and served not in (8080, 0)
