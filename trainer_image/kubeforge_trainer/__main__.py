@@ -11,7 +11,7 @@ import os
 import sys
 
 from kubeforge.api import DataPipeline, TrainingJob
-from kubeforge.failures import exit_message
+from kubeforge.failures import PERMANENT_MARKER, TRAINER_PREFIX, exit_message
 from pydantic import ValidationError
 
 from .progress import reporter_from_env
@@ -24,7 +24,7 @@ def _load(model: type, raw: str) -> object:
     try:
         return model.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:
-        sys.exit(f"kubeforge_trainer: {ENV_RESOURCE} does not hold a valid {model.__name__}: {exc}")
+        sys.exit(f"{TRAINER_PREFIX}{PERMANENT_MARKER}{ENV_RESOURCE} does not hold a valid {model.__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         resource = _load(TrainingJob, raw)
         data_uri = os.environ.get(ENV_DATA_URI) or resource.spec.data_ref.uri
         if not data_uri:
-            sys.exit(f"kubeforge_trainer: no data location: set spec.dataRef.uri or ${ENV_DATA_URI}")
+            sys.exit(f"{TRAINER_PREFIX}{PERMANENT_MARKER}no data location: set spec.dataRef.uri or ${ENV_DATA_URI}")
         reporter = reporter_from_env("TrainingJob", resource.metadata.name)
         try:
             run_trainingjob(resource, data_uri, reporter)
