@@ -124,6 +124,7 @@ def test_identity_keeps_training_fields_and_drops_length_places_and_reporting() 
         ("evaluation.intervalSteps", 7, True),
         ("failurePolicy.maxRetries", 3, True),
         ("workers.memory", "4Gi", True),
+        ("pod.env", [{"name": "AWS_REGION", "value": "eu-west-1"}], True),
         ("model.dModel", 192, False),
         ("training.learningRate", 3e-4, False),
         ("workers.count", 4, False),

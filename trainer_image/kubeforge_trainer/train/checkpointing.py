@@ -211,6 +211,7 @@ IDENTITY_EXCLUDED = (
     "queueName",
     "suspend",
     "ttlSecondsAfterFinished",
+    "pod",  # pod overrides: securityContext, env, envFrom, volumes
     "podTemplate",
     "securityContext",
     "env",
