@@ -81,3 +81,23 @@ def test_the_kernels_toolchain_is_declared_and_bounded() -> None:
 def test_dev_installs_both_extras() -> None:
     dev = [Requirement(r) for r in PYPROJECT["optional-dependencies"]["dev"]]
     assert any(r.name == "kubeforge" and r.extras == {"operator", "trainer"} for r in dev)
+
+
+def test_kubeforge_run_without_the_trainer_extra_says_what_to_install(tmp_path) -> None:
+    # An environment where the trainer's packages cannot be found: each name shadowed by a module that is None.
+    script = (
+        "import sys\n"
+        "from kubeforge import cli\n"
+        "for name in cli.TRAINER_PACKAGES: sys.modules[name] = None\n"
+        "import importlib.util\n"
+        "importlib.util.find_spec = lambda name, *a: None if name in cli.TRAINER_PACKAGES else object()\n"
+        "sys.exit(cli.main(['run', 'x.yaml']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO_ROOT / "operator"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2
+    assert "pip install 'kubeforge[trainer]'" in done.stderr and "Traceback" not in done.stderr
