@@ -110,20 +110,26 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
 
 
 def ray_pods(child: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pod specs of a RayJob's or RayService's head and worker groups."""
+    """The pod specs of a RayJob's or RayService's head and worker groups; the head with the autoscaler container
+    KubeRay adds from autoscalerOptions when autoscaling is on."""
     cluster = child["spec"].get("rayClusterSpec")
     if cluster is None:
         cluster = child["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    return [group["template"]["spec"] for group in groups]
+    pods = [copy.deepcopy(group["template"]["spec"]) for group in groups]
+    if cluster.get("enableInTreeAutoscaling"):
+        autoscaler = {"name": "autoscaler", **cluster.get("autoscalerOptions", {})}
+        pods[0]["containers"].append(autoscaler)
+    return pods
 
 
 def test_every_generated_ray_pod_meets_the_restricted_policy(config: OperatorConfig) -> None:
     pods = [pod for child in generated_children(config) for pod in ray_pods(child)]
     assert len(pods) >= 16
+    assert any(len(pod["containers"]) == 2 for pod in pods)  # an autoscaling RayService's head
     for pod in pods:
         assert restricted_violations(pod) == []
-        (container,) = pod["containers"]
+        container = pod["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/tmp", "/home/kubeforge", "/dev/shm"} <= mounts  # the writable places Ray needs
