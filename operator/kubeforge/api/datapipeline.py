@@ -12,9 +12,15 @@ from .common import (
     CommonStatus,
     ObjectMeta,
     WorkerResources,
+    at_most,
     cel,
     cel_rules,
+    exactly_one,
 )
+
+# Bounds that keep counts far inside int64 and far beyond any real corpus.
+MAX_CHARS = 1_000_000_000
+MAX_WORDS = 100_000_000
 
 
 class PvcSource(ApiModel):
@@ -34,7 +40,7 @@ class BuiltinCorpus(ApiModel):
         default="system-docs",
         description="system-docs: Python standard-library docstrings and the system's /usr/share/doc files.",
     )
-    max_documents: int = Field(default=20000, ge=1, description="Stop after this many documents.")
+    max_documents: int = Field(default=20000, ge=1, le=100_000_000, description="Stop after this many documents.")
 
 
 class SourceSpec(ApiModel):
@@ -86,10 +92,15 @@ class UnicodeParams(ApiModel):
 class LengthFilterParams(ApiModel):
     """Keep documents whose length is inside the bounds."""
 
-    min_chars: int | None = Field(default=None, ge=0, description="Minimum characters.")
-    max_chars: int | None = Field(default=None, ge=1, description="Maximum characters.")
-    min_words: int | None = Field(default=None, ge=0, description="Minimum whitespace-separated words.")
-    max_words: int | None = Field(default=None, ge=1, description="Maximum whitespace-separated words.")
+    model_config = cel_rules(
+        cel(at_most("minChars", "maxChars"), "minChars must be at most maxChars (no document could pass)"),
+        cel(at_most("minWords", "maxWords"), "minWords must be at most maxWords (no document could pass)"),
+    )
+
+    min_chars: int | None = Field(default=None, ge=0, le=MAX_CHARS, description="Minimum characters.")
+    max_chars: int | None = Field(default=None, ge=1, le=MAX_CHARS, description="Maximum characters.")
+    min_words: int | None = Field(default=None, ge=0, le=MAX_WORDS, description="Minimum whitespace-separated words.")
+    max_words: int | None = Field(default=None, ge=1, le=MAX_WORDS, description="Maximum whitespace-separated words.")
 
 
 class QualityFilterParams(ApiModel):
@@ -158,7 +169,7 @@ class NearDedupParams(ApiModel):
         description="Estimated Jaccard similarity that counts as a duplicate.",
     )
     num_perm: int = Field(default=128, ge=8, le=1024, description="MinHash permutations.")
-    bands: int = Field(default=16, ge=1, description="LSH bands; numPerm/bands rows per band.")
+    bands: int = Field(default=16, ge=1, le=1024, description="LSH bands; numPerm/bands rows per band.")
     shingle_size: int = Field(default=5, ge=1, le=32, description="Word n-gram size of the shingles.")
     seed: int = Field(default=42, description="Seed of the hash permutations.")
 
@@ -224,10 +235,7 @@ class CleaningStep(ApiModel):
     """One cleaning operation: set exactly one member (like a Kubernetes volume source)."""
 
     model_config = cel_rules(
-        cel(
-            "[" + ", ".join(f"has(self.{m})" for m in _STEP_MEMBERS) + "].exists_one(x, x)",
-            "a step sets exactly one operation",
-        ),
+        cel(exactly_one(*_STEP_MEMBERS), "a step sets exactly one operation"),
     )
 
     name: str | None = Field(default=None, description="Name shown in statistics; defaults to the operation.")
@@ -263,7 +271,7 @@ class TrainTokenizer(ApiModel):
     """Train a byte-level BPE tokenizer on the cleaned data."""
 
     vocab_size: int = Field(default=8192, ge=260, le=262144, description="Vocabulary size.")
-    min_frequency: int = Field(default=2, ge=1, description="Minimum pair frequency to merge.")
+    min_frequency: int = Field(default=2, ge=1, le=1_000_000_000, description="Minimum pair frequency to merge.")
 
 
 class TokenizerSpec(ApiModel):

@@ -224,7 +224,7 @@ def test_token_auth_is_on_where_the_ray_version_has_it(config: OperatorConfig) -
             "spec.pod.volumes[0]",
             "exactly one",
         ),
-        ({"volumes": [{"name": "kf-tmp", "emptyDir": {}}]}, "spec.pod.volumes[0]", "kubeforge's own volumes"),
+        ({"volumes": [{"name": "kf-tmp", "emptyDir": {}}]}, "spec.pod.volumes[0].name", "kubeforge's own volumes"),
         ({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "spec.pod", "must name one of volumes"),
         ({"envFrom": [{"prefix": "S3_"}]}, "spec.pod.envFrom[0]", "exactly one of secretRef, configMapRef"),
         ({"env": [{"name": "A"}]}, "spec.pod.env[0]", "exactly one of value, valueFrom"),
