@@ -29,7 +29,7 @@ from .. import storage
 from ..models.export import INFO_FILE
 from .admission import Admission, AdmissionGate
 from .batching import DynamicBatcher
-from .engine import GenerationTask
+from .engine import ContinuousBatcher, GenerationTask
 from .metrics import ModelMetrics, RequestMetrics
 from .protocol import (
     ApiError,
@@ -89,16 +89,19 @@ class VersionServer:
         self.metrics.model_loaded(self.runner.load_seconds)
         self.defaults = GenerationDefaults()
         self._waiting: set[int] = set()
-        # Each version batches only its own requests; limits come from reconfigure().
-        self._generations = DynamicBatcher(self._run_generation_batch, max_size=1, max_wait_s=0.0)
+        # Generation: the version's continuous batch, stepped by its own thread. Classification: dynamic batches.
+        if self.runner.batcher is not None:
+            self.runner.batcher.on_step = self._stepped
+            self.runner.batcher.start()
         self._classifications = DynamicBatcher(self._run_classify_batch, max_size=1, max_wait_s=0.0)
         log.info("loaded %s %s from %s in %.2fs", model_name, version.version, version.uri, self.runner.load_seconds)
 
     def configure(self, batch_size: int, wait_s: float, defaults: GenerationDefaults) -> None:
         """Apply batching limits and generation defaults."""
         self.defaults = defaults
-        for batcher in (self._generations, self._classifications):
-            batcher.configure(batch_size, wait_s)
+        if self.runner.batcher is not None:
+            self.runner.batcher.max_batch_size = batch_size  # read at each step's admission
+        self._classifications.configure(batch_size, wait_s)
 
     def prepare_completion(
         self, request: CompletionRequest, on_delta: Callable[[StreamDelta], None] | None = None
@@ -116,13 +119,34 @@ class VersionServer:
         )
 
     async def run(self, tasks: list[GenerationTask], admission: Admission) -> None:
-        """Once admitted, submit every task to the batch queue and wait for all; cancelled tasks stop generating."""
+        """Once admitted, submit every task to the running batch and wait for all; cancelled tasks stop generating."""
         try:
-            await self._queued(tasks, admission, lambda: [self._generations.submit(t) for t in tasks])
+            await self._queued(tasks, admission, lambda: [self._submit(t) for t in tasks])
         except BaseException:
             for task in tasks:
                 task.cancelled = True
             raise
+        for task in tasks:
+            self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times)
+
+    def _submit(self, task: GenerationTask) -> asyncio.Future[None]:
+        """Hand the task to the engine's thread; the future resolves on this loop when the task leaves the batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(None)
+
+        task.on_done = lambda error: loop.call_soon_threadsafe(settle, error)
+        self._dequeue([task])
+        assert self.runner.batcher is not None
+        self.runner.batcher.submit(task)
+        return future
+
+    def _stepped(self, batcher: ContinuousBatcher) -> None:
+        """After every decode step (engine thread): the running batch's size."""
+        self.metrics.batch(len(batcher.active))
 
     async def classify(self, request: ClassifyRequest, admission: Admission) -> ClassifyResult | ApiError:
         """Class probabilities of every input, or the model's 4xx verdict on the request."""
@@ -156,16 +180,6 @@ class VersionServer:
     def _dequeue(self, items: list[Any]) -> None:
         self._waiting.difference_update(id(item) for item in items)
         self.metrics.queued(len(self._waiting))
-
-    async def _run_generation_batch(self, tasks: list[GenerationTask]) -> list[None]:
-        self._dequeue(tasks)
-        live = [t for t in tasks if not t.cancelled]
-        if live:
-            self.metrics.batch(len(live))
-            await asyncio.to_thread(self.runner.generate, live)
-            for task in live:
-                self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times)
-        return [None] * len(tasks)
 
     async def _run_classify_batch(self, sequences: list[list[int]]) -> list[list[float]]:
         self._dequeue(sequences)

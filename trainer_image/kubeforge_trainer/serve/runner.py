@@ -12,19 +12,16 @@ from typing import Any
 
 import torch
 from kubeforge.api.modeldeployment import GenerationDefaults
-from tokenizers import Tokenizer
 from torch import nn
 
 from .. import storage
-from ..models import ModelConfig, load_model_dir, read_model_info
+from ..models import read_model_info
 from ..models.export import INFO_FILE
 from . import engine
-from .engine import GenerationTask, SamplingParams
+from .engine import ContinuousBatcher, GenerationTask, SamplingParams
+from .loading import CLASSIFICATION, LANGUAGE_MODELING, LoadedModel, load_for_serving
 from .protocol import ApiError, Classification, ClassifyRequest, CompletionRequest, StreamDelta, context_error
 from .quantize import quantize_int8
-
-LANGUAGE_MODELING = "languageModeling"
-CLASSIFICATION = "classification"
 
 
 def wrong_task(task: str, route: str) -> ApiError:
@@ -82,11 +79,9 @@ def check_classify_lengths(
     return None
 
 
-def _load_local(directory: Path, device: str) -> tuple[nn.Module, ModelConfig, Tokenizer, str]:
-    """(model, config, tokenizer, version recorded in kubeforge.json) of a local model directory."""
-    model, config, tokenizer = load_model_dir(directory, device=device)
-    info = read_model_info(directory) if (directory / INFO_FILE).is_file() else {}
-    return model, config, tokenizer, str(info.get("version", ""))
+def _recorded_version(directory: Path) -> str:
+    """The version in the directory's kubeforge.json ("" when it has none)."""
+    return str(read_model_info(directory).get("version", "")) if (directory / INFO_FILE).is_file() else ""
 
 
 def _unseeded_generator(device: str) -> torch.Generator:
@@ -97,16 +92,15 @@ def _unseeded_generator(device: str) -> torch.Generator:
 
 @dataclass(eq=False)
 class ModelRunner:
-    """A model version ready to serve."""
+    """A model version ready to serve: the loaded model, its tokenizer, and (for language models) its running batch."""
 
-    model: nn.Module
-    config: ModelConfig
-    tokenizer: Tokenizer
+    loaded: LoadedModel
     uri: str
     version: str
     quantization: str
     load_seconds: float
     generator: torch.Generator
+    batcher: ContinuousBatcher | None = None
 
     @classmethod
     def load(cls, uri: str, version: str, quantization: str = "none", device: str = "cpu") -> ModelRunner:
@@ -118,48 +112,79 @@ class ModelRunner:
             # Each replica downloads into its own directory (so replicas on a node never race on the same files)
             # and deletes it once the weights and tokenizer are in memory.
             with tempfile.TemporaryDirectory(prefix="kubeforge-model-") as tmp:
-                model, config, tokenizer, recorded = _load_local(storage.download_dir(uri, tmp), device)
+                directory = storage.download_dir(uri, tmp)
+                loaded, recorded = load_for_serving(directory, device), _recorded_version(directory)
         else:
-            model, config, tokenizer, recorded = _load_local(Path(storage.local_path(uri)), device)
+            directory = Path(storage.local_path(uri))
+            loaded, recorded = load_for_serving(directory, device), _recorded_version(directory)
         if quantization == "int8":
-            model = quantize_int8(model)
-        return cls(
-            model=model,
-            config=config,
-            tokenizer=tokenizer,
+            loaded.model = quantize_int8(loaded.model)
+        runner = cls(
+            loaded=loaded,
             uri=uri,
             version=version or recorded,
             quantization=quantization,
             load_seconds=time.perf_counter() - started,
             generator=_unseeded_generator(device),
         )
+        if loaded.task == LANGUAGE_MODELING:
+            runner.batcher = ContinuousBatcher(
+                loaded.model, loaded.eos_token_ids, loaded.pad_token_id, runner.decode, runner.generator
+            )
+        return runner
+
+    @property
+    def model(self) -> nn.Module:
+        """The network."""
+        return self.loaded.model
 
     @property
     def task(self) -> str:
         """languageModeling or classification."""
-        return self.config.task
+        return self.loaded.task
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens (prompt plus generated) one sequence may hold."""
+        return self.loaded.context_length
 
     def info(self) -> dict[str, Any]:
-        """What /v1/models tells about this version."""
+        """What /v1/models tells about this version (never where it is stored)."""
         return {
             "version": self.version,
-            "uri": self.uri,
             "task": self.task,
-            "contextLength": self.config.context_length,
-            "vocabSize": self.config.vocab_size,
-            "labels": list(self.config.labels),
-            "parameters": self.config.num_parameters(),
+            "format": self.loaded.format,
+            "contextLength": self.context_length,
+            "vocabSize": len(self.loaded.tokenizer),
+            "labels": list(self.loaded.labels) if self.task == CLASSIFICATION else [],
+            "parameters": self.loaded.num_parameters,
             "quantization": self.quantization,
+            "chatTemplate": self.loaded.chat_template is not None,
             "loadSeconds": round(self.load_seconds, 3),
         }
 
     def encode(self, text: str, special_tokens: bool) -> list[int]:
         """Token ids of text."""
-        return self.tokenizer.encode(text, add_special_tokens=special_tokens).ids
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=special_tokens))
 
     def decode(self, ids: list[int]) -> str:
         """Text of token ids, special tokens left out."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | ApiError:
+        """Token ids of the chat rendered with the model's chat template (generation prompt appended)."""
+        if self.task != LANGUAGE_MODELING:
+            return wrong_task(self.task, "/v1/chat/completions")
+        if self.loaded.chat_template is None:
+            return ApiError(
+                400, "this model has no chat template; use /v1/completions with a plain prompt", code="no_chat_template"
+            )
+        try:
+            text = self.loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template may raise on messages it does not accept (e.g. roles out of order)
+            return ApiError(400, f"the model's chat template rejected the messages: {exc}", param="messages")
+        # The template writes the special tokens itself (BOS, role markers): none are added around it.
+        return self.encode(text, special_tokens=False)
 
     def prepare_completion(
         self,
@@ -175,17 +200,30 @@ class ModelRunner:
             # Prompts are continued, so no special tokens (BOS/EOS post-processing) are added around them.
             ids = self.encode(prompt, special_tokens=False)
             index = i if request.prompt_is_list else None
-            params = resolve_sampling(request, defaults, len(ids), self.config.context_length, index)
+            params = resolve_sampling(request, defaults, len(ids), self.context_length, index)
             if isinstance(params, ApiError):
                 return params
             tasks.append(GenerationTask(index=i, prompt_ids=ids, params=params, on_delta=on_delta))
         return tasks
 
+    def prepare_chat(
+        self,
+        request: CompletionRequest,
+        prompt_ids: list[int],
+        defaults: GenerationDefaults,
+        on_delta: Callable[[StreamDelta], None] | None = None,
+    ) -> list[GenerationTask] | ApiError:
+        """The generation task of a chat whose messages are already rendered, or its 4xx error."""
+        params = resolve_sampling(request, defaults, len(prompt_ids), self.context_length, None)
+        if isinstance(params, ApiError):
+            return params
+        return [GenerationTask(index=0, prompt_ids=prompt_ids, params=params, on_delta=on_delta)]
+
     def generate(self, tasks: Sequence[GenerationTask]) -> None:
-        """Run one batch of generation tasks to completion (blocking; the server calls it from a worker thread)."""
-        engine.generate(
-            self.model, tasks, self.config.eos_token_id, self.config.pad_token_id, self.decode, self.generator
-        )
+        """Run generation tasks to completion on this thread (tests, benchmarks; the server uses the batcher's own
+        thread instead)."""
+        assert self.batcher is not None, "not a language model"
+        engine.generate(self.batcher, tasks)
 
     def prepare_classify(self, request: ClassifyRequest) -> list[list[int]] | ApiError:
         """Token ids of each input (truncated to the context when asked), or a 4xx error."""
@@ -194,19 +232,19 @@ class ModelRunner:
         # Documents are encoded as the data step encodes them: with the tokenizer's own post-processing.
         encoded = [self.encode(text, special_tokens=True) for text in request.inputs]
         error = check_classify_lengths(
-            [len(ids) for ids in encoded], self.config.context_length, request.truncate, request.input_is_list
+            [len(ids) for ids in encoded], self.context_length, request.truncate, request.input_is_list
         )
         if error is not None:
             return error
-        return [ids[: self.config.context_length] for ids in encoded]
+        return [ids[: self.context_length] for ids in encoded]
 
     def classify(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities of each token sequence (blocking; call from a worker thread)."""
-        return engine.classify(self.model, sequences, self.config.pad_token_id).tolist()
+        return engine.classify(self.model, sequences, self.loaded.pad_token_id).tolist()
 
     def label_names(self) -> list[str]:
         """Names of the classes, by index."""
-        return list(self.config.labels) or [str(i) for i in range(self.config.num_labels)]
+        return list(self.loaded.labels)
 
     def to_classification(self, index: int, probabilities: Sequence[float]) -> Classification:
         """The Classification of one input from its class probabilities."""
