@@ -116,7 +116,7 @@ def _load_hf(directory: Path, device: str) -> LoadedModel:
 
 
 def gpt2_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """LEGACY: Hugging Face GPT2LMHeadModel names and layouts from a kubeforge GPT state dict (models/hf.py inverted)."""
+    """LEGACY: GPT2LMHeadModel names and layouts from a kubeforge GPT state dict (models/hf.py inverted)."""
     hf_module = {ours: theirs for theirs, ours in _LAYER_NAMES.items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
