@@ -33,16 +33,20 @@ from .engine import ContinuousBatcher, GenerationTask
 from .metrics import ModelMetrics, RequestMetrics
 from .protocol import (
     ApiError,
+    ChatRequest,
     Choice,
     ClassifyRequest,
     ClassifyResult,
     CompletionRequest,
     CompletionResult,
     StreamDelta,
+    chat_body,
+    chat_chunk,
     classify_body,
     completion_body,
     completion_chunk,
     merge_deltas,
+    parse_chat_request,
     parse_classify_request,
     parse_completion_request,
     parse_json_body,
@@ -71,6 +75,11 @@ QUEUE_FULL = ApiError(
 )
 INTERNAL_ERROR = ApiError(500, "the server failed on this request", "server_error", "internal_error")
 _STREAM_DONE = object()
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "/v1/completions": parse_completion_request,
+    "/v1/chat/completions": parse_chat_request,
+    "/v1/classify": parse_classify_request,
+}
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -103,10 +112,15 @@ class VersionServer:
             self.runner.batcher.max_batch_size = batch_size  # read at each step's admission
         self._classifications.configure(batch_size, wait_s)
 
-    def prepare_completion(
-        self, request: CompletionRequest, on_delta: Callable[[StreamDelta], None] | None = None
+    def prepare(
+        self, request: CompletionRequest | ChatRequest, on_delta: Callable[[StreamDelta], None] | None = None
     ) -> list[GenerationTask] | ApiError:
-        """Generation tasks for the request, or the model's 4xx verdict on it (task, context length)."""
+        """Generation tasks for the request, or the model's 4xx verdict on it (task, chat template, context)."""
+        if isinstance(request, ChatRequest):
+            prompt_ids = self.runner.chat_prompt_ids(list(request.messages))
+            if isinstance(prompt_ids, ApiError):
+                return prompt_ids
+            return self.runner.prepare_chat(request, prompt_ids, self.defaults, on_delta)
         return self.runner.prepare_completion(request, self.defaults, on_delta)
 
     async def complete(self, tasks: list[GenerationTask], admission: Admission) -> CompletionResult:
@@ -121,7 +135,7 @@ class VersionServer:
     async def run(self, tasks: list[GenerationTask], admission: Admission) -> None:
         """Once admitted, submit every task to the running batch and wait for all; cancelled tasks stop generating."""
         try:
-            await self._queued(tasks, admission, lambda: [self._submit(t) for t in tasks])
+            await self._queued(tasks, admission, lambda: self._submit(tasks))
         except BaseException:
             for task in tasks:
                 task.cancelled = True
@@ -129,20 +143,24 @@ class VersionServer:
         for task in tasks:
             self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times)
 
-    def _submit(self, task: GenerationTask) -> asyncio.Future[None]:
-        """Hand the task to the engine's thread; the future resolves on this loop when the task leaves the batch."""
+    def _submit(self, tasks: list[GenerationTask]) -> list[asyncio.Future[None]]:
+        """Hand a request's tasks to the engine's thread at once (so they join the same step); each future resolves
+        on this loop when its task leaves the batch."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        futures = []
+        for task in tasks:
+            future: asyncio.Future[None] = loop.create_future()
 
-        def settle(error: BaseException | None) -> None:
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(None)
+            def settle(error: BaseException | None, future: asyncio.Future[None] = future) -> None:
+                if not future.done():
+                    future.set_exception(error) if error is not None else future.set_result(None)
 
-        task.on_done = lambda error: loop.call_soon_threadsafe(settle, error)
-        self._dequeue([task])
+            task.on_done = lambda error, settle=settle: loop.call_soon_threadsafe(settle, error)
+            futures.append(future)
+        self._dequeue(tasks)
         assert self.runner.batcher is not None
-        self.runner.batcher.submit(task)
-        return future
+        self.runner.batcher.submit(*tasks)
+        return futures
 
     def _stepped(self, batcher: ContinuousBatcher) -> None:
         """After every decode step (engine thread): the running batch's size."""
@@ -247,8 +265,7 @@ class InferenceServer:
         body = parse_json_body(await request.body())
         if isinstance(body, ApiError):
             return NO_VERSION, error_response(body)
-        parse = parse_completion_request if route == "/v1/completions" else parse_classify_request
-        parsed = parse(body)
+        parsed = PARSERS[route](body)
         if isinstance(parsed, ApiError):
             return NO_VERSION, error_response(parsed)
         chosen = self._pick(parsed.model)
@@ -261,11 +278,9 @@ class InferenceServer:
         try:
             if isinstance(parsed, ClassifyRequest):
                 return chosen.version, await self._classify(server, parsed, admission)
-            if parsed.stream:
-                # The admission travels with the stream and is released when the stream ends.
-                response, admission = await self._stream(server, parsed, route, started, admission)
-                return chosen.version, response
-            return chosen.version, await self._complete(server, parsed, admission)
+            # A stream's admission travels with it and is released when the stream ends (then None here).
+            response, admission = await self._generate(server, parsed, route, started, admission)
+            return chosen.version, response
         finally:
             if admission is not None:
                 admission.release()
@@ -296,14 +311,32 @@ class InferenceServer:
             headers["x-request-id"] = request_id
         return headers
 
-    async def _complete(self, server: VersionServer, request: CompletionRequest, admission: Admission) -> Response:
-        tasks = server.prepare_completion(request)
+    async def _generate(
+        self,
+        server: VersionServer,
+        request: CompletionRequest | ChatRequest,
+        route: str,
+        started: float,
+        admission: Admission,
+    ) -> tuple[Response, Admission | None]:
+        """A completion or chat answer, whole or streamed: (the response, the admission still to release here)."""
+        chat = isinstance(request, ChatRequest)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        on_delta = (lambda delta: loop.call_soon_threadsafe(events.put_nowait, delta)) if request.stream else None
+        tasks = server.prepare(request, on_delta)
         if isinstance(tasks, ApiError):
-            return error_response(tasks)
-        result = await server.complete(tasks, admission)
-        request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        body = completion_body(request_id, created, self.name, server.version.version, result)
-        return JSONResponse(body, headers=self._headers(server, request_id))
+            return error_response(tasks), admission
+        request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+        if not request.stream:
+            result = await server.complete(tasks, admission)
+            body = (chat_body if chat else completion_body)(
+                request_id, created, self.name, server.version.version, result
+            )
+            return JSONResponse(body, headers=self._headers(server, request_id)), admission
+        chunks = self._sse(server, tasks, events, request, request_id, created, route, started, admission)
+        headers = {**self._headers(server, request_id), "Cache-Control": "no-cache"}
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers), None
 
     async def _classify(self, server: VersionServer, request: ClassifyRequest, admission: Admission) -> Response:
         result = await server.classify(request, admission)
@@ -311,26 +344,12 @@ class InferenceServer:
             return error_response(result)
         return JSONResponse(classify_body(self.name, server.version.version, result), headers=self._headers(server))
 
-    async def _stream(
-        self, server: VersionServer, request: CompletionRequest, route: str, started: float, admission: Admission
-    ) -> tuple[Response, Admission | None]:
-        """(the response, the admission still to release here: None once the stream owns it)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        tasks = server.prepare_completion(request, lambda delta: loop.call_soon_threadsafe(events.put_nowait, delta))
-        if isinstance(tasks, ApiError):
-            return error_response(tasks), admission
-        request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        chunks = self._sse(server, tasks, events, request, request_id, created, route, started, admission)
-        headers = {**self._headers(server, request_id), "Cache-Control": "no-cache"}
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers), None
-
     async def _sse(
         self,
         server: VersionServer,
         tasks: list[GenerationTask],
         events: asyncio.Queue[Any],
-        request: CompletionRequest,
+        request: CompletionRequest | ChatRequest,
         request_id: str,
         created: int,
         route: str,
@@ -339,7 +358,11 @@ class InferenceServer:
     ) -> AsyncIterator[bytes]:
         version = server.version.version
         running: asyncio.Future | None = None
+        chat = isinstance(request, ChatRequest)
+        chunk = chat_chunk if chat else completion_chunk
         try:
+            if chat:  # OpenAI's first chat chunk names the role
+                yield sse_event(chat_chunk(request_id, created, self.name, version, [StreamDelta(0, "")], first=True))
             # Deltas are queued from the generation thread before the run completes, so the sentinel comes last.
             running = asyncio.ensure_future(server.run(tasks, admission))
             running.add_done_callback(lambda _: events.put_nowait(_STREAM_DONE))
@@ -349,11 +372,11 @@ class InferenceServer:
                 done = _STREAM_DONE in pending
                 deltas = [e for e in pending if e is not _STREAM_DONE]
                 if deltas:
-                    yield sse_event(completion_chunk(request_id, created, self.name, version, merge_deltas(deltas)))
+                    yield sse_event(chunk(request_id, created, self.name, version, merge_deltas(deltas)))
             running.result()
             if request.include_usage:
                 totals = usage(sum(len(t.prompt_ids) for t in tasks), sum(len(t.token_ids) for t in tasks))
-                yield sse_event(completion_chunk(request_id, created, self.name, version, [], totals))
+                yield sse_event(chunk(request_id, created, self.name, version, [], totals))
             yield sse_event("[DONE]")
         except Exception:  # headers are sent: the error can only travel inside the stream
             log.exception("completion stream %s failed", request_id)

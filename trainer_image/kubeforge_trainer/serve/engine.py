@@ -205,10 +205,10 @@ class ContinuousBatcher:
         """Cache slots held by the running batch (rows times columns, padding included)."""
         return 0 if self._mask is None else int(self._mask.numel())
 
-    def submit(self, task: GenerationTask) -> None:
-        """Queue a task; it joins the running batch at the next step that has room."""
+    def submit(self, *tasks: GenerationTask) -> None:
+        """Queue tasks (together: they join the same step when there is room); they join at the next step."""
         with self._lock:
-            self._waiting.append(task)
+            self._waiting.extend(tasks)
             self._lock.notify()
 
     def start(self) -> None:
@@ -336,8 +336,7 @@ class ContinuousBatcher:
 
 def generate(batcher: ContinuousBatcher, tasks: Sequence[GenerationTask]) -> None:
     """Run tasks to completion on the calling thread (tests, benchmarks, in-process use): submit all, then step."""
-    for task in tasks:
-        batcher.submit(task)
+    batcher.submit(*tasks)
     while batcher.active or batcher.waiting:
         batcher.step()
 

@@ -39,7 +39,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     INTER_TOKEN_LATENCY: ("histogram", ("model", "version"), "Seconds between consecutive generated tokens."),
     TOKENS_GENERATED: ("counter", ("model", "version"), "Tokens generated."),
     PROMPT_TOKENS: ("counter", ("model", "version"), "Prompt tokens processed."),
-    BATCH_SIZE: ("histogram", ("model", "version"), "Requests (prompts or inputs) per batch."),
+    BATCH_SIZE: (
+        "histogram",
+        ("model", "version"),
+        "Sequences in the running batch at each decode step (generation), or inputs per batch (classification).",
+    ),
     QUEUE_DEPTH: ("gauge", ("model", "version"), "Prompts or inputs in a replica not yet in a running batch."),
     MODEL_LOAD_SECONDS: ("gauge", ("model", "version"), "Seconds the replica took to fetch and load its model."),
 }

@@ -9,6 +9,7 @@ from .settings import ModelVersion
 
 ROUTES: dict[str, frozenset[str]] = {
     "/v1/completions": frozenset({"POST"}),
+    "/v1/chat/completions": frozenset({"POST"}),
     "/v1/classify": frozenset({"POST"}),
     "/v1/models": frozenset({"GET"}),
     "/health": frozenset({"GET"}),

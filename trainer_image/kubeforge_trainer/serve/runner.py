@@ -20,7 +20,15 @@ from ..models.export import INFO_FILE
 from . import engine
 from .engine import ContinuousBatcher, GenerationTask, SamplingParams
 from .loading import CLASSIFICATION, LANGUAGE_MODELING, LoadedModel, load_for_serving
-from .protocol import ApiError, Classification, ClassifyRequest, CompletionRequest, StreamDelta, context_error
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    Classification,
+    ClassifyRequest,
+    CompletionRequest,
+    StreamDelta,
+    context_error,
+)
 from .quantize import quantize_int8
 
 
@@ -31,7 +39,7 @@ def wrong_task(task: str, route: str) -> ApiError:
 
 
 def resolve_sampling(
-    request: CompletionRequest,
+    request: CompletionRequest | ChatRequest,
     defaults: GenerationDefaults,
     prompt_tokens: int,
     context_length: int,
@@ -208,7 +216,7 @@ class ModelRunner:
 
     def prepare_chat(
         self,
-        request: CompletionRequest,
+        request: ChatRequest,
         prompt_ids: list[int],
         defaults: GenerationDefaults,
         on_delta: Callable[[StreamDelta], None] | None = None,

@@ -1,0 +1,159 @@
+"""The official `openai` client against the inference app on a real local Ray Serve: chat completions (whole and
+streamed), completions, /v1/models and errors, served by the transformers engine from a Hugging Face directory
+(a tiny random-weight Llama with a chat template, built here; nothing is downloaded)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from kubeforge_trainer.serve import serve_locally
+from kubeforge_trainer.serve.runner import ModelRunner
+from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NAME = "chat"
+MESSAGES = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "Return the value of the path"},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face save_pretrained directory: tiny random Llama, BPE tokenizer, chat template."""
+    return build_tiny_chat_model(tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="module")
+def client(local_ray, chat_dir: Path, deployment_resource) -> openai.OpenAI:
+    """The official client pointed at the app's /v1."""
+    resource = deployment_resource(
+        NAME,
+        modelUri=str(chat_dir),
+        resources={"cpu": "500m", "memory": "512Mi"},
+        batching={"enabled": True, "maxBatchSize": 8, "maxWaitMs": 0},
+        generation={"maxTokens": 12},
+    )
+    url = serve_locally({"resource": resource, "modelVersion": "v1"}, http_port=local_ray.http_port, route_prefix="/c")
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local(chat_dir: Path) -> ModelRunner:
+    """The same directory loaded in this process."""
+    return ModelRunner.load(str(chat_dir), "v1")
+
+
+def transformers_greedy(runner: ModelRunner, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[str, int]:
+    """(text, prompt tokens) of transformers' own generate on the chat template: the reference the server must meet."""
+    ids = runner.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = runner.encode(ids, special_tokens=False)
+    out = runner.model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, len(prompt) :].tolist()
+    eos = runner.loaded.eos_token_ids
+    if any(t in eos for t in new):
+        new = new[: next(i for i, t in enumerate(new) if t in eos)]
+    return runner.decode(new), len(prompt)
+
+
+def test_chat_completion_equals_transformers_generate(client: openai.OpenAI, local: ModelRunner) -> None:
+    reply = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=10, temperature=0)
+    expected, prompt_tokens = transformers_greedy(local, MESSAGES, 10)
+    assert reply.object == "chat.completion" and reply.model == NAME
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason in ("length", "stop")
+    assert reply.usage.prompt_tokens == prompt_tokens
+    assert reply.usage.total_tokens == prompt_tokens + reply.usage.completion_tokens
+    assert 0 < reply.usage.completion_tokens <= 10
+
+
+def test_streamed_chat_sends_the_same_text_in_openai_chunks(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=NAME, messages=MESSAGES, max_completion_tokens=12, temperature=0)
+    stream = client.chat.completions.create(
+        model=NAME,
+        messages=MESSAGES,
+        max_completion_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    texts = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(texts) == whole.choices[0].message.content
+    assert sum(1 for t in texts if t) >= 2  # tokens arrived in several chunks, not one
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_seeded_sampling_reproduces(client: openai.OpenAI) -> None:
+    def sampled(seed: int) -> str:
+        reply = client.chat.completions.create(
+            model=NAME, messages=MESSAGES, max_tokens=10, temperature=1.0, top_p=0.9, seed=seed
+        )
+        return reply.choices[0].message.content
+
+    assert sampled(7) == sampled(7)
+    assert len({sampled(s) for s in (1, 2, 3)}) > 1
+
+
+def test_stop_string_ends_the_chat_answer(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12, temperature=0)
+    text = whole.choices[0].message.content
+    stop = text[3:5]
+    assert stop  # random weights still produce several characters
+    reply = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12, temperature=0, stop=[stop])
+    assert reply.choices[0].message.content == text[: text.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_chats_each_get_their_own_answer(client: openai.OpenAI, local: ModelRunner) -> None:
+    conversations = [[{"role": "user", "content": f"Open the file number {i}"}] for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(
+            pool.map(
+                lambda m: client.chat.completions.create(model=NAME, messages=m, max_tokens=8, temperature=0),
+                conversations,
+            )
+        )
+    for messages, reply in zip(conversations, replies, strict=True):
+        assert reply.choices[0].message.content == transformers_greedy(local, messages, 8)[0]
+
+
+def test_completions_and_models_stay(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model=NAME, prompt="Return the", max_tokens=5, temperature=0)
+    assert completion.choices[0].text and completion.usage.completion_tokens <= 5
+    models = client.models.list()
+    assert [m.id for m in models.data] == [NAME]
+    raw = models.data[0].model_dump()
+    assert not any("uri" in key.lower() for key in raw)  # storage locations are not revealed
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"temperature": -1}, "temperature"),
+    ],
+)
+def test_unsupported_or_bad_fields_are_400_naming_the_field(client: openai.OpenAI, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=4, **extra)
+    assert caught.value.status_code == 400
+    assert caught.value.param == param and param in caught.value.message
+
+
+def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES, max_tokens=4)
+    assert caught.value.code == "model_not_found" and "no-such-model" in caught.value.message
