@@ -32,6 +32,28 @@ class ModelRef(ApiModel):
     )
 
 
+class AdapterSpec(ApiModel):
+    """A LoRA adapter served over the base model; a request's "model" field picks it by name."""
+
+    model_config = cel_rules(
+        cel(
+            "has(self.modelRef) != has(self.uri)",
+            "set exactly one of modelRef or uri",
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Name clients send as the request's model.",
+    )
+    model_ref: ModelRef | None = Field(default=None, description="The adapter a LoRA TrainingJob exported.")
+    uri: str | None = Field(
+        default=None, max_length=2048, description="Adapter directory (peft), local or object store."
+    )
+
+
 class ReplicaSpec(ApiModel):
     """Replica count and autoscaling (Ray Serve autoscaling_config)."""
 
@@ -107,7 +129,13 @@ class MonitoringSpec(ApiModel):
 class ModelDeploymentSpec(CommonSpec):
     """Desired state of a ModelDeployment."""
 
-    model_config = cel_rules(_ONE_MODEL)
+    model_config = cel_rules(
+        _ONE_MODEL,
+        cel(
+            "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+            "spec.adapters names must be unique",
+        ),
+    )
 
     model_ref: ModelRef | None = Field(default=None, description="Serve the model a TrainingJob exported.")
     model_uri: str | None = Field(default=None, description="Serve the model directory at this URI.")
@@ -121,6 +149,14 @@ class ModelDeploymentSpec(CommonSpec):
         description="int8 applies dynamic quantisation to linear layers (CPU serving).",
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "LoRA adapters served over the base model. Adding one loads it into the running replicas without "
+            "restarting them (Ray Serve user_config)."
+        ),
+    )
     ingress: Literal["proxy", "direct"] = Field(
         default="proxy",
         description=(
@@ -139,6 +175,13 @@ class TrafficShare(ApiModel):
     percent: int = Field(description="Share of requests.")
 
 
+class LoadedAdapter(ApiModel):
+    """An adapter in the served configuration."""
+
+    name: str = Field(description="Adapter name (the request's model).")
+    version: str = Field(default="", description="Adapter version id.")
+
+
 class ModelDeploymentStatus(CommonStatus):
     """Observed state of a ModelDeployment."""
 
@@ -148,6 +191,7 @@ class ModelDeploymentStatus(CommonStatus):
     model_uri: str | None = Field(default=None, description="Model directory being served.")
     model_version: str | None = Field(default=None, description="Version being served.")
     traffic: list[TrafficShare] = Field(default_factory=list, description="Traffic per version.")
+    adapters: list[LoadedAdapter] = Field(default_factory=list, description="LoRA adapters being served.")
 
 
 class ModelDeployment(ApiModel):

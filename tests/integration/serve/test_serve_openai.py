@@ -157,3 +157,93 @@ def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES, max_tokens=4)
     assert caught.value.code == "model_not_found" and "no-such-model" in caught.value.message
+
+
+# ---- LoRA adapters: loaded into the running replicas (Serve reconfigure), no restart -------------------------
+
+
+def make_adapter(chat_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter of the chat model with random non-zero weights (peft save_pretrained)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(chat_dir))
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(out))
+    return out
+
+
+def peft_greedy(chat_dir: Path, adapter: Path, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+    """transformers generate through peft with the adapter: the reference for the adapter's answers."""
+    from peft import PeftModel
+
+    runner = ModelRunner.load(str(chat_dir), "ref")
+    runner.loaded.model = PeftModel.from_pretrained(runner.loaded.model, str(adapter)).eval()
+    return transformers_greedy(runner, messages, max_new_tokens)[0]
+
+
+def replica_actors() -> set[str]:
+    """Names of the app's live Serve replica actors (a restarted replica gets a new one)."""
+    import ray
+
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{NAME}#")
+    }
+
+
+def redeploy(local_ray, chat_dir: Path, deployment_resource, adapters: list[dict[str, str]]) -> str:
+    """The same application with another adapter list, as the operator's updated serveConfigV2 would apply it."""
+    resource = deployment_resource(
+        NAME,
+        modelUri=str(chat_dir),
+        resources={"cpu": "500m", "memory": "512Mi"},
+        batching={"enabled": True, "maxBatchSize": 8, "maxWaitMs": 0},
+        generation={"maxTokens": 12},
+    )
+    args = {"resource": resource, "modelVersion": "v1", "adapters": adapters}
+    return serve_locally(args, http_port=local_ray.http_port, route_prefix="/c")
+
+
+def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
+    client: openai.OpenAI, local_ray, chat_dir: Path, deployment_resource, tmp_path_factory
+) -> None:
+    import requests
+
+    tmp = tmp_path_factory.mktemp("adapters")
+    fr, de = make_adapter(chat_dir, tmp / "fr", 1), make_adapter(chat_dir, tmp / "de", 2)
+    before = replica_actors()
+    assert before
+    url = redeploy(local_ray, chat_dir, deployment_resource, [{"name": "fr", "uri": str(fr), "version": "3"}])
+    assert replica_actors() == before  # the base model stayed loaded: same replica
+    assert requests.get(url + "/ready", timeout=30).json()["adapters"] == [{"name": "fr", "version": "3"}]
+
+    base = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=10, temperature=0)
+    tuned = client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
+    assert tuned.choices[0].message.content == peft_greedy(chat_dir, fr, MESSAGES, 10)
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    assert [m.id for m in client.models.list().data] == [NAME, "fr"]
+
+    # A second adapter joins, while the first keeps serving (streamed, to show adapters stream too).
+    redeploy(
+        local_ray,
+        chat_dir,
+        deployment_resource,
+        [{"name": "fr", "uri": str(fr), "version": "3"}, {"name": "de", "uri": str(de), "version": "1"}],
+    )
+    assert replica_actors() == before
+    stream = client.chat.completions.create(model="de", messages=MESSAGES, max_tokens=10, temperature=0, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == peft_greedy(chat_dir, de, MESSAGES, 10)
+    again = client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
+    assert again.choices[0].message.content == tuned.choices[0].message.content
+
+    # Removing them all serves the base as before.
+    redeploy(local_ray, chat_dir, deployment_resource, [])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=4)
+    plain = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=10, temperature=0)
+    assert plain.choices[0].message.content == base.choices[0].message.content
+    assert replica_actors() == before

@@ -56,6 +56,8 @@ from .protocol import (
 from .routing import NO_VERSION, ROUTES, UNMATCHED_ROUTE, choose_version, pinned_version, route_label
 from .runner import ModelRunner
 from .settings import (
+    STABLE,
+    AdapterRef,
     AppSettings,
     ModelVersion,
     admission_limits,
@@ -227,10 +229,14 @@ class InferenceServer:
         self.random = random.Random()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batching limits and generation defaults from the spec (no replica restart needed)."""
-        batching, defaults = parse_model_user_config(user_config)
+        """Apply batching limits, generation defaults and LoRA adapters from the spec (no replica restart: adapters
+        are loaded into the running base model between two decode steps)."""
+        batching, defaults, adapters = parse_model_user_config(user_config)
         for server in self.servers.values():
             server.configure(*batch_limits(batching), defaults)
+        changes = self.servers[STABLE].runner.set_adapters(adapters)
+        if changes:
+            log.info("adapters of %s: %s", self.name, " ".join(changes))
 
     async def __call__(self, request: Request) -> Response:
         """Answer one HTTP request; every request is counted once (a stream when it ends)."""
@@ -259,7 +265,9 @@ class InferenceServer:
         if route == "/health":
             return NO_VERSION, JSONResponse({"status": "ok"})
         if route == "/ready":  # a replica only receives traffic once every model it serves is loaded
-            return NO_VERSION, JSONResponse({"status": "ready", "versions": [v.version for v in self.versions]})
+            adapters = [{"name": a.name, "version": a.version} for a in self._adapters().values()]
+            ready = {"status": "ready", "versions": [v.version for v in self.versions], "adapters": adapters}
+            return NO_VERSION, JSONResponse(ready)
         if route == "/v1/models":
             return NO_VERSION, JSONResponse(self._models_body())
         body = parse_json_body(await request.body())
@@ -268,18 +276,22 @@ class InferenceServer:
         parsed = PARSERS[route](body)
         if isinstance(parsed, ApiError):
             return NO_VERSION, error_response(parsed)
-        chosen = self._pick(parsed.model)
-        if isinstance(chosen, ApiError):
-            return NO_VERSION, error_response(chosen)
+        picked = self._pick(parsed.model)
+        if isinstance(picked, ApiError):
+            return NO_VERSION, error_response(picked)
+        chosen, adapter = picked
         server = self.servers[chosen.role]
         admission = self.gate.try_admit()
         if admission is None:
             return chosen.version, error_response(QUEUE_FULL)
         try:
             if isinstance(parsed, ClassifyRequest):
+                if adapter is not None:
+                    error = ApiError(400, f"{adapter!r} is a LoRA adapter of a language model", param="model")
+                    return chosen.version, error_response(error)
                 return chosen.version, await self._classify(server, parsed, admission)
             # A stream's admission travels with it and is released when the stream ends (then None here).
-            response, admission = await self._generate(server, parsed, route, started, admission)
+            response, admission = await self._generate(server, parsed, adapter, route, started, admission)
             return chosen.version, response
         finally:
             if admission is not None:
@@ -298,11 +310,23 @@ class InferenceServer:
             }
             for v in self.versions
         ]
+        data += [
+            {"id": a.name, "object": "model", "owned_by": "kubeforge", "parent": self.name, "version": a.version}
+            for a in self._adapters().values()
+        ]
         return {"object": "list", "data": data}
 
-    def _pick(self, requested_model: str | None) -> ModelVersion | ApiError:
-        pinned = pinned_version(requested_model, self.name, self.versions)
-        return pinned if pinned is not None else choose_version(self.versions, self.random.random())
+    def _adapters(self) -> dict[str, AdapterRef]:
+        return self.servers[STABLE].runner.adapters
+
+    def _pick(self, requested_model: str | None) -> tuple[ModelVersion, str | None] | ApiError:
+        """(version, adapter or None) the request's model names: an adapter runs on the stable version."""
+        if requested_model is not None and requested_model in self._adapters():
+            return self.servers[STABLE].version, requested_model
+        pinned = pinned_version(requested_model, self.name, self.versions, tuple(self._adapters()))
+        if isinstance(pinned, ApiError):
+            return pinned
+        return (pinned if pinned is not None else choose_version(self.versions, self.random.random())), None
 
     @staticmethod
     def _headers(server: VersionServer, request_id: str | None = None) -> dict[str, str]:
@@ -315,6 +339,7 @@ class InferenceServer:
         self,
         server: VersionServer,
         request: CompletionRequest | ChatRequest,
+        adapter: str | None,
         route: str,
         started: float,
         admission: Admission,
@@ -327,6 +352,8 @@ class InferenceServer:
         tasks = server.prepare(request, on_delta)
         if isinstance(tasks, ApiError):
             return error_response(tasks), admission
+        for task in tasks:
+            task.adapter = adapter
         request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         if not request.stream:
             result = await server.complete(tasks, admission)
@@ -413,7 +440,7 @@ def build_from_settings(settings: AppSettings) -> serve.Application:
             raise ValueError(f"model directory {version.uri} does not exist")
     spec = settings.spec
     device = "cuda" if spec.resources.gpu else "cpu"
-    return InferenceServer.options(name="server", **server_deployment_options(spec)).bind(
+    return InferenceServer.options(name="server", **server_deployment_options(spec, settings.adapters)).bind(
         settings.name, settings.versions, spec.quantization, torch_threads(spec), device, admission_limits(spec)
     )
 

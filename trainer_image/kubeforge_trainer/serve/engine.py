@@ -27,6 +27,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from .protocol import StreamDelta
 from .text import text_step
 
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, longest): prompts aligned on the right so each row's next token is last."""
@@ -81,6 +83,7 @@ class GenerationTask:
     token_times: list[float] = field(default_factory=list)
     cancelled: bool = False
     on_done: Callable[[BaseException | None], None] | None = None
+    adapter: str | None = None  # a LoRA adapter loaded into the model; None is the base model
 
     def accept(self, token: int, now: float, eos_token_ids: frozenset[int], decode: Callable[[list[int]], str]) -> bool:
         """Take the sampled token; returns True when the task is finished (end of sequence, stop string, length)."""
@@ -194,6 +197,8 @@ class ContinuousBatcher:
         self._logits: torch.Tensor | None = None
         self.steps = 0
         self.on_step: Callable[[ContinuousBatcher], None] | None = None
+        # Held for a whole step: adapters are loaded into or dropped from the model between steps only.
+        self.model_lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -248,9 +253,23 @@ class ContinuousBatcher:
         self.active, self._generators = [], []
         self._cache = self._mask = self._lengths = self._logits = None
 
-    @torch.inference_mode()
+    def change_model(self, change: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace the model by change(model) between two steps (the running batch and its cache carry on)."""
+        with self.model_lock:
+            self.model = change(self.model)
+
+    def _adapter_args(self, tasks: Sequence[GenerationTask]) -> dict[str, list[str]]:
+        """peft's per-row adapter choice (mixed-adapter batches) when the model carries LoRA adapters."""
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [t.adapter or BASE_ADAPTER for t in tasks]}
+
     def step(self) -> None:
         """Admit waiting tasks (prefill), choose every row's next token, drop finished rows, run one decode step."""
+        with self.model_lock, torch.inference_mode():
+            self._step()
+
+    def _step(self) -> None:
         self._admit()
         if not self.active:
             return
@@ -286,7 +305,9 @@ class ContinuousBatcher:
         ids, mask = left_pad([t.prompt_ids for t in new], self.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._adapter_args(new)
+        )
         lengths = mask.sum(-1)
         generators = [self._generator_for(t) for t in new]
         if not self.active:
@@ -324,6 +345,7 @@ class ContinuousBatcher:
             position_ids=self._lengths[:, None],
             cache=self._cache,
             use_cache=True,
+            **self._adapter_args(self.active),
         )
         self._lengths = self._lengths + 1
         self._logits = out.logits[:, -1, :]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .protocol import (
     context_error,
 )
 from .quantize import quantize_int8
+from .settings import AdapterRef
 
 
 def wrong_task(task: str, route: str) -> ApiError:
@@ -92,6 +93,37 @@ def _recorded_version(directory: Path) -> str:
     return str(read_model_info(directory).get("version", "")) if (directory / INFO_FILE).is_file() else ""
 
 
+def _fetch(uri: str, local: Path) -> Path:
+    """A local directory with the files at uri (downloaded into local when remote)."""
+    if storage.is_remote(uri):
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"adapter directory {uri} does not exist")
+        return Path(storage.download_dir(uri, str(local)))
+    path = Path(storage.local_path(uri))
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{uri} is not a peft adapter directory: adapter_config.json is missing")
+    return path
+
+
+def _apply_adapters(model: nn.Module, drop: Sequence[str], load: dict[str, Path]) -> nn.Module:
+    """The model with adapters dropped and loaded (a PeftModel once it has any; the plain base again with none)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and set(drop) >= set(model.peft_config):
+        # None of the loaded adapters stays (peft cannot delete its last one): back to the plain base model, its
+        # LoRA layers removed and nothing merged; new ones load from scratch.
+        model, drop = model.unload(), []
+    for name in drop:
+        model.delete_adapter(name)
+    for name, directory in load.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(directory), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(directory), adapter_name=name)
+        model.eval()
+    return model
+
+
 def _unseeded_generator(device: str) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.seed()  # from the OS: replicas must not all draw the same "random" tokens
@@ -109,6 +141,7 @@ class ModelRunner:
     load_seconds: float
     generator: torch.Generator
     batcher: ContinuousBatcher | None = None
+    adapters: dict[str, AdapterRef] = field(default_factory=dict)  # loaded LoRA adapters by name
 
     @classmethod
     def load(cls, uri: str, version: str, quantization: str = "none", device: str = "cpu") -> ModelRunner:
@@ -178,6 +211,26 @@ class ModelRunner:
     def decode(self, ids: list[int]) -> str:
         """Text of token ids, special tokens left out."""
         return self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def set_adapters(self, wanted: Sequence[AdapterRef]) -> list[str]:
+        """Load, replace or drop LoRA adapters so exactly `wanted` are loaded, between two decode steps of the
+        running batch (the base model stays loaded); returns what changed, for the log."""
+        if self.batcher is None:
+            if wanted:
+                raise ValueError("LoRA adapters need a language model; this one is a classifier")
+            return []
+        wanted_by_name = {a.name: a for a in wanted}
+        drop = [n for n, a in self.adapters.items() if wanted_by_name.get(n) != a]
+        load = [a for a in wanted if self.adapters.get(a.name) != a]
+        with tempfile.TemporaryDirectory(prefix="kubeforge-adapter-") as tmp:
+            # Fetched and read outside the model lock; only the swap waits for the running step.
+            fetched = {a.name: _fetch(a.uri, Path(tmp) / a.name) for a in load}
+            self.batcher.change_model(lambda model: _apply_adapters(model, drop, fetched))
+        for name in drop:
+            del self.adapters[name]
+        for adapter in load:
+            self.adapters[adapter.name] = adapter
+        return [f"-{n}" for n in drop if n not in wanted_by_name] + [f"+{a.name}@{a.version or '?'}" for a in load]
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | ApiError:
         """Token ids of the chat rendered with the model's chat template (generation prompt appended)."""
