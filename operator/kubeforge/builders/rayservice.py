@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..api import ModelDeployment
+from ..api.modeldeployment import ModelDeploymentSpec
 from ..config import OperatorConfig
 from ..constants import (
     ANNOTATION_SPEC_HASH,
@@ -27,6 +29,10 @@ from .common import (
 
 # docs/contracts.md: the inference application.
 SERVE_IMPORT_PATH = "kubeforge_trainer.serve:build_app"
+SERVER_DEPLOYMENT = "server"  # the application's one Serve deployment (kubeforge_trainer.serve.app)
+# Spec fields the replicas apply in place (Serve user_config -> reconfigure). They are left out of the app's args:
+# Serve hashes the args into the application's code version, and a new code version restarts every replica.
+IN_PLACE_FIELDS = ("batching", "generation", "adapters")
 
 
 @dataclass(frozen=True)
@@ -37,16 +43,44 @@ class ResolvedModel:
     version: str = ""
 
 
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    """A LoRA adapter directory to serve and its version ("" when unknown)."""
+
+    name: str
+    uri: str
+    version: str = ""
+
+
+def serve_user_config(spec: ModelDeploymentSpec, adapters: Sequence[ResolvedAdapter] = ()) -> dict[str, Any]:
+    """What the replicas change without a restart (Serve user_config -> reconfigure): batching, generation
+    defaults and the LoRA adapters loaded into the running base model."""
+    return {
+        "batching": spec.batching.to_wire(),
+        "generation": spec.generation.to_wire(),
+        "adapters": [{"name": a.name, "uri": a.uri, "version": a.version} for a in adapters],
+    }
+
+
+def spec_adapters(spec: ModelDeploymentSpec) -> list[ResolvedAdapter]:
+    """spec.adapters given by uri (adapters given by modelRef are resolved by the operator)."""
+    return [ResolvedAdapter(a.name, a.uri) for a in spec.adapters if a.uri]
+
+
 def serve_url(name: str, namespace: str, port: int) -> str:
     """Base URL of the HTTP endpoint: the Service KubeRay creates for a RayService (<name>-serve-svc)."""
     return f"http://{name}-serve-svc.{namespace}.svc.cluster.local:{port}"
 
 
 def serve_args(resource: ModelDeployment, model: ResolvedModel, canary: ResolvedModel | None = None) -> dict[str, Any]:
-    """Arguments of kubeforge_trainer.serve:build_app; the app splits traffic itself when a canary is set."""
-    meta = resource_metadata(resource)
+    """Arguments of kubeforge_trainer.serve:build_app; the app splits traffic itself when a canary is set.
+
+    The resource travels without its generation and the in-place fields, so changing only those (an adapter, the
+    batching) leaves the args, hence Serve's code version, alone and the replicas keep running."""
+    meta = {**resource_metadata(resource), "generation": None}
+    spec = {k: v for k, v in resource.to_wire()["spec"].items() if k not in IN_PLACE_FIELDS}
     args: dict[str, Any] = {
-        "resource": resource_document(resource.kind, meta, resource.to_wire()["spec"]),
+        "resource": resource_document(resource.kind, meta, spec),
         "modelUri": model.uri,
         "modelVersion": model.version,
     }
@@ -57,9 +91,17 @@ def serve_args(resource: ModelDeployment, model: ResolvedModel, canary: Resolved
 
 
 def build_serve_config(
-    resource: ModelDeployment, config: OperatorConfig, model: ResolvedModel, canary: ResolvedModel | None = None
+    resource: ModelDeployment,
+    config: OperatorConfig,
+    model: ResolvedModel,
+    canary: ResolvedModel | None = None,
+    adapters: Sequence[ResolvedAdapter] | None = None,
 ) -> dict[str, Any]:
-    """The Ray Serve config (serveConfigV2, as a mapping): one application serving the model (and its canary)."""
+    """The Ray Serve config (serveConfigV2, as a mapping): one application serving the model (and its canary).
+
+    The in-place fields go in the deployment's user_config override: KubeRay applies a changed serveConfigV2 to
+    the running application, and a change of user_config alone is a lightweight update (reconfigure, no restart).
+    adapters default to spec.adapters given by uri."""
     meta = resource_metadata(resource)
     env = {
         ENV_RESOURCE_KIND: resource.kind,
@@ -75,6 +117,14 @@ def build_serve_config(
                 "import_path": SERVE_IMPORT_PATH,
                 "args": serve_args(resource, model, canary),
                 "runtime_env": {"env_vars": env},
+                "deployments": [
+                    {
+                        "name": SERVER_DEPLOYMENT,
+                        "user_config": serve_user_config(
+                            resource.spec, spec_adapters(resource.spec) if adapters is None else adapters
+                        ),
+                    }
+                ],
             }
         ],
     }
@@ -86,6 +136,7 @@ def build_rayservice(
     *,
     model: ResolvedModel,
     canary: ResolvedModel | None = None,
+    adapters: Sequence[ResolvedAdapter] | None = None,
 ) -> dict[str, Any]:
     """The RayService serving a ModelDeployment. Changing it rolls out through KubeRay: a new serveConfigV2
     updates the application in place, a new rayClusterConfig brings up a new cluster before the old one goes."""
@@ -112,7 +163,7 @@ def build_rayservice(
         # KubeRay creates the head Service from this template; the label lets the ServiceMonitor select it.
         cluster["headGroupSpec"]["headService"] = {"metadata": {"labels": child_labels(resource.kind, meta["name"])}}
     rayservice_spec: dict[str, Any] = {
-        "serveConfigV2": to_yaml(build_serve_config(resource, config, model, canary), sort_keys=False),
+        "serveConfigV2": to_yaml(build_serve_config(resource, config, model, canary, adapters), sort_keys=False),
         "rayClusterConfig": cluster,
         "suspend": spec.suspend,
     }

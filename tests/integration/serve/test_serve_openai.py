@@ -10,6 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 import torch
+from kubeforge.api import ModelDeployment
+from kubeforge.builders.rayservice import ResolvedAdapter, ResolvedModel, build_serve_config
+from kubeforge.config import OperatorConfig
 from kubeforge_trainer.serve import serve_locally
 from kubeforge_trainer.serve.runner import ModelRunner
 from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
@@ -183,28 +186,33 @@ def peft_greedy(chat_dir: Path, adapter: Path, messages: list[dict[str, str]], m
     return transformers_greedy(runner, messages, max_new_tokens)[0]
 
 
+LORA = "lora"
+
+
 def replica_actors() -> set[str]:
-    """Names of the app's live Serve replica actors (a restarted replica gets a new one)."""
+    """Names of the LoRA app's live Serve replica actors (a restarted replica gets a new one)."""
     import ray
 
-    return {
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["name"].startswith(f"SERVE_REPLICA::{NAME}#")
-    }
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return {n for n in names if n.startswith(f"SERVE_REPLICA::{LORA}#")}
 
 
-def redeploy(local_ray, chat_dir: Path, deployment_resource, adapters: list[dict[str, str]]) -> str:
-    """The same application with another adapter list, as the operator's updated serveConfigV2 would apply it."""
+def deploy_as_kuberay(chat_dir: Path, deployment_resource, adapters: list[ResolvedAdapter]) -> None:
+    """Apply the operator's serveConfigV2 application to Serve's controller, as KubeRay does on every change."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
     resource = deployment_resource(
-        NAME,
+        LORA,
         modelUri=str(chat_dir),
         resources={"cpu": "500m", "memory": "512Mi"},
-        batching={"enabled": True, "maxBatchSize": 8, "maxWaitMs": 0},
         generation={"maxTokens": 12},
+        adapters=[{"name": a.name, "uri": a.uri} for a in adapters],
     )
-    args = {"resource": resource, "modelVersion": "v1", "adapters": adapters}
-    return serve_locally(args, http_port=local_ray.http_port, route_prefix="/c")
+    typed = ModelDeployment.model_validate(resource)
+    config = build_serve_config(typed, OperatorConfig(), ResolvedModel(str(chat_dir), "v1"), adapters=adapters)
+    app = {**config["applications"][0], "route_prefix": f"/{LORA}"}
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=[app]), _blocking=True)
 
 
 def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
@@ -214,36 +222,35 @@ def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
 
     tmp = tmp_path_factory.mktemp("adapters")
     fr, de = make_adapter(chat_dir, tmp / "fr", 1), make_adapter(chat_dir, tmp / "de", 2)
+    url = f"http://127.0.0.1:{local_ray.http_port}/{LORA}"
+    lora = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    deploy_as_kuberay(chat_dir, deployment_resource, [])
     before = replica_actors()
-    assert before
-    url = redeploy(local_ray, chat_dir, deployment_resource, [{"name": "fr", "uri": str(fr), "version": "3"}])
+    assert len(before) == 1
+    base = lora.chat.completions.create(model=LORA, messages=MESSAGES, max_tokens=10, temperature=0)
+
+    deploy_as_kuberay(chat_dir, deployment_resource, [ResolvedAdapter("fr", str(fr), "3")])
     assert replica_actors() == before  # the base model stayed loaded: same replica
     assert requests.get(url + "/ready", timeout=30).json()["adapters"] == [{"name": "fr", "version": "3"}]
-
-    base = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=10, temperature=0)
-    tuned = client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
+    tuned = lora.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
     assert tuned.choices[0].message.content == peft_greedy(chat_dir, fr, MESSAGES, 10)
     assert tuned.choices[0].message.content != base.choices[0].message.content
-    assert [m.id for m in client.models.list().data] == [NAME, "fr"]
+    assert [m.id for m in lora.models.list().data] == [LORA, "fr"]
 
-    # A second adapter joins, while the first keeps serving (streamed, to show adapters stream too).
-    redeploy(
-        local_ray,
-        chat_dir,
-        deployment_resource,
-        [{"name": "fr", "uri": str(fr), "version": "3"}, {"name": "de", "uri": str(de), "version": "1"}],
-    )
+    # A second adapter joins while the first keeps serving (streamed: adapters stream too).
+    adapters = [ResolvedAdapter("fr", str(fr), "3"), ResolvedAdapter("de", str(de), "1")]
+    deploy_as_kuberay(chat_dir, deployment_resource, adapters)
     assert replica_actors() == before
-    stream = client.chat.completions.create(model="de", messages=MESSAGES, max_tokens=10, temperature=0, stream=True)
+    stream = lora.chat.completions.create(model="de", messages=MESSAGES, max_tokens=10, temperature=0, stream=True)
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed == peft_greedy(chat_dir, de, MESSAGES, 10)
-    again = client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
+    again = lora.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
     assert again.choices[0].message.content == tuned.choices[0].message.content
 
     # Removing them all serves the base as before.
-    redeploy(local_ray, chat_dir, deployment_resource, [])
+    deploy_as_kuberay(chat_dir, deployment_resource, [])
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=4)
-    plain = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=10, temperature=0)
+        lora.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=4)
+    plain = lora.chat.completions.create(model=LORA, messages=MESSAGES, max_tokens=10, temperature=0)
     assert plain.choices[0].message.content == base.choices[0].message.content
     assert replica_actors() == before

@@ -94,3 +94,44 @@ def test_adapter_settings() -> None:
     int8 = {"resource": resource(modelUri="/b", quantization="int8", adapters=[{"name": "a", "uri": "/a"}])}
     with pytest.raises(ValueError, match="int8"):
         parse_app_args({**int8, "modelVersion": "v1"}, read_version=str)
+
+
+def test_the_operators_serve_config_carries_adapters_in_user_config_and_keeps_the_args() -> None:
+    """Serve hashes an application's args into its code version (a new one restarts the replicas): changing the
+    adapters, batching or generation defaults must change only the deployment's user_config override."""
+    import yaml
+    from kubeforge.api import ModelDeployment
+    from kubeforge.builders.rayservice import ResolvedAdapter, ResolvedModel, build_rayservice
+    from kubeforge.config import OperatorConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    def serve_config(**spec: object) -> dict:
+        body = resource(modelUri="s3://m/base", **spec)
+        body["metadata"]["generation"] = 1 + len(spec)  # a spec change bumps the generation
+        typed = ModelDeployment.model_validate(body)
+        rayservice = build_rayservice(typed, OperatorConfig(), model=ResolvedModel("s3://m/base", "v1"))
+        config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+        ServeDeploySchema.model_validate(config)  # what Serve checks before applying it
+        return config["applications"][0]
+
+    plain = serve_config()
+    tuned = serve_config(adapters=[{"name": "fr", "uri": "s3://m/fr"}], batching={"maxBatchSize": 4})
+    assert tuned["args"] == plain["args"]
+    assert "adapters" not in tuned["args"]["resource"]["spec"]
+    (deployment,) = tuned["deployments"]
+    assert deployment["name"] == "server"
+    assert deployment["user_config"]["adapters"] == [{"name": "fr", "uri": "s3://m/fr", "version": ""}]
+    assert deployment["user_config"]["batching"]["maxBatchSize"] == 4
+    # The operator passes adapters it resolved from modelRefs (with their versions) explicitly.
+    resolved = build_rayservice(
+        ModelDeployment.model_validate(
+            resource(modelUri="s3://m/base", adapters=[{"name": "x", "modelRef": {"name": "j"}}])
+        ),
+        OperatorConfig(),
+        model=ResolvedModel("s3://m/base", "v1"),
+        adapters=[ResolvedAdapter("x", "s3://jobs/j/adapter", "7")],
+    )
+    app = yaml.safe_load(resolved["spec"]["serveConfigV2"])["applications"][0]
+    assert app["deployments"][0]["user_config"]["adapters"] == [
+        {"name": "x", "uri": "s3://jobs/j/adapter", "version": "7"}
+    ]

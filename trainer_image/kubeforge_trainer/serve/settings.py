@@ -19,6 +19,7 @@ from kubeforge.api.modeldeployment import (
     ModelDeploymentSpec,
     ReplicaSpec,
 )
+from kubeforge.builders.rayservice import ResolvedAdapter, serve_user_config
 
 STABLE, CANARY = "stable", "canary"
 REPLICA_HEADROOM = 32  # requests a replica takes beyond its admission limits: health checks, /v1/models, errors
@@ -137,13 +138,9 @@ def torch_threads(spec: ModelDeploymentSpec) -> int:
 
 
 def model_user_config(spec: ModelDeploymentSpec, adapters: tuple[AdapterRef, ...] = ()) -> dict[str, Any]:
-    """What a model replica can change without a restart (Serve user_config -> reconfigure): batching, generation
-    defaults and the LoRA adapters, which are loaded into (or dropped from) the running base model."""
-    return {
-        "batching": spec.batching.to_wire(),
-        "generation": spec.generation.to_wire(),
-        "adapters": [a.to_wire() for a in adapters],
-    }
+    """What a model replica can change without a restart (Serve user_config -> reconfigure); the operator's
+    serveConfigV2 carries the same mapping as the deployment's user_config override."""
+    return serve_user_config(spec, [ResolvedAdapter(a.name, a.uri, a.version) for a in adapters])
 
 
 def parse_model_user_config(
