@@ -101,6 +101,28 @@ class GenerationDefaults(ApiModel):
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
 
 
+class RequestLimits(ApiModel):
+    """Per-request limits; a request over one gets a 400 that names it."""
+
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, le=1048576, description="Most prompt tokens (after the chat template); default: context."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=65536, description="Most tokens one request may ask to generate."
+    )
+
+
+class AuthSpec(ApiModel):
+    """API-key authentication: requests must send Authorization: Bearer <key>."""
+
+    api_key_secret: str = Field(
+        min_length=1, max_length=253, description="Secret in the same namespace that holds the accepted keys."
+    )
+    key: str = Field(
+        default="apiKeys", min_length=1, max_length=253, description="Key of the Secret: the API keys, one per line."
+    )
+
+
 class CanarySpec(ApiModel):
     """A second model version behind the same endpoint."""
 
@@ -149,6 +171,8 @@ class ModelDeploymentSpec(CommonSpec):
         description="int8 applies dynamic quantisation to linear layers (CPU serving).",
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Per-request limits.")
+    auth: AuthSpec | None = Field(default=None, description="API-key authentication (none when unset).")
     adapters: list[AdapterSpec] = Field(
         default_factory=list,
         max_length=32,

@@ -14,6 +14,7 @@ from ..constants import (
     ENV_RESOURCE_KIND,
     ENV_RESOURCE_NAME,
     ENV_RESOURCE_NAMESPACE,
+    ENV_SERVE_API_KEYS,
     RAY_API_VERSION,
     direct_ingress_env,
 )
@@ -32,7 +33,7 @@ SERVE_IMPORT_PATH = "kubeforge_trainer.serve:build_app"
 SERVER_DEPLOYMENT = "server"  # the application's one Serve deployment (kubeforge_trainer.serve.app)
 # Spec fields the replicas apply in place (Serve user_config -> reconfigure). They are left out of the app's args:
 # Serve hashes the args into the application's code version, and a new code version restarts every replica.
-IN_PLACE_FIELDS = ("batching", "generation", "adapters")
+IN_PLACE_FIELDS = ("batching", "generation", "limits", "adapters")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def serve_user_config(spec: ModelDeploymentSpec, adapters: Sequence[ResolvedAdap
     return {
         "batching": spec.batching.to_wire(),
         "generation": spec.generation.to_wire(),
+        "limits": spec.limits.to_wire(),
         "adapters": [{"name": a.name, "uri": a.uri, "version": a.version} for a in adapters],
     }
 
@@ -157,6 +159,12 @@ def build_rayservice(
         # Direct ingress: the one replica of each worker pod answers on the serve port itself, no proxy hop.
         env=direct_ingress_env(config.serve_port, config.serve_port) if spec.ingress == "direct" else None,
     )
+    if spec.auth is not None:
+        # The keys reach the replicas from the Secret, never through the serve config (visible in the RayService).
+        secret = {"secretKeyRef": {"name": spec.auth.api_key_secret, "key": spec.auth.key}}
+        groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+        for container in (c for group in groups for c in group["template"]["spec"]["containers"]):
+            container.setdefault("env", []).append({"name": ENV_SERVE_API_KEYS, "valueFrom": secret})
     # The autoscaler adds worker pods when Serve autoscaling adds replicas.
     cluster["enableInTreeAutoscaling"] = replicas.min != max_workers
     if spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor":

@@ -197,21 +197,31 @@ def replica_actors() -> set[str]:
     return {n for n in names if n.startswith(f"SERVE_REPLICA::{LORA}#")}
 
 
-def deploy_as_kuberay(chat_dir: Path, deployment_resource, adapters: list[ResolvedAdapter]) -> None:
-    """Apply the operator's serveConfigV2 application to Serve's controller, as KubeRay does on every change."""
+def deploy_as_kuberay(
+    chat_dir: Path,
+    deployment_resource,
+    adapters: list[ResolvedAdapter],
+    name: str = LORA,
+    env: dict[str, str] | None = None,
+    **spec: object,
+) -> None:
+    """Apply the operator's serveConfigV2 application to Serve's controller, as KubeRay does on every change (the
+    only declaratively deployed app: applying it removes any other). env stands in for the pods' Secret env."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     resource = deployment_resource(
-        LORA,
+        name,
         modelUri=str(chat_dir),
         resources={"cpu": "500m", "memory": "512Mi"},
         generation={"maxTokens": 12},
         adapters=[{"name": a.name, "uri": a.uri} for a in adapters],
+        **spec,
     )
     typed = ModelDeployment.model_validate(resource)
     config = build_serve_config(typed, OperatorConfig(), ResolvedModel(str(chat_dir), "v1"), adapters=adapters)
-    app = {**config["applications"][0], "route_prefix": f"/{LORA}"}
+    app = {**config["applications"][0], "route_prefix": f"/{name}"}
+    app["runtime_env"]["env_vars"].update(env or {})
     _get_global_client().deploy_apps(ServeDeploySchema(applications=[app]), _blocking=True)
 
 
@@ -254,3 +264,73 @@ def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
     plain = lora.chat.completions.create(model=LORA, messages=MESSAGES, max_tokens=10, temperature=0)
     assert plain.choices[0].message.content == base.choices[0].message.content
     assert replica_actors() == before
+
+
+# ---- Hardening: API keys, per-request limits, oversized bodies ---------------------------------------------------
+
+SECURED = "secured"
+KEYS = ("key-one", "key-two")
+
+
+@pytest.fixture(scope="module")
+def secured(local_ray, chat_dir: Path, deployment_resource) -> str:
+    """An app with API keys (as the pods get them from the Secret) and per-request limits; its base URL."""
+    deploy_as_kuberay(
+        chat_dir,
+        deployment_resource,
+        [],
+        name=SECURED,
+        env={"KUBEFORGE_API_KEYS": "\n".join(KEYS) + "\n"},
+        auth={"apiKeySecret": "serving-keys"},
+        limits={"maxPromptTokens": 60, "maxTokens": 6},
+    )
+    return f"http://127.0.0.1:{local_ray.http_port}/{SECURED}"
+
+
+def test_api_keys_are_required_and_checked(secured: str) -> None:
+    import requests
+
+    wrong = openai.OpenAI(base_url=secured + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=SECURED, messages=MESSAGES, max_tokens=2)
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+    body = {"model": SECURED, "messages": MESSAGES, "max_tokens": 2}
+    anonymous = requests.post(secured + "/v1/chat/completions", json=body, timeout=30)  # no Authorization at all
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+    assert requests.get(secured + "/v1/models", timeout=30).status_code == 401
+    assert requests.get(secured + "/health", timeout=30).status_code == 200  # probes need no key
+    for key in KEYS:
+        client = openai.OpenAI(base_url=secured + "/v1", api_key=key, max_retries=0)
+        assert client.chat.completions.create(model=SECURED, messages=MESSAGES, max_tokens=2).choices
+
+
+def test_limits_are_400s_that_name_the_limit(secured: str) -> None:
+    client = openai.OpenAI(base_url=secured + "/v1", api_key=KEYS[0], max_retries=0)
+    long = [{"role": "user", "content": "Return the value of the path " * 10}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=SECURED, messages=long, max_tokens=2)
+    assert caught.value.param == "messages" and "spec.limits.maxPromptTokens" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=SECURED, messages=MESSAGES, max_tokens=7)
+    assert caught.value.param == "max_tokens" and "spec.limits.maxTokens" in caught.value.message
+    # Without max_tokens the deployment's default (12) is cut to the limit.
+    reply = client.chat.completions.create(model=SECURED, messages=MESSAGES, temperature=0)
+    assert reply.usage.completion_tokens <= 6
+
+
+def test_an_oversized_body_is_refused_from_its_content_length_before_it_is_sent(secured: str) -> None:
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    url = urlparse(secured)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("POST", url.path + "/v1/chat/completions")
+    connection.putheader("Authorization", f"Bearer {KEYS[0]}")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(1 << 30))  # 1 GiB announced; only the headers are ever sent
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["code"] == "body_too_large"
+    connection.close()

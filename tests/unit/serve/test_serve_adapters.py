@@ -135,3 +135,23 @@ def test_the_operators_serve_config_carries_adapters_in_user_config_and_keeps_th
     assert app["deployments"][0]["user_config"]["adapters"] == [
         {"name": "x", "uri": "s3://jobs/j/adapter", "version": "7"}
     ]
+
+
+def test_api_keys_reach_every_ray_container_from_the_secret_only() -> None:
+    from kubeforge.api import ModelDeployment
+    from kubeforge.builders.rayservice import ResolvedModel, build_rayservice
+    from kubeforge.config import OperatorConfig
+
+    body = resource(modelUri="s3://m", auth={"apiKeySecret": "keys"}, replicas={"min": 1, "max": 2})
+    rayservice = build_rayservice(ModelDeployment.model_validate(body), OperatorConfig(), model=ResolvedModel("s3://m"))
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    containers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+    assert len(containers) >= 2
+    for container in containers:
+        (env,) = [e for e in container["env"] if e["name"] == "KUBEFORGE_API_KEYS"]
+        assert env["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "apiKeys"}}
+    plain = build_rayservice(
+        ModelDeployment.model_validate(resource(modelUri="s3://m")), OperatorConfig(), model=ResolvedModel("s3://m")
+    )
+    assert "KUBEFORGE_API_KEYS" not in str(plain)

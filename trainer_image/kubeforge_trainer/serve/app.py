@@ -11,8 +11,10 @@ The forward passes run in a worker thread, so the replica's event loop keeps tak
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -20,7 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
-from kubeforge.api.modeldeployment import GenerationDefaults
+from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
+from kubeforge.constants import ENV_SERVE_API_KEYS
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -32,6 +35,7 @@ from .batching import DynamicBatcher
 from .engine import ContinuousBatcher, GenerationTask
 from .metrics import ModelMetrics, RequestMetrics
 from .protocol import (
+    MAX_BODY_BYTES,
     ApiError,
     ChatRequest,
     Choice,
@@ -76,6 +80,8 @@ QUEUE_FULL = ApiError(
     503, "the server is overloaded: its request queue is full; retry later", "overloaded_error", "queue_full"
 )
 INTERNAL_ERROR = ApiError(500, "the server failed on this request", "server_error", "internal_error")
+UNAUTHORIZED = ApiError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
+OPEN_ROUTES = frozenset({"/health", "/ready"})  # probes need no key
 _STREAM_DONE = object()
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "/v1/completions": parse_completion_request,
@@ -99,6 +105,7 @@ class VersionServer:
         self.metrics = ModelMetrics(model_name, version.version)
         self.metrics.model_loaded(self.runner.load_seconds)
         self.defaults = GenerationDefaults()
+        self.limits = RequestLimits()
         self._waiting: set[int] = set()
         # Generation: the version's continuous batch, stepped by its own thread. Classification: dynamic batches.
         if self.runner.batcher is not None:
@@ -107,9 +114,12 @@ class VersionServer:
         self._classifications = DynamicBatcher(self._run_classify_batch, max_size=1, max_wait_s=0.0)
         log.info("loaded %s %s from %s in %.2fs", model_name, version.version, version.uri, self.runner.load_seconds)
 
-    def configure(self, batch_size: int, wait_s: float, defaults: GenerationDefaults) -> None:
-        """Apply batching limits and generation defaults."""
+    def configure(
+        self, batch_size: int, wait_s: float, defaults: GenerationDefaults, limits: RequestLimits | None = None
+    ) -> None:
+        """Apply batching limits, generation defaults and per-request limits."""
         self.defaults = defaults
+        self.limits = limits or RequestLimits()
         if self.runner.batcher is not None:
             self.runner.batcher.max_batch_size = batch_size  # read at each step's admission
         self._classifications.configure(batch_size, wait_s)
@@ -122,8 +132,8 @@ class VersionServer:
             prompt_ids = self.runner.chat_prompt_ids(list(request.messages))
             if isinstance(prompt_ids, ApiError):
                 return prompt_ids
-            return self.runner.prepare_chat(request, prompt_ids, self.defaults, on_delta)
-        return self.runner.prepare_completion(request, self.defaults, on_delta)
+            return self.runner.prepare_chat(request, prompt_ids, self.defaults, on_delta, self.limits)
+        return self.runner.prepare_completion(request, self.defaults, on_delta, self.limits)
 
     async def complete(self, tasks: list[GenerationTask], admission: Admission) -> CompletionResult:
         """Run the tasks through the batch queue to completion."""
@@ -227,14 +237,16 @@ class InferenceServer:
         self.gate = AdmissionGate(*limits)
         self.metrics = RequestMetrics(name)
         self.random = random.Random()
+        # Empty: no authentication. Set from the Secret named in spec.auth (the RayService's pod env).
+        self.api_keys = [k.strip().encode() for k in os.environ.get(ENV_SERVE_API_KEYS, "").splitlines() if k.strip()]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batching limits, generation defaults and LoRA adapters from the spec (no replica restart: adapters
         are loaded into the running base model between two decode steps)."""
-        batching, defaults, adapters = parse_model_user_config(user_config)
+        config = parse_model_user_config(user_config)
         for server in self.servers.values():
-            server.configure(*batch_limits(batching), defaults)
-        changes = self.servers[STABLE].runner.set_adapters(adapters)
+            server.configure(*batch_limits(config.batching), config.generation, config.limits)
+        changes = self.servers[STABLE].runner.set_adapters(config.adapters)
         if changes:
             log.info("adapters of %s: %s", self.name, " ".join(changes))
 
@@ -262,6 +274,10 @@ class InferenceServer:
             response = error_response(ApiError(405, message, code="method_not_allowed"))
             response.headers["Allow"] = allowed
             return NO_VERSION, response
+        if self.api_keys and route not in OPEN_ROUTES and not self._authorized(request):
+            response = error_response(UNAUTHORIZED)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return NO_VERSION, response
         if route == "/health":
             return NO_VERSION, JSONResponse({"status": "ok"})
         if route == "/ready":  # a replica only receives traffic once every model it serves is loaded
@@ -270,7 +286,7 @@ class InferenceServer:
             return NO_VERSION, JSONResponse(ready)
         if route == "/v1/models":
             return NO_VERSION, JSONResponse(self._models_body())
-        body = parse_json_body(await request.body())
+        body = await read_json_body(request)
         if isinstance(body, ApiError):
             return NO_VERSION, error_response(body)
         parsed = PARSERS[route](body)
@@ -315,6 +331,13 @@ class InferenceServer:
             for a in self._adapters().values()
         ]
         return {"object": "list", "data": data}
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        given = key.strip().encode()
+        # Compared in constant time against every key, so timing tells nothing about which prefix matched.
+        matches = [hmac.compare_digest(given, k) for k in self.api_keys]
+        return scheme.lower() == "bearer" and any(matches)
 
     def _adapters(self) -> dict[str, AdapterRef]:
         return self.servers[STABLE].runner.adapters
@@ -415,6 +438,25 @@ class InferenceServer:
                 running.cancel()
             admission.release()
             self.metrics.request(version, route, 200, time.perf_counter() - started)
+
+
+async def read_json_body(request: Request) -> Any:
+    """The decoded JSON body, or an ApiError; a body over MAX_BODY_BYTES is refused from its Content-Length before
+    it is read, and a body without one is read only up to the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return ApiError(400, "Content-Length is not a number", code="invalid_request")
+        if int(declared) > MAX_BODY_BYTES:
+            message = f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}"
+            return ApiError(413, message, code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return ApiError(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return parse_json_body(b"".join(chunks))
 
 
 def _relative_path(request: Request) -> str:

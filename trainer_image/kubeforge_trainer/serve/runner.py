@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kubeforge.api.modeldeployment import GenerationDefaults
+from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
 from torch import nn
 
 from .. import storage
@@ -45,6 +45,7 @@ def resolve_sampling(
     prompt_tokens: int,
     context_length: int,
     index: int | None,
+    limits: RequestLimits | None = None,
 ) -> SamplingParams | ApiError:
     """The request's sampling parameters over the deployment defaults, checked against the context window.
 
@@ -54,9 +55,30 @@ def resolve_sampling(
     if prompt_tokens == 0:
         which = f"prompt[{index}]" if index is not None else "prompt"
         return ApiError(422, f"'{which}' encodes to no tokens", code="empty_prompt", param="prompt")
+    limits = limits or RequestLimits()
+    param = "messages" if isinstance(request, ChatRequest) else "prompt"
+    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        which = f"{param}[{index}]" if index is not None else param
+        return ApiError(
+            400,
+            f"'{which}' has {prompt_tokens} tokens; this deployment's limit (spec.limits.maxPromptTokens) is "
+            f"{limits.max_prompt_tokens}",
+            code="prompt_too_long",
+            param=param,
+        )
+    if limits.max_tokens is not None and request.max_tokens is not None and request.max_tokens > limits.max_tokens:
+        return ApiError(
+            400,
+            f"max_tokens is {request.max_tokens}; "
+            f"this deployment's limit (spec.limits.maxTokens) is {limits.max_tokens}",
+            code="max_tokens_too_large",
+            param="max_tokens",
+        )
     if prompt_tokens >= context_length:
-        return context_error(prompt_tokens, context_length, index, "prompt")
+        return context_error(prompt_tokens, context_length, index, param)
     room = context_length - prompt_tokens
+    if limits.max_tokens is not None:
+        room = min(room, limits.max_tokens)
     if request.max_tokens is not None and request.max_tokens > room:
         return ApiError(
             422,
@@ -252,6 +274,7 @@ class ModelRunner:
         request: CompletionRequest,
         defaults: GenerationDefaults,
         on_delta: Callable[[StreamDelta], None] | None = None,
+        limits: RequestLimits | None = None,
     ) -> list[GenerationTask] | ApiError:
         """One generation task per prompt, or the 4xx error of the first prompt the model cannot take."""
         if self.task != LANGUAGE_MODELING:
@@ -261,7 +284,7 @@ class ModelRunner:
             # Prompts are continued, so no special tokens (BOS/EOS post-processing) are added around them.
             ids = self.encode(prompt, special_tokens=False)
             index = i if request.prompt_is_list else None
-            params = resolve_sampling(request, defaults, len(ids), self.context_length, index)
+            params = resolve_sampling(request, defaults, len(ids), self.context_length, index, limits)
             if isinstance(params, ApiError):
                 return params
             tasks.append(GenerationTask(index=i, prompt_ids=ids, params=params, on_delta=on_delta))
@@ -273,9 +296,10 @@ class ModelRunner:
         prompt_ids: list[int],
         defaults: GenerationDefaults,
         on_delta: Callable[[StreamDelta], None] | None = None,
+        limits: RequestLimits | None = None,
     ) -> list[GenerationTask] | ApiError:
         """The generation task of a chat whose messages are already rendered, or its 4xx error."""
-        params = resolve_sampling(request, defaults, len(prompt_ids), self.context_length, None)
+        params = resolve_sampling(request, defaults, len(prompt_ids), self.context_length, None, limits)
         if isinstance(params, ApiError):
             return params
         return [GenerationTask(index=0, prompt_ids=prompt_ids, params=params, on_delta=on_delta)]

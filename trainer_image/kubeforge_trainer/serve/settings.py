@@ -18,6 +18,7 @@ from kubeforge.api.modeldeployment import (
     ModelDeployment,
     ModelDeploymentSpec,
     ReplicaSpec,
+    RequestLimits,
 )
 from kubeforge.builders.rayservice import ResolvedAdapter, serve_user_config
 
@@ -143,14 +144,23 @@ def model_user_config(spec: ModelDeploymentSpec, adapters: tuple[AdapterRef, ...
     return serve_user_config(spec, [ResolvedAdapter(a.name, a.uri, a.version) for a in adapters])
 
 
-def parse_model_user_config(
-    config: dict[str, Any],
-) -> tuple[BatchingSpec, GenerationDefaults, tuple[AdapterRef, ...]]:
+@dataclass(frozen=True)
+class UserConfig:
+    """What reconfigure() applies: batching, generation defaults, per-request limits, adapters."""
+
+    batching: BatchingSpec
+    generation: GenerationDefaults
+    limits: RequestLimits
+    adapters: tuple[AdapterRef, ...]
+
+
+def parse_model_user_config(config: dict[str, Any]) -> UserConfig:
     """The inverse of model_user_config."""
     adapters = tuple(AdapterRef(a["name"], a["uri"], a.get("version", "")) for a in config.get("adapters", []))
-    return (
+    return UserConfig(
         BatchingSpec.model_validate(config["batching"]),
         GenerationDefaults.model_validate(config["generation"]),
+        RequestLimits.model_validate(config.get("limits") or {}),
         adapters,
     )
 
