@@ -334,3 +334,16 @@ def test_an_oversized_body_is_refused_from_its_content_length_before_it_is_sent(
     assert response.status == 413
     assert json.loads(response.read())["error"]["code"] == "body_too_large"
     connection.close()
+
+
+def test_engine_metrics_are_exported_per_adapter(client: openai.OpenAI, metrics) -> None:
+    from collections import Counter
+
+    tokens = "ray_kubeforge_inference_tokens_generated_total"
+    before = metrics.totals(tokens, ("adapter",), model=NAME)
+    reply = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=5, temperature=0)
+    expected = Counter({("",): reply.usage.completion_tokens})  # the base model's adapter label is empty
+    assert metrics.wait_for_delta(before, expected, tokens, ("adapter",), model=NAME) == expected
+    names = {name for name, labels, _ in metrics.scrape() if labels.get("model") == NAME}
+    engine = {"num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"}
+    assert {f"ray_kubeforge_inference_{n}" for n in engine} <= names

@@ -153,7 +153,7 @@ class VersionServer:
                 task.cancelled = True
             raise
         for task in tasks:
-            self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times)
+            self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times, task.adapter)
 
     def _submit(self, tasks: list[GenerationTask]) -> list[asyncio.Future[None]]:
         """Hand a request's tasks to the engine's thread at once (so they join the same step); each future resolves
@@ -175,8 +175,10 @@ class VersionServer:
         return futures
 
     def _stepped(self, batcher: ContinuousBatcher) -> None:
-        """After every decode step (engine thread): the running batch's size."""
+        """After every decode step (engine thread): the running batch, the waiting sequences, the cache held."""
         self.metrics.batch(len(batcher.active))
+        capacity = batcher.max_batch_size * self.runner.context_length
+        self.metrics.engine(len(batcher.active), batcher.waiting, batcher.cache_tokens / capacity)
 
     async def classify(self, request: ClassifyRequest, admission: Admission) -> ClassifyResult | ApiError:
         """Class probabilities of every input, or the model's 4xx verdict on the request."""
