@@ -157,10 +157,28 @@ class ModelDeploymentSpec(CommonSpec):
             "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
             "spec.adapters names must be unique",
         ),
+        cel(
+            "!has(self.engine) || self.engine != 'vllm' || "
+            "(has(self.resources) && has(self.resources.gpu) && self.resources.gpu > 0)",
+            "spec.engine vllm needs GPUs: set spec.resources.gpu to 1 or more, or use engine transformers",
+        ),
+        cel(
+            "!has(self.engine) || self.engine != 'vllm' || "
+            "(!has(self.canary) && (!has(self.adapters) || size(self.adapters) == 0) && "
+            "(!has(self.quantization) || self.quantization == 'none'))",
+            "spec.engine vllm does not support canary, adapters or quantization yet; use engine transformers",
+        ),
     )
 
     model_ref: ModelRef | None = Field(default=None, description="Serve the model a TrainingJob exported.")
     model_uri: str | None = Field(default=None, description="Serve the model directory at this URI.")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description=(
+            "transformers: kubeforge's app (continuous batching over a transformers model; CPU or GPU). vllm: Ray "
+            "Serve LLM (ray.serve.llm, vLLM underneath) on GPUs."
+        ),
+    )
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Replicas and autoscaling.")
     resources: WorkerResources = Field(default_factory=WorkerResources, description="Resources per replica.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")

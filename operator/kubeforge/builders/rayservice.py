@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import ModelDeployment
-from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.modeldeployment import ModelDeploymentSpec, ReplicaSpec
 from ..config import OperatorConfig
 from ..constants import (
     ANNOTATION_SPEC_HASH,
@@ -30,6 +30,7 @@ from .common import (
 
 # docs/contracts.md: the inference application.
 SERVE_IMPORT_PATH = "kubeforge_trainer.serve:build_app"
+VLLM_IMPORT_PATH = "ray.serve.llm:build_openai_app"  # spec.engine vllm
 SERVER_DEPLOYMENT = "server"  # the application's one Serve deployment (kubeforge_trainer.serve.app)
 # Spec fields the replicas apply in place (Serve user_config -> reconfigure). They are left out of the app's args:
 # Serve hashes the args into the application's code version, and a new code version restarts every replica.
@@ -67,6 +68,42 @@ def serve_user_config(spec: ModelDeploymentSpec, adapters: Sequence[ResolvedAdap
 def spec_adapters(spec: ModelDeploymentSpec) -> list[ResolvedAdapter]:
     """spec.adapters given by uri (adapters given by modelRef are resolved by the operator)."""
     return [ResolvedAdapter(a.name, a.uri) for a in spec.adapters if a.uri]
+
+
+def scaling_options(replicas: ReplicaSpec) -> dict[str, Any]:
+    """num_replicas when min == max, else a Ray Serve autoscaling_config (min 0 allows scale to zero)."""
+    if replicas.min == replicas.max:
+        return {"num_replicas": replicas.min}
+    return {
+        "autoscaling_config": {
+            "min_replicas": replicas.min,
+            "max_replicas": replicas.max,
+            "initial_replicas": max(replicas.min, 1),
+            "target_ongoing_requests": replicas.target_ongoing_requests,
+        }
+    }
+
+
+def vllm_application(resource: ModelDeployment, model: ResolvedModel, env: dict[str, str]) -> dict[str, Any]:
+    """spec.engine vllm: Ray Serve LLM's OpenAI app (ray.serve.llm.build_openai_app) serving the model with vLLM,
+    one tensor-parallel engine over the replica's GPUs. The trainer image must have ray[llm] (vLLM) installed."""
+    meta = resource_metadata(resource)
+    spec = resource.spec
+    llm_config = {
+        "model_loading_config": {"model_id": meta["name"], "model_source": model.uri},
+        "deployment_config": {
+            **scaling_options(spec.replicas),
+            "max_ongoing_requests": spec.replicas.max_ongoing_requests,
+        },
+        "engine_kwargs": {"tensor_parallel_size": spec.resources.gpu},
+    }
+    return {
+        "name": meta["name"],
+        "route_prefix": "/",
+        "import_path": VLLM_IMPORT_PATH,
+        "args": {"llm_configs": [llm_config]},
+        "runtime_env": {"env_vars": env},
+    }
 
 
 def serve_url(name: str, namespace: str, port: int) -> str:
@@ -110,6 +147,9 @@ def build_serve_config(
         ENV_RESOURCE_NAME: meta["name"],
         ENV_RESOURCE_NAMESPACE: meta["namespace"] or "default",
     }
+    if resource.spec.engine == "vllm":
+        application = vllm_application(resource, model, env)
+        return {"http_options": {"host": "0.0.0.0", "port": config.serve_port}, "applications": [application]}
     return {
         "http_options": {"host": "0.0.0.0", "port": config.serve_port},
         "applications": [

@@ -17,10 +17,9 @@ from kubeforge.api.modeldeployment import (
     GenerationDefaults,
     ModelDeployment,
     ModelDeploymentSpec,
-    ReplicaSpec,
     RequestLimits,
 )
-from kubeforge.builders.rayservice import ResolvedAdapter, serve_user_config
+from kubeforge.builders.rayservice import ResolvedAdapter, scaling_options, serve_user_config
 
 STABLE, CANARY = "stable", "canary"
 REPLICA_HEADROOM = 32  # requests a replica takes beyond its admission limits: health checks, /v1/models, errors
@@ -90,6 +89,8 @@ def parse_app_args(args: dict[str, Any], read_version: Callable[[str], str]) -> 
             raise ValueError(f"the canary and the stable model are both version {canary_version!r}")
     elif args.get("canaryModelUri"):
         raise ValueError("args['canaryModelUri'] is set but spec.canary is not: set spec.canary.trafficPercent")
+    if spec.engine != "transformers":
+        raise ValueError(f"spec.engine {spec.engine} is served by Ray Serve LLM, not by kubeforge_trainer.serve")
     if spec.quantization == "int8" and spec.resources.gpu > 0:
         raise ValueError("quantization int8 is dynamic CPU quantisation; it cannot be used with resources.gpu > 0")
     adapters = parse_adapters(args, spec, resource.metadata.name, versions)
@@ -117,20 +118,6 @@ def parse_adapters(
     if adapters and spec.quantization == "int8":
         raise ValueError("spec.adapters cannot be used with quantization int8 (LoRA needs the float linear layers)")
     return adapters
-
-
-def scaling_options(replicas: ReplicaSpec) -> dict[str, Any]:
-    """num_replicas when min == max, else a Ray Serve autoscaling_config (min 0 allows scale to zero)."""
-    if replicas.min == replicas.max:
-        return {"num_replicas": replicas.min}
-    return {
-        "autoscaling_config": {
-            "min_replicas": replicas.min,
-            "max_replicas": replicas.max,
-            "initial_replicas": max(replicas.min, 1),
-            "target_ongoing_requests": replicas.target_ongoing_requests,
-        }
-    }
 
 
 def torch_threads(spec: ModelDeploymentSpec) -> int:
