@@ -415,6 +415,8 @@ def run_chat_benchmark(args: argparse.Namespace, workdir: Path) -> str:
         "Served: the app on a local Ray Serve (one replica, `resources.cpu` 1, one torch thread, `maxBatchSize` 32), "
         "streamed chat requests from an aiohttp client on the same machine; TTFT is from sending the request to the "
         "first chunk with content.",
+        "The sections above this one come from the full run (without `--chat`); a `--chat` run replaces only this "
+        "section.",
         "",
         "| run | concurrency | requests | TTFT p50 ms | TTFT p99 ms | latency p50 ms | tokens/s | vs baseline |",
         "|---|---|---|---|---|---|---|---|",
