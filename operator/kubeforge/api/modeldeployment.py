@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import (
     ApiModel,
@@ -14,12 +14,11 @@ from .common import (
     WorkerResources,
     cel,
     cel_rules,
+    exactly_one,
 )
 
-_ONE_MODEL = cel(
-    "has(self.modelRef) != has(self.modelUri)",
-    "set exactly one of modelRef or modelUri",
-)
+_ONE_MODEL = cel(exactly_one("modelRef", "modelUri"), "set exactly one of modelRef or modelUri")
+MAX_REPLICAS = 10_000
 
 
 class ModelRef(ApiModel):
@@ -37,7 +36,7 @@ class AdapterSpec(ApiModel):
 
     model_config = cel_rules(
         cel(
-            "has(self.modelRef) != has(self.uri)",
+            exactly_one("modelRef", "uri"),
             "set exactly one of modelRef or uri",
         )
     )
@@ -64,17 +63,18 @@ class ReplicaSpec(ApiModel):
         )
     )
 
-    min: int = Field(default=1, ge=0, description="Fewest replicas (0 allows scale to zero).")
-    max: int = Field(default=1, ge=1, description="Most replicas.")
+    min: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas (0 allows scale to zero).")
+    max: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
     target_ongoing_requests: float = Field(
         default=2,
         gt=0,
         description="Ongoing requests per replica the autoscaler aims for.",
     )
-    max_ongoing_requests: int = Field(default=32, ge=1, description="Requests one replica handles at once.")
+    max_ongoing_requests: int = Field(default=32, ge=1, le=100_000, description="Requests one replica handles at once.")
     max_queued_requests: int = Field(
         default=128,
         ge=1,
+        le=10_000_000,
         description="Requests queued per replica before new ones get 503 (backpressure).",
     )
 
@@ -154,10 +154,6 @@ class ModelDeploymentSpec(CommonSpec):
     model_config = cel_rules(
         _ONE_MODEL,
         cel(
-            "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
-            "spec.adapters names must be unique",
-        ),
-        cel(
             "!has(self.engine) || self.engine != 'vllm' || "
             "(has(self.resources) && has(self.resources.gpu) && self.resources.gpu > 0)",
             "spec.engine vllm needs GPUs: set spec.resources.gpu to 1 or more, or use engine transformers",
@@ -194,6 +190,8 @@ class ModelDeploymentSpec(CommonSpec):
     adapters: list[AdapterSpec] = Field(
         default_factory=list,
         max_length=32,
+        # The API server keeps names unique (a list map keyed by name); the validator below says so offline.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description=(
             "LoRA adapters served over the base model. Adding one loads it into the running replicas without "
             "restarting them (Ray Serve user_config)."
@@ -207,6 +205,15 @@ class ModelDeploymentSpec(CommonSpec):
             "skipping the proxy hop; one replica per Ray node."
         ),
     )
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapter_names(cls, adapters: list[AdapterSpec]) -> list[AdapterSpec]:
+        names = [a.name for a in adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"spec.adapters names must be unique; repeated: {', '.join(repeated)}")
+        return adapters
 
 
 class TrafficShare(ApiModel):

@@ -155,3 +155,12 @@ def test_api_keys_reach_every_ray_container_from_the_secret_only() -> None:
         ModelDeployment.model_validate(resource(modelUri="s3://m")), OperatorConfig(), model=ResolvedModel("s3://m")
     )
     assert "KUBEFORGE_API_KEYS" not in str(plain)
+
+
+def test_repeated_adapter_names_are_refused_naming_them() -> None:
+    from kubeforge.validate import validate_document
+
+    body = resource(modelUri="/b", adapters=[{"name": "fr", "uri": "/a"}, {"name": "fr", "uri": "/b"}])
+    body["metadata"]["namespace"] = "ml"
+    problems = [str(p) for p in validate_document("md.yaml", body)[1]]
+    assert len(problems) == 1 and "repeated: fr" in problems[0], problems
