@@ -13,9 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-import pyarrow.fs as pafs
-from kubeforge_trainer import storage
-
 from .resources import ResourceStore
 from .status import StatusStore
 
@@ -108,6 +105,8 @@ def delete_resource(
             print("kubeforge delete: nothing deleted", file=sys.stderr)
             return 1
     for uri in outputs:
+        from kubeforge_trainer import storage
+
         fs, path = storage.resolve(uri)
         fs.delete_dir(path)
     for path in [*logs, status_path, resources.path(kind, name)]:
@@ -117,6 +116,10 @@ def delete_resource(
 
 
 def _exists(uri: str) -> bool:
+    """Whether a directory exists at a local path or object-store URI (imported here: `logs` needs no pyarrow)."""
+    import pyarrow.fs as pafs
+    from kubeforge_trainer import storage
+
     fs, path = storage.resolve(uri)
     try:
         return fs.get_file_info(path).type == pafs.FileType.Directory
