@@ -8,6 +8,14 @@ from ..config import OperatorConfig
 from . import datapipeline, modeldeployment, trainingjob
 
 
+# kind -> its reconcile, for the resync loop.
+RECONCILERS = {
+    datapipeline.KIND: datapipeline.reconcile_datapipeline,
+    trainingjob.KIND: trainingjob.reconcile_trainingjob,
+    modeldeployment.KIND: modeldeployment.reconcile_modeldeployment,
+}
+
+
 def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register the handlers of all three kinds."""
     datapipeline.register(registry, config)
@@ -15,4 +23,4 @@ def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Non
     modeldeployment.register(registry, config)
 
 
-__all__ = ["register_all"]
+__all__ = ["RECONCILERS", "register_all"]

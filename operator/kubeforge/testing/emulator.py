@@ -13,7 +13,10 @@ the requested resourceVersion, and does not isolate the status subresource. This
   patch whose `test` fails gets 422;
 * lists report the current resourceVersion and watches replay only objects newer than the requested one.
 
-It is still not a cluster: no garbage collection, label selectors are ignored, no admission or schema checks.
+* garbage collection: when an object is gone (deleted, or its last finalizer removed), the objects whose
+  ownerReferences name its uid are deleted too (background propagation), as the Kubernetes garbage collector does.
+
+It is still not a cluster: label selectors are ignored, no admission or schema checks.
 Events (core/v1) are stored like any object, so the operator's Events can be listed.
 """
 
@@ -114,7 +117,38 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
                     self._prepare_delete(request)
             except kmock.KubernetesError as exc:
                 return await self._render_error(exc)
-            return await super()._handle(request)
+            key = (request.resource, request.namespace, request.name)
+            uid = ((self._current(request) or {}).get("metadata") or {}).get("uid")
+            response = await super()._handle(request)
+            if uid and request.action != enums.action.CREATE and self._current(request) is None:
+                await self._collect_garbage({uid}, skip=key)
+            return response
+
+    async def _collect_garbage(self, owners: set[str], skip: Any) -> None:
+        """Delete the dependents of the deleted owners (uids), and theirs in turn; a dependent with finalizers
+        is only marked for deletion, as on a real API server."""
+        while owners:
+            gone: set[str] = set()
+            async with self._lock:
+                for key, obj in list(self.objects.items()):
+                    if key == skip or obj.deleted:
+                        continue
+                    meta = obj.raw.get("metadata") or {}
+                    if not any(ref.get("uid") in owners for ref in meta.get("ownerReferences") or []):
+                        continue
+                    resource = key[0]
+                    if meta.get("finalizers"):
+                        if not meta.get("deletionTimestamp"):
+                            marked = {"deletionTimestamp": _now(), "resourceVersion": self._next_version()}
+                            obj.patch({"metadata": marked})
+                            await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+                        continue
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+                    if meta.get("uid"):
+                        gone.add(meta["uid"])
+            owners = gone
 
     def _replace(self, old: rendering.Request, data: Any) -> rendering.Request:
         """The request with a new body, also in kmock's request log (its views match requests by identity)."""
