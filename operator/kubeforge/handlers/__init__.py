@@ -7,7 +7,6 @@ import kopf
 from ..config import OperatorConfig
 from . import datapipeline, modeldeployment, trainingjob
 
-
 # kind -> its reconcile, for the resync loop.
 RECONCILERS = {
     datapipeline.KIND: datapipeline.reconcile_datapipeline,
