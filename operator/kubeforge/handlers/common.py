@@ -27,7 +27,7 @@ from ..config import OperatorConfig
 from ..constants import FINALIZER
 from ..events import post_events, transition_events
 from ..metrics import PHASE_TRACKER, RECONCILE_SECONDS, RECONCILES, RETRIES, PhaseTracker
-from ..status import Observation, derive_status, is_settled, status_patch
+from ..status import TERMINAL_JOB_PHASES, Observation, derive_status, is_settled, status_patch
 from .kube import ApiRejected, Conflict, KubeApi, TransientError, kubeforge_resource
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,13 @@ def context(memo: Any) -> OperatorContext:
     return memo["kubeforge"]
 
 
+def settle(ctx: OperatorContext, key: Key) -> None:
+    """A job finished for good: it keeps nothing in the operator's memory but its phase in the metrics."""
+    ctx.schedule.drop(key)
+    ctx.children.forget(key)
+    ctx.handled.pop(key, None)
+
+
 def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
     """Drop a deleted resource from the metrics, the schedule and the bookkeeping."""
     namespace, name = identity(body)
@@ -238,8 +245,7 @@ async def on_resource_event(
     status = body.get("status") or {}
     if is_settled(kind, status, meta.get("generation")):
         ctx.phases.set(kind, namespace, name, status.get("phase"))
-        ctx.schedule.drop(key)
-        ctx.children.forget(key)
+        settle(ctx, key)
         return
     version = meta.get("resourceVersion")
     if version is not None and ctx.handled.get(key) == version:
@@ -301,10 +307,13 @@ async def wake_dependents(
     resources that wait for it or use it, now rather than at a resync."""
     namespace, name = identity(body)
     key = (dependency_kind, namespace, name)
-    if event_type == "DELETED":
-        changed = ctx.dependency_phases.pop(key, None) is not None
+    phase = None if event_type == "DELETED" else (body.get("status") or {}).get("phase") or "Pending"
+    if phase is None or phase in TERMINAL_JOB_PHASES:
+        # Not kept for finished dependencies (their events are rare): they cost no memory, and the resources
+        # that use one are reconciled on each of its events — an index lookup when none waits.
+        ctx.dependency_phases.pop(key, None)
+        changed = True
     else:
-        phase = (body.get("status") or {}).get("phase") or "Pending"
         changed = ctx.dependency_phases.get(key) != phase
         ctx.dependency_phases[key] = phase
     if changed:
@@ -353,11 +362,10 @@ def _finish(
     after it)."""
     namespace, name = identity(body)
     key = (kind, namespace, name)
-    ctx.handled[key] = version
     if is_settled(kind, {**(body.get("status") or {}), **outcome.status}, body.get("metadata", {}).get("generation")):
-        ctx.schedule.drop(key)
-        ctx.children.forget(key)
+        settle(ctx, key)
     else:
+        ctx.handled[key] = version
         ctx.children.derived(key, outcome.child_version)
         ctx.schedule.succeeded(key, ctx.config.requeue_seconds)
     post_events(body, transition_events(body.get("status") or {}, outcome.status))

@@ -180,7 +180,13 @@ def free_port() -> int:
 class OperatorProcess:
     """`kubeforge operator` as a separate process (its own memory, signals, kubeconfig), the way it runs in a pod."""
 
-    def __init__(self, kubeconfig: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.env = {
@@ -191,13 +197,17 @@ class OperatorProcess:
             **(env or {}),
         }
         self.log_path = log_path
+        self.args = list(args or [])  # extra `kubeforge operator` arguments (--namespace ...)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         """Start the process; returns when its liveness endpoint answers."""
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kubeforge.cli", "operator"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "kubeforge.cli", "operator", *self.args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT * 2
         while time.monotonic() < deadline:
