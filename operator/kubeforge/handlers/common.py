@@ -257,7 +257,7 @@ async def on_resource_event(
 
 
 async def release_finalizer(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
-    """Remove the finalizer that versions before 0.2 put on every resource: nothing needs the operator before a
+    """Remove the finalizer that earlier versions put on every resource: nothing needs the operator before a
     deletion any more, and with it a stopped operator would block the deletion."""
     namespace, name = identity(body)
     meta = body.get("metadata") or {}

@@ -417,7 +417,7 @@ def test_deleting_with_no_operator_running_completes_and_the_children_go_by_garb
 def test_an_old_finalizer_is_removed_so_it_never_blocks_a_deletion(cluster: Cluster) -> None:
     manifest = training_job()
     manifest["metadata"]["finalizers"] = ["kubeforge.dev/finalizer", "example.com/keep"]
-    cluster.apply(manifest)  # as an operator before 0.2 left it
+    cluster.apply(manifest)  # as an earlier operator left it
     cluster.wait_for(
         "the old finalizer removed",
         lambda: cluster.get("TrainingJob", "gpt")["metadata"]["finalizers"] == ["example.com/keep"],
