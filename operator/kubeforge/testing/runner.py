@@ -32,8 +32,9 @@ START_TIMEOUT = 30.0
 class EmulatorServer:
     """The emulator served over HTTP on 127.0.0.1 (a random port) from a background thread."""
 
-    def __init__(self, keep_request_log: bool = True) -> None:
+    def __init__(self, keep_request_log: bool = True, managed_fields: bool = False) -> None:
         self.keep_request_log = keep_request_log
+        self.managed_fields = managed_fields
         self.emulator: KubeforgeEmulator | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +75,7 @@ class EmulatorServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        handler = KubeforgeEmulator(keep_request_log=self.keep_request_log)
+        handler = KubeforgeEmulator(keep_request_log=self.keep_request_log, managed_fields=self.managed_fields)
         async with handler as emulator, kmock.Server(emulator) as server:
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
