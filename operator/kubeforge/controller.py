@@ -39,6 +39,22 @@ class Setup:
     adjust_settings: Callable[[kopf.OperatorSettings], None] | None = None
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's "last handled" state serves change handlers alone, and we have none, yet kopf builds it (a deep copy
+    of the whole body, managedFields included) for every watch event: here it is empty, stored nowhere."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """Nothing to compare: no handler looks at a diff."""
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """Never stored."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to store (so no annotation write either)."""
+
+
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """kopf settings for production: namespace scanning, peering, server-side label filters, Event posting."""
     # Our handlers are watch-event handlers only, so kopf writes neither a finalizer nor progress or diff-base
@@ -46,9 +62,7 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     # status belongs to our CRDs' schema (a real API server prunes unknown status fields).
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.reporting_component = "kubeforge-operator"
     # Our own Events tell every phase transition; kopf's INFO chatter ("Handler ... succeeded") would cost two more
     # API writes per handled change. Its warnings and errors still become Events.

@@ -7,8 +7,7 @@ from typing import Any
 
 import kopf
 
-from ..config import OperatorConfig
-from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..constants import owner_label
 from ..status import ChildState
 from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event
 from .jobs import reconcile_job
@@ -44,11 +43,3 @@ async def datapipeline_event(body: kopf.Body, type: str | None, memo: Any, **_: 
 async def datapipeline_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
     """A DataPipeline's RayJob changed: follow its status."""
     await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_datapipeline)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the DataPipeline handlers (watch events only: no finalizer, no kopf annotations)."""
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(datapipeline_event)
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
-        datapipeline_child_status
-    )

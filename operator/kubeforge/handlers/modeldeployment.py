@@ -12,8 +12,7 @@ from ..api import ModelDeployment
 from ..api.modeldeployment import ModelRef
 from ..builders import ResolvedModel, build_monitor, build_rayservice, child_name, parse_resource, serve_url
 from ..builders.monitoring import MONITOR_PLURALS, MONITORING_GROUP, MONITORING_VERSION, monitor_name
-from ..config import OperatorConfig
-from ..constants import ANNOTATION_SPEC_HASH, GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..constants import ANNOTATION_SPEC_HASH, owner_label
 from ..events import WARNING, Event, post_events
 from ..status import Dependency, Observation, rayservice_state
 from .common import (
@@ -230,13 +229,3 @@ async def modeldeployment_model_changed(
     """A TrainingJob changed: when its phase changed, reconcile the ModelDeployments that serve its model now."""
     deployments = list(modeldeployment_model_refs.get((namespace, name), []))
     await wake_dependents(context(memo), "TrainingJob", body, type, deployments, KIND, reconcile_modeldeployment)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the ModelDeployment handlers (watch events only: no finalizer, no kopf annotations)."""
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(modeldeployment_event)
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayservices", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
-        modeldeployment_child_status
-    )
-    kopf.index(GROUP, VERSION, PLURAL, registry=registry)(modeldeployment_model_refs)
-    kopf.on.event(GROUP, VERSION, "trainingjobs", registry=registry)(modeldeployment_model_changed)

@@ -8,8 +8,7 @@ from typing import Any
 import kopf
 
 from ..api import TrainingJob
-from ..config import OperatorConfig
-from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..constants import owner_label
 from ..status import Dependency
 from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event, wake_dependents
 from .datapipeline import pipeline_output
@@ -86,13 +85,3 @@ async def trainingjob_data_changed(
         ctx.data_outputs[(namespace, name)] = uri
     waiting = list(trainingjob_data_refs.get((namespace, name), []))
     await wake_dependents(ctx, "DataPipeline", body, type, waiting, KIND, reconcile_trainingjob)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the TrainingJob handlers (watch events only: no finalizer, no kopf annotations)."""
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(trainingjob_event)
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
-        trainingjob_child_status
-    )
-    kopf.index(GROUP, VERSION, PLURAL, registry=registry)(trainingjob_data_refs)
-    kopf.on.event(GROUP, VERSION, "datapipelines", registry=registry)(trainingjob_data_changed)
