@@ -27,6 +27,7 @@ from .metrics import PHASE_TRACKER, start_metrics_server
 log = logging.getLogger(__name__)
 
 PEERING_NAME = "kubeforge"
+LIST_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
     settings.watching.label_selectors[RAY_GROUP, "rayjobs"] = selector
     settings.watching.label_selectors[RAY_GROUP, "rayservices"] = selector
+    # List in pages at start-up: with 10,000 resources one unpaged list is tens of MB of JSON parsed at once.
+    settings.watching.chunk_size = LIST_CHUNK
     # Reconnect watches regularly so a silently dropped connection is noticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
