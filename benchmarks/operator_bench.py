@@ -113,13 +113,13 @@ def job_manifest(index: int) -> dict[str, Any]:
     return manifest
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float) -> None:
+def wait_until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.02) -> None:
     """Poll probe() until true."""
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 class Harness:
@@ -317,7 +317,8 @@ def idle(total: int, active: int, window: float, resync: float, workdir: Path) -
         wait_until(
             "every TrainingJob known to the operator",
             lambda: harness.metric('kubeforge_resources{kind="TrainingJob"') >= total,
-            600,
+            900,
+            interval=2.0,  # each scrape costs the operator a pass over its 10,000 phases: not 50 a second
         )
         # Start-up is over when the active jobs' child events have been handled too: no request for 3 s.
         last, quiet_since = harness.requests(), time.monotonic()
