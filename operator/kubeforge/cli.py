@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,15 +18,26 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate manifests; print one line per problem; exit 1 when any is invalid."""
+    """Validate manifests as the API server and the operator would; one line per problem; exit 1 when any."""
     from .validate import validate_paths
 
-    report = validate_paths(args.paths)
+    report = validate_paths(args.paths, strict=args.strict)
+    if args.output == "json":
+        doc = {
+            "ok": report.ok,
+            "valid": [{"source": m.source, "resource": f"{m.kind}/{m.name}"} for m in report.manifests],
+            "problems": [p.to_json() for p in report.problems],
+            "skipped": [{"source": source, "resource": label} for source, label in report.skipped],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0 if report.ok else 1
     for problem in report.problems:
         print(problem, file=sys.stderr)
-    for manifest in report.manifests:
-        if not args.quiet:
+    if not args.quiet:
+        for manifest in report.manifests:
             print(f"{manifest.source}: {manifest.kind}/{manifest.name}: valid")
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} document(s) of other kinds (--strict makes them errors)")
     if report.problems:
         print(f"{len(report.problems)} problem(s) found", file=sys.stderr)
         return 1
@@ -47,8 +60,27 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINER_PACKAGES = ("ray", "torch", "deepspeed", "pyarrow", "transformers")
+"""Packages of the `trainer` extra that `kubeforge run` needs (the `operator` extra has none of them)."""
+
+
+def missing_trainer_packages() -> list[str]:
+    """The TRAINER_PACKAGES that are not installed (found without importing them)."""
+    import importlib.util
+
+    return [name for name in TRAINER_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run manifests end to end on this machine (local Ray): data, training, serving, then a report."""
+    missing = missing_trainer_packages()
+    if missing:
+        print(
+            f"kubeforge run: needs the trainer's packages ({', '.join(missing)} not installed); "
+            "install them with: pip install 'kubeforge[trainer]'",
+            file=sys.stderr,
+        )
+        return 2
     from .local.runner import RunOptions, run
 
     options = RunOptions(
@@ -70,6 +102,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .local.status_command import print_status
 
     return print_status(Path(args.state_dir), args.names, args.output)
+
+
+def _selected(verb: str, text: str) -> tuple[str, str] | None:
+    """(Kind, name) of a KIND/NAME argument, or None after printing a one-line error."""
+    from .constants import KINDS
+    from .local.status_command import parse_selector
+
+    parsed = parse_selector(text)
+    if parsed is None or parsed[0] is None:
+        print(f"kubeforge {verb}: {text}: expected KIND/NAME with KIND one of {', '.join(KINDS)}", file=sys.stderr)
+        return None
+    return parsed[0], parsed[1]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the log of a resource's newest local run (-f: follow it while the step runs)."""
+    from .local.manage import print_logs
+
+    selected = _selected("logs", args.resource)
+    return 1 if selected is None else print_logs(Path(args.state_dir), *selected, follow=args.follow)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete a resource's local state, logs and the outputs it owns (asks first unless --yes)."""
+    from .local.manage import delete_resource
+
+    selected = _selected("delete", args.resource)
+    return 1 if selected is None else delete_resource(Path(args.state_dir), *selected, yes=args.yes)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -109,6 +169,10 @@ def build_parser(
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    p.add_argument(
+        "--strict", action="store_true", help="documents of other kinds are errors (default: skipped and counted)"
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
 
 
 def _crds_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +195,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("--serve", action="store_true", help="keep the ModelDeployments serving until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (default 8080)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus metrics port of Ray (default: a free one)"
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the sample request to the served model")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="status, logs and reports (default .kubeforge)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -145,6 +211,22 @@ def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="NAME or KIND/NAME to show (default: all)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
+
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_STATE_DIR
+
+    p.add_argument("resource", help="KIND/NAME, e.g. trainingjob/gpt or tj/gpt")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the step stops running")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
+
+
+def _delete_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_STATE_DIR
+
+    p.add_argument("resource", help="KIND/NAME, e.g. trainingjob/gpt or tj/gpt")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
 
 
 def _operator_args(p: argparse.ArgumentParser) -> None:
@@ -166,7 +248,11 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
-    "validate": (cmd_validate, "validate kubeforge manifests offline", _validate_args),
+    "validate": (
+        cmd_validate,
+        "validate kubeforge manifests offline, as the API server and the operator would",
+        _validate_args,
+    ),
     "crds": (
         cmd_crds,
         "generate the CustomResourceDefinitions from the API types",
@@ -174,6 +260,8 @@ COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None
     ),
     "run": (cmd_run, "run manifests end to end on this machine, on a local Ray", _run_args),
     "status": (cmd_status, "show the status of resources run locally", _status_args),
+    "logs": (cmd_logs, "show the log of a resource run locally (-f follows it)", _logs_args),
+    "delete": (cmd_delete, "delete a locally run resource: state, logs, outputs and checkpoints", _delete_args),
     "operator": (cmd_operator, "run the Kubernetes operator (kopf) in this process", _operator_args),
 }
 
@@ -186,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`kubeforge status -o json | head`): it has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -12,15 +12,25 @@ from .common import (
     CommonStatus,
     ObjectMeta,
     WorkerResources,
+    at_most,
     cel,
     cel_rules,
+    exactly_one,
 )
+
+# Sane upper bounds: far beyond any real run, far inside int64 (1e18 steps passed the CRD before they existed).
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+
+# The trainer's own message for more than one GPU per worker (kubeforge_trainer.train.driver raises it too).
+GPUS_PER_WORKER_MESSAGE = "each worker process drives one GPU; set workers.count to the number of GPUs instead"
 
 
 class DataRef(ApiModel):
     """The data to train on: a DataPipeline, or the URI of a dataset manifest."""
 
-    model_config = cel_rules(cel("has(self.name) != has(self.uri)", "dataRef sets exactly one of name or uri"))
+    model_config = cel_rules(cel(exactly_one("name", "uri"), "dataRef sets exactly one of name or uri"))
 
     name: str | None = Field(default=None, description="Name of a DataPipeline in the same namespace.")
     uri: str | None = Field(
@@ -91,16 +101,20 @@ class TrainingSpec(ApiModel):
             "has(self.epochs) || has(self.maxSteps)",
             "training needs epochs or maxSteps",
         ),
+        cel(at_most("warmupSteps", "maxSteps", strict=True), "warmupSteps must be less than maxSteps"),
     )
 
-    epochs: int | None = Field(default=None, ge=1, description="Passes over the training split.")
+    epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS, description="Passes over the training split.")
     max_steps: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_STEPS,
         description="Optimizer steps; wins over epochs when both are set.",
     )
-    micro_batch_size: int = Field(default=8, ge=1, description="Sequences per worker per forward pass.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    micro_batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Sequences per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=MAX_BATCH, description="Micro-batches per optimizer step."
+    )
     optimizer: Literal["adamw", "adam", "sgd"] = Field(default="adamw", description="Optimizer.")
     learning_rate: float = Field(default=3e-4, gt=0, le=10, description="Peak learning rate.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="Momentum for sgd.")
@@ -112,7 +126,7 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.1, ge=0, description="Decoupled weight decay.")
     schedule: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Linear warmup steps.")
     min_learning_rate_ratio: float = Field(
         default=0.1,
         ge=0,
@@ -125,7 +139,7 @@ class TrainingSpec(ApiModel):
         description="Training precision; on CPU bf16 and fp16 fall back to fp32.",
     )
     seed: int = Field(default=42, description="Seed for initialisation and data order.")
-    log_interval_steps: int = Field(default=10, ge=1, description="Steps between progress reports.")
+    log_interval_steps: int = Field(default=10, ge=1, le=MAX_STEPS, description="Steps between progress reports.")
 
 
 class DeepSpeedSpec(ApiModel):
@@ -160,15 +174,15 @@ class EarlyStoppingSpec(ApiModel):
         description="Evaluation metric to watch, e.g. loss, perplexity, f1.",
     )
     mode: Literal["min", "max"] = Field(default="min", description="Whether smaller or larger is better.")
-    patience: int = Field(default=3, ge=1, description="Evaluations without improvement before stopping.")
+    patience: int = Field(default=3, ge=1, le=1_000_000, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
 class EvaluationSpec(ApiModel):
     """Validation during training and the final test."""
 
-    interval_steps: int = Field(default=100, ge=1, description="Steps between validation runs.")
-    max_batches: int | None = Field(default=None, ge=1, description="Cap on validation batches per run.")
+    interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
+    max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
     metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1"]] = Field(
         default_factory=lambda: ["loss", "perplexity"],
         description="Metrics to compute.",
@@ -186,9 +200,18 @@ class CheckpointSpec(ApiModel):
     """Checkpointing and resume."""
 
     uri: str = Field(description="Checkpoint directory: local path, file://, s3:// or gs:// URI.")
-    interval_steps: int = Field(default=500, ge=1, description="Steps between checkpoints.")
-    keep_last: int = Field(default=2, ge=1, description="Checkpoints kept besides the best one.")
-    resume: bool = Field(default=True, description="Resume from the latest checkpoint when one exists.")
+    interval_steps: int = Field(default=500, ge=1, le=MAX_STEPS, description="Steps between checkpoints.")
+    keep_last: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept besides the best one.")
+    resume: bool = Field(
+        default=True,
+        description="Resume from the latest checkpoint when one exists and belongs to this run (same training-"
+        "relevant spec and data); false deletes the checkpoints under uri and starts at step 0.",
+    )
+    extend: bool = Field(
+        default=False,
+        description="Continue the checkpoints of the same run to a longer training.maxSteps/epochs (the "
+        "learning-rate schedule is stretched to the new length); without it a changed length is refused.",
+    )
 
 
 class OutputModelSpec(ApiModel):
@@ -202,6 +225,8 @@ class OutputModelSpec(ApiModel):
 
 class TrainingWorkers(WorkerResources):
     """Ray Train workers."""
+
+    model_config = cel_rules(cel("self.gpu <= 1", f"at most 1 GPU per worker: {GPUS_PER_WORKER_MESSAGE}"))
 
     count: int = Field(
         default=1,
@@ -223,6 +248,7 @@ class FailurePolicy(ApiModel):
     max_worker_failures: int = Field(
         default=3,
         ge=-1,
+        le=1_000_000,
         description="Worker failures Ray Train recovers from within one run (-1: unlimited).",
     )
 
@@ -268,6 +294,9 @@ class TrainingJobStatus(CommonStatus):
     model_uri: str | None = Field(default=None, description="URI of the exported inference-ready model.")
     model_version: str | None = Field(default=None, description="Version id of the exported model.")
     stopped_early: bool | None = Field(default=None, description="Whether early stopping ended training.")
+    resumed_from_step: int | None = Field(
+        default=None, description="Step of the checkpoint this run resumed from (0: started fresh)."
+    )
 
 
 class TrainingJob(ApiModel):
