@@ -12,6 +12,7 @@ import kopf
 
 from ..config import OperatorConfig
 from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..status import is_settled
 from . import datapipeline, modeldeployment, trainingjob
 
 # kind -> its reconcile, for the resync loop.
@@ -22,8 +23,8 @@ RECONCILERS = {
 }
 # A RayJob's owner label -> the handler following its status.
 RAYJOB_OWNERS = {
-    owner_label(datapipeline.KIND): datapipeline.datapipeline_child_status,
-    owner_label(trainingjob.KIND): trainingjob.trainingjob_child_status,
+    owner_label(datapipeline.KIND): (datapipeline.KIND, datapipeline.datapipeline_child_status),
+    owner_label(trainingjob.KIND): (trainingjob.KIND, trainingjob.trainingjob_child_status),
 }
 
 
@@ -39,11 +40,21 @@ async def trainingjobs_watch(**kwargs: Any) -> None:
     await modeldeployment.modeldeployment_model_changed(**kwargs)
 
 
-async def rayjobs_watch(labels: Any, **kwargs: Any) -> None:
-    """A RayJob event: its owner (named by its label) follows its status."""
-    for label, follow in RAYJOB_OWNERS.items():
-        if label in labels:
-            await follow(labels=labels, **kwargs)
+def finished_jobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    """Index: (namespace, name) of every DataPipeline or TrainingJob finished for good. kopf fills its indices from
+    the initial listing before any handler runs, so at a restart the finished jobs' RayJobs are dropped without a
+    read of the job, whichever watch delivers first."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return {(namespace, name): True} if is_settled(body.get("kind", ""), status, meta.get("generation")) else {}
+
+
+async def rayjobs_watch(labels: Any, namespace: str, **kwargs: Any) -> None:
+    """A RayJob event: its owner (named by its label) follows its status, unless the owner has finished for good
+    (KubeRay touching a finished RayJob, a restart re-listing it)."""
+    for label, (kind, follow) in RAYJOB_OWNERS.items():
+        finished: kopf.Index = kwargs[f"{kind.lower()}_finished"]
+        if label in labels and (namespace, labels[label]) not in finished:
+            await follow(labels=labels, namespace=namespace, **kwargs)
 
 
 def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -57,6 +68,10 @@ def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Non
         modeldeployment.modeldeployment_child_status
     )
     kopf.index(GROUP, VERSION, trainingjob.PLURAL, registry=registry)(trainingjob.trainingjob_data_refs)
+    for module in (datapipeline, trainingjob):
+        kopf.index(GROUP, VERSION, module.PLURAL, id=f"{module.KIND.lower()}_finished", registry=registry)(
+            finished_jobs
+        )
     kopf.index(GROUP, VERSION, modeldeployment.PLURAL, registry=registry)(modeldeployment.modeldeployment_model_refs)
 
 

@@ -184,9 +184,6 @@ class OperatorContext:
     data_outputs: dict[tuple[str, str], str] = field(default_factory=dict)
     # kind -> its reconcile, for the resync loop.
     reconcilers: dict[str, Reconcile] = field(default_factory=dict)
-    # Jobs finished for good: their children's events (KubeRay touching a finished RayJob, every RayJob re-listed at
-    # a restart) are dropped without reading the job. One key per finished job, the only thing it keeps here.
-    finished: set[Key] = field(default_factory=set)
 
 
 def context(memo: Any) -> OperatorContext:
@@ -195,11 +192,11 @@ def context(memo: Any) -> OperatorContext:
 
 
 def settle(ctx: OperatorContext, key: Key) -> None:
-    """A job finished for good: it keeps nothing in the operator's memory but its key and its phase in the metrics."""
+    """A job finished for good: it keeps nothing in the operator's memory but its phase in the metrics (and its
+    entry in kopf's index of finished jobs, handlers/__init__.py)."""
     ctx.schedule.drop(key)
     ctx.children.forget(key)
     ctx.handled.pop(key, None)
-    ctx.finished.add(key)
 
 
 def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
@@ -210,7 +207,6 @@ def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
     ctx.children.forget(key)
     ctx.schedule.drop(key)
     ctx.handled.pop(key, None)
-    ctx.finished.discard(key)
 
 
 @dataclass
@@ -256,7 +252,6 @@ async def on_resource_event(
         ctx.phases.set(kind, namespace, name, status.get("phase"))
         settle(ctx, key)
         return
-    ctx.finished.discard(key)  # a job that failed validation runs again once its spec is fixed
     version = meta.get("resourceVersion")
     if version is not None and ctx.handled.get(key) == version:
         return
@@ -296,8 +291,6 @@ async def follow_child(
         return
     deleted = event_type == "DELETED"
     key = (kind, namespace, owner)
-    if key in ctx.finished:
-        return  # a finished job is never touched again
     version = "" if deleted else child["metadata"].get("resourceVersion", "")
     if ctx.children.reflects(key, version):
         return  # the status was derived from exactly this child already (a re-listed child at start-up)
@@ -400,7 +393,6 @@ def _finish(
     if is_settled(kind, {**(body.get("status") or {}), **outcome.status}, body.get("metadata", {}).get("generation")):
         settle(ctx, key)
     else:
-        ctx.finished.discard(key)
         ctx.handled[key] = version
         ctx.children.derived(key, outcome.child_version)
         ctx.schedule.succeeded(key, ctx.config.requeue_seconds)
