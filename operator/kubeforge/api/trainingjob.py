@@ -16,6 +16,12 @@ from .common import (
     cel_rules,
 )
 
+# Objectives (SFT, DPO): the objective names and the DPO validation metrics; DpoSpec is above TrainingJobSpec.
+Objective = Literal["languageModeling", "sft", "dpo", "classification"]
+DPO_METRIC_NAMES = Literal[
+    "rewardAccuracy", "rewardMargin", "chosenReward", "rejectedReward", "chosenLogps", "rejectedLogps"
+]
+
 
 class DataRef(ApiModel):
     """The data to train on: a DataPipeline, or the URI of a dataset manifest."""
@@ -169,7 +175,7 @@ class EvaluationSpec(ApiModel):
 
     interval_steps: int = Field(default=100, ge=1, description="Steps between validation runs.")
     max_batches: int | None = Field(default=None, ge=1, description="Cap on validation batches per run.")
-    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1"]] = Field(
+    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] = Field(
         default_factory=lambda: ["loss", "perplexity"],
         description="Metrics to compute.",
     )
@@ -227,8 +233,58 @@ class FailurePolicy(ApiModel):
     )
 
 
+# ---------------------------------------------------------------- training objective (SFT, DPO)
+
+OBJECTIVE_RULES = (
+    cel("!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')", "dpo is only for objective dpo"),
+    cel(
+        "!has(self.objective) || (self.objective == 'classification') == "
+        "(has(self.model) && has(self.model.task) && self.model.task == 'classification')",
+        "objective classification needs model.task classification; languageModeling, sft and dpo need "
+        "model.task languageModeling",
+    ),
+    cel(
+        "!has(self.dpo) || !has(self.dpo.reference) || self.dpo.reference != 'adaptersDisabled' || "
+        "(has(self.model) && has(self.model.lora))",
+        "dpo.reference adaptersDisabled needs model.lora",
+    ),
+)
+
+
+class DpoSpec(ApiModel):
+    """Direct preference optimisation: the loss variant and the reference model."""
+
+    model_config = cel_rules(
+        cel("self.lossType == 'robust' || self.labelSmoothing == 0.0", "labelSmoothing needs lossType robust"),
+    )
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=1000,
+        description="How far the policy may move from the reference (DPO's beta; IPO's tau).",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        default="sigmoid",
+        description="sigmoid (DPO), ipo (token-averaged log-ratios), hinge (SLiC) or robust (noisy labels).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="lossType robust: the probability that a preference label is flipped.",
+    )
+    reference: Literal["base", "adaptersDisabled"] | None = Field(
+        default=None,
+        description="base: a frozen copy of the starting weights; adaptersDisabled: the LoRA model with its adapters "
+        "off (no second copy). Unset: adaptersDisabled with model.lora, base otherwise.",
+    )
+
+
 class TrainingJobSpec(CommonSpec):
     """Desired state of a TrainingJob."""
+
+    model_config = cel_rules(*OBJECTIVE_RULES)
 
     data_ref: DataRef = Field(description="Training data.")
     model: ModelSpec = Field(
@@ -242,6 +298,12 @@ class TrainingJobSpec(CommonSpec):
     output: OutputModelSpec = Field(default_factory=OutputModelSpec, description="Exported model.")
     workers: TrainingWorkers = Field(default_factory=TrainingWorkers, description="Ray Train workers.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries.")
+    objective: Objective | None = Field(
+        default=None,
+        description="What the model learns: languageModeling (next token), sft (assistant tokens of chat data), dpo "
+        "(preference pairs) or classification; unset: model.task.",
+    )
+    dpo: DpoSpec | None = Field(default=None, description="DPO settings (objective dpo; the defaults when unset).")
 
 
 class TrainingJobStatus(CommonStatus):
