@@ -28,6 +28,8 @@ from kubeforge_trainer.train.objectives import (
     dpo_losses,
     dpo_metrics_from_sums,
     dpo_settings,
+    frozen_reference,
+    objective_step,
     reference_kind,
     sequence_logps,
     sft_loss,
@@ -494,3 +496,39 @@ def test_dpo_settings_and_reference_from_the_spec() -> None:
     assert reference_kind(tuned) == "adaptersDisabled"
     pinned = TrainingJob.model_validate(_job(objective="dpo", model={"lora": {}}, dpo={"reference": "base"})).spec
     assert reference_kind(pinned) == "base"
+
+
+def test_objective_step_for_sft_and_dpo_runs() -> None:
+    chat = {"input_ids": [[4, 5, 6, 7], [4, 8, 9]], "labels": [[M, M, 6, 7], [M, 8, 9]]}
+    pairs = _preference_set(3, seed=3)
+    cpu = torch.device("cpu")
+    assert objective_step(TrainingJob.model_validate(_job()).spec, PAD, tiny_llama()) is None
+
+    model = tiny_llama(0)
+    step = objective_step(TrainingJob.model_validate(_job(objective="sft")).spec, PAD, model)
+    loss, tokens, sums = step.forward(model, chat, cpu)
+    expected, trained = sft_loss(causal_logits(model, *collate_chat(chat, PAD)[:2]), collate_chat(chat, PAD)[2])
+    assert (tokens, sums[1], len(sums)) == (7, trained, step.sums_width)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and loss.requires_grad
+    assert step.metrics(sums, ["loss", "perplexity"]) == pytest.approx(
+        {"loss": expected.item(), "perplexity": math.exp(expected.item())}, rel=1e-6
+    )
+
+    # dpo with LoRA: the reference is the policy with adapters disabled, so the first step sees log 2.
+    lora_spec = TrainingJob.model_validate(_job(objective="dpo", model={"lora": {}}, dpo={"beta": 0.2})).spec
+    policy = lora(tiny_llama(0), random_b=False)
+    assert frozen_reference(lora_spec, policy) is None
+    step = objective_step(lora_spec, PAD, policy)
+    loss, tokens, sums = step.forward(policy, pairs, cpu)
+    assert step.reference.adapters_off and step.settings.beta == 0.2
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and tokens == 36 and len(sums) == step.sums_width
+    assert step.metrics(sums, ["rewardAccuracy", "loss"]) == pytest.approx({"rewardAccuracy": 0.0, "loss": math.log(2)})
+
+    # dpo without LoRA: a frozen copy made before the policy changes.
+    full_spec = TrainingJob.model_validate(_job(objective="dpo")).spec
+    network = tiny_llama(0)
+    frozen = frozen_reference(full_spec, network)
+    step = objective_step(full_spec, PAD, network, frozen)
+    assert step.reference is frozen and not frozen.adapters_off
+    with pytest.raises(ValueError, match="frozen copy"):
+        objective_step(full_spec, PAD, network)

@@ -361,3 +361,91 @@ class ReferencePolicy:
             if was_training:
                 self.model.train()
         return logps
+
+
+# ------------------------------------------------------------------ the training loop's objective step
+
+# The Parquet columns each objective reads (the DataPipeline's chat and preference output).
+DATA_COLUMNS = {
+    SFT: ("input_ids", "labels"),
+    DPO: ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
+}
+OBJECTIVE_METRICS = {SFT: SFT_METRICS, DPO: DPO_METRICS}
+
+
+class ObjectiveStep:
+    """What sft and dpo change in the training loop: the micro-batch loss and the validation sums and metrics.
+    The loop stays the same: it backpropagates `train_loss`, all-reduces `eval_sums` and reports `metrics`."""
+
+    def __init__(
+        self,
+        objective: str,
+        pad_token_id: int,
+        settings: DpoSettings | None = None,
+        reference: ReferencePolicy | None = None,
+    ) -> None:
+        if objective not in DATA_COLUMNS:
+            raise ValueError(f"no objective step for {objective!r} (only {', '.join(DATA_COLUMNS)})")
+        if objective == DPO and (settings is None or reference is None):
+            raise ValueError("the dpo step needs its settings and a reference model")
+        self.objective = objective
+        self.pad_token_id = pad_token_id
+        self.settings = settings
+        self.reference = reference
+
+    def _collate(self, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        collate = collate_preference if self.objective == DPO else collate_chat
+        ids, mask, labels = collate(batch, self.pad_token_id)
+        return ids.to(device), mask.to(device), labels.to(device)
+
+    def forward(self, model: Any, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int, list[float]]:
+        """(mean loss with gradient, tokens in the batch, sums for eval_sums/metrics) of one Ray Data batch."""
+        ids, mask, labels = self._collate(batch, device)
+        tokens = int(mask.sum())
+        if self.objective == DPO:
+            assert self.settings is not None and self.reference is not None
+            out = dpo_forward(model, self.reference, ids, mask, labels, self.settings)
+            return out.loss, tokens, out.metric_sums()
+        total, trained = sft_loss(causal_logits(model, ids, mask), labels, "sum")
+        return total / max(trained, 1), tokens, [float(total.detach()), float(trained)]
+
+    def metrics(self, sums: Sequence[float], wanted: Sequence[str]) -> dict[str, float]:
+        """Validation/test metrics from sums of `forward`'s third value over all batches and workers."""
+        if self.objective == DPO:
+            return dpo_metrics_from_sums(sums, wanted)
+        return sft_metrics(sums[0], int(sums[1]), wanted)
+
+    @property
+    def sums_width(self) -> int:
+        """How many sums `forward` returns."""
+        return len(DPO_SUM_KEYS) if self.objective == DPO else 2
+
+
+def frozen_reference(spec: TrainingJobSpec, network: torch.nn.Module) -> ReferencePolicy | None:
+    """For dpo with reference base, a frozen copy of the just-built network: call it before DeepSpeed wraps (and,
+    under ZeRO-3, partitions) the network. None for every other run."""
+    if objective_of(spec) != DPO or reference_kind(spec) != "base":
+        return None
+    return ReferencePolicy.frozen_copy(network)
+
+
+def objective_step(
+    spec: TrainingJobSpec, pad_token_id: int, engine: Any, frozen: ReferencePolicy | None = None
+) -> ObjectiveStep | None:
+    """The step of an sft or dpo run (the reference: `frozen`, or the engine with its adapters disabled); None for
+    languageModeling and classification, which keep the loop's own path."""
+    objective = objective_of(spec)
+    if objective == SFT:
+        return ObjectiveStep(SFT, pad_token_id)
+    if objective != DPO:
+        return None
+    if frozen is not None:
+        device = getattr(engine, "device", None)  # a DeepSpeed engine's; a bare module stays where it is
+        if device is not None:
+            frozen.model.to(device)
+        reference = frozen
+    elif reference_kind(spec) == "adaptersDisabled":
+        reference = ReferencePolicy.disabled_adapters(engine)
+    else:
+        raise ValueError("dpo with reference base needs the frozen copy made before DeepSpeed (frozen_reference)")
+    return ObjectiveStep(DPO, pad_token_id, dpo_settings(spec), reference)
