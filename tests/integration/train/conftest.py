@@ -174,10 +174,19 @@ def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def make_job(name: str, data: Path, checkpoints: Path, **spec_overrides: Any) -> TrainingJob:
-    """A TrainingJob for the tiny datasets: 2 workers, 1-layer d_model 32 GPT, context 32, CPU."""
+    """A TrainingJob for the tiny datasets: 2 workers, a 1-layer hidden-32 Llama-architecture model, context 32, CPU."""
     spec = {
         "dataRef": {"uri": str(data)},
-        "model": {"task": "languageModeling", "nLayers": 1, "nHeads": 2, "dModel": 32, "contextLength": CONTEXT},
+        "model": {
+            "task": "languageModeling",
+            "architecture": "llama",
+            "layers": 1,
+            "heads": 2,
+            "kvHeads": 1,
+            "hiddenSize": 32,
+            "intermediateSize": 64,
+            "contextLength": CONTEXT,
+        },
         "training": {
             "maxSteps": 24,
             "microBatchSize": 4,
@@ -194,6 +203,8 @@ def make_job(name: str, data: Path, checkpoints: Path, **spec_overrides: Any) ->
         "workers": {"count": 2, "cpu": 1, "memory": "512Mi"},
         "failurePolicy": {"maxWorkerFailures": 0},
     }
+    if "pretrained" in spec_overrides.get("model", {}):
+        spec["model"] = {}  # the pretrained directory fixes the architecture
     manifest = {
         "apiVersion": "kubeforge.dev/v1alpha1",
         "kind": "TrainingJob",

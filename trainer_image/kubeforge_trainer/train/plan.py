@@ -145,7 +145,7 @@ def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInf
     if dataset.task != task:
         raise err("spec.model.task", f"is {task} but the dataset at {dataset.uri} was built for {dataset.task}")
     context_needed = dataset.sequence_length - 1 if task == LANGUAGE_MODELING else dataset.sequence_length
-    if spec.model.pretrained is None and spec.model.context_length < context_needed:
+    if spec.model.pretrained is None and spec.model.context_length < context_needed:  # pretrained: resolve_model
         raise err(
             "spec.model.contextLength",
             f"{spec.model.context_length} is shorter than the dataset's sequences ({context_needed} tokens)",
