@@ -406,6 +406,10 @@ class TrainingJobStatus(CommonStatus):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to finish.")
     progress: str | None = Field(default=None, description="Short progress text, e.g. '120/1000'.")
     eval_metrics: dict[str, float] = Field(default_factory=dict, description="Latest validation metrics.")
+    train_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Objective metrics of the latest training log window (dpo: reward accuracy, margin, log-probs).",
+    )
     best_metrics: dict[str, float] = Field(
         default_factory=dict, description="Validation metrics of the best checkpoint."
     )

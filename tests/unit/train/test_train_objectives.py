@@ -20,7 +20,6 @@ from kubeforge_trainer.train.objectives import (
     DpoSettings,
     ReferencePolicy,
     causal_logits,
-    check_dataset_task,
     collate_chat,
     collate_preference,
     dpo_forward,
@@ -28,14 +27,14 @@ from kubeforge_trainer.train.objectives import (
     dpo_losses,
     dpo_metrics_from_sums,
     dpo_settings,
-    frozen_reference,
+    needs_frozen_base,
     objective_step,
     reference_kind,
     sequence_logps,
     sft_loss,
     sft_metrics,
 )
-from kubeforge_trainer.train.plan import SpecError
+from kubeforge_trainer.train.plan import SpecError, check_dataset_task
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -473,7 +472,7 @@ def test_objective_defaults() -> None:
             "TrainingJob/t: spec.objective: dpo trains on preference data, but the dataset at /d was built for chat",
         ),
         ({"objective": "sft"}, "languageModeling", "spec.objective: sft trains on chat data"),
-        ({}, "preference", "spec.model.task: languageModeling trains on languageModeling data"),
+        ({}, "preference", "spec.model.task: is languageModeling but the dataset at /d was built for preference"),
     ],
 )
 def test_the_dataset_must_match_the_objective(spec: dict[str, Any], dataset_task: str, error: str | None) -> None:
@@ -508,27 +507,31 @@ def test_objective_step_for_sft_and_dpo_runs() -> None:
     step = objective_step(TrainingJob.model_validate(_job(objective="sft")).spec, PAD, model)
     loss, tokens, sums = step.forward(model, chat, cpu)
     expected, trained = sft_loss(causal_logits(model, *collate_chat(chat, PAD)[:2]), collate_chat(chat, PAD)[2])
-    assert (tokens, sums[1], len(sums)) == (7, trained, step.sums_width)
+    assert (tokens, sums[1].item(), len(sums)) == (7, trained, step.sums_width)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and loss.requires_grad
-    assert step.metrics(sums, ["loss", "perplexity"]) == pytest.approx(
+    assert step.metrics(sums.tolist(), ["loss", "perplexity"]) == pytest.approx(
         {"loss": expected.item(), "perplexity": math.exp(expected.item())}, rel=1e-6
     )
 
     # dpo with LoRA: the reference is the policy with adapters disabled, so the first step sees log 2.
     lora_spec = TrainingJob.model_validate(_job(objective="dpo", model={"lora": {}}, dpo={"beta": 0.2})).spec
     policy = lora(tiny_llama(0), random_b=False)
-    assert frozen_reference(lora_spec, policy) is None
+    assert not needs_frozen_base(lora_spec)
     step = objective_step(lora_spec, PAD, policy)
     loss, tokens, sums = step.forward(policy, pairs, cpu)
     assert step.reference.adapters_off and step.settings.beta == 0.2
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and tokens == 36 and len(sums) == step.sums_width
-    assert step.metrics(sums, ["rewardAccuracy", "loss"]) == pytest.approx({"rewardAccuracy": 0.0, "loss": math.log(2)})
+    assert step.metrics(sums.tolist(), ["rewardAccuracy", "loss"]) == pytest.approx(
+        {"rewardAccuracy": 0.0, "loss": math.log(2)}
+    )
 
-    # dpo without LoRA: a frozen copy made before the policy changes.
+    # dpo without LoRA: a frozen base model built beside the policy.
     full_spec = TrainingJob.model_validate(_job(objective="dpo")).spec
-    network = tiny_llama(0)
-    frozen = frozen_reference(full_spec, network)
-    step = objective_step(full_spec, PAD, network, frozen)
-    assert step.reference is frozen and not frozen.adapters_off
-    with pytest.raises(ValueError, match="frozen copy"):
-        objective_step(full_spec, PAD, network)
+    assert needs_frozen_base(full_spec)
+    base = tiny_llama(0).train()
+    step = objective_step(full_spec, PAD, tiny_llama(0), base, torch.float64)
+    assert step.reference.model is base and not step.reference.adapters_off
+    assert not base.training and not any(p.requires_grad for p in base.parameters())
+    assert next(base.parameters()).dtype == torch.float64
+    with pytest.raises(ValueError, match="frozen base"):
+        objective_step(full_spec, PAD, tiny_llama(0))

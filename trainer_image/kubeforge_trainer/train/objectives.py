@@ -28,58 +28,17 @@ import torch.nn.functional as F
 from kubeforge.api.trainingjob import TrainingJobSpec
 
 from .evaluation import language_model_metrics
-from .plan import CLASSIFICATION, LANGUAGE_MODELING, spec_error
+from .plan import DPO, DPO_METRICS, LM_METRICS, SFT, objective_of
 
 IGNORE_INDEX = -100
 
-SFT = "sft"
-DPO = "dpo"
-CHAT_DATA = "chat"
-PREFERENCE_DATA = "preference"
-
-# The DataPipeline task (the manifest's `task`) each objective trains on.
-DATASET_TASK = {
-    LANGUAGE_MODELING: LANGUAGE_MODELING,
-    SFT: CHAT_DATA,
-    DPO: PREFERENCE_DATA,
-    CLASSIFICATION: CLASSIFICATION,
-}
-
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-SFT_METRICS = ("loss", "perplexity")
-# Validation/test metrics of DPO, means over preference pairs (names as in status.evalMetrics).
-DPO_METRICS = (
-    "loss",
-    "rewardAccuracy",
-    "rewardMargin",
-    "chosenReward",
-    "rejectedReward",
-    "chosenLogps",
-    "rejectedLogps",
-)
+SFT_METRICS = LM_METRICS  # on assistant tokens
 # The per-pair quantities a worker sums; all-reduced, they give DPO_METRICS (dpo_metrics_from_sums).
 DPO_SUM_KEYS = ("pairs", *DPO_METRICS)
 
 
 # ------------------------------------------------------------------ the spec
-
-
-def objective_of(spec: TrainingJobSpec) -> str:
-    """The run's objective: spec.objective, or model.task when it is unset."""
-    return spec.objective or spec.model.task
-
-
-def check_dataset_task(resource_name: str, spec: TrainingJobSpec, dataset_task: str, data_uri: str) -> None:
-    """SpecError unless the dataset was built for the objective (sft needs chat data, dpo preference pairs)."""
-    objective = objective_of(spec)
-    wanted = DATASET_TASK[objective]
-    if dataset_task != wanted:
-        field_path = "spec.objective" if spec.objective else "spec.model.task"
-        raise spec_error(
-            resource_name,
-            field_path,
-            f"{objective} trains on {wanted} data, but the dataset at {data_uri} was built for {dataset_task}",
-        )
 
 
 def dpo_settings(spec: TrainingJobSpec) -> DpoSettings:
@@ -163,18 +122,23 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logps.sum(-1), mask.sum(-1)
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:
-    """(cross-entropy over the trained (assistant) tokens, their count): the mean or the sum over them. A batch
-    without any trained token gives a zero loss that still has a gradient path."""
-    targets = labels[:, 1:].reshape(-1)
-    tokens = int((targets != IGNORE_INDEX).sum())
+def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the trained (assistant) tokens (zero, with a gradient path, when there are none)."""
     flat = logits[:, :-1].float().reshape(-1, logits.size(-1))
-    total = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if reduction == "sum":
-        return total, tokens
-    if reduction != "mean":
+    return F.cross_entropy(flat, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def trained_tokens(labels: torch.Tensor) -> int:
+    """How many tokens of a batch are trained (labels not -100, after the causal shift)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    """(cross-entropy over the trained (assistant) tokens, their count): the mean or the sum over them."""
+    if reduction not in ("mean", "sum"):
         raise ValueError(f"unknown reduction {reduction!r}")
-    return total / max(tokens, 1), tokens
+    total, tokens = sft_loss_sum(logits, labels), trained_tokens(labels)
+    return (total, tokens) if reduction == "sum" else (total / max(tokens, 1), tokens)
 
 
 def sft_metrics(loss_sum: float, tokens: int, wanted: Sequence[str] = SFT_METRICS) -> dict[str, float]:
@@ -252,6 +216,10 @@ class DpoOutput:
 
     def metric_sums(self) -> list[float]:
         """Sums over the batch's pairs in DPO_SUM_KEYS order (all-reduce them, then dpo_metrics_from_sums)."""
+        return self.sums().tolist()
+
+    def sums(self) -> torch.Tensor:
+        """metric_sums as a float64 tensor on the batch's device (adding these up needs no device sync)."""
         correct = (self.chosen_rewards > self.rejected_rewards).float()
         margin = self.chosen_rewards - self.rejected_rewards
         columns = (
@@ -263,8 +231,8 @@ class DpoOutput:
             self.chosen_logps,
             self.rejected_logps,
         )
-        sums = torch.stack([c.detach().double().sum() for c in columns]).tolist()
-        return [float(len(self.losses)), *sums]
+        pairs = torch.full((1,), float(len(self.losses)), dtype=torch.float64, device=self.losses.device)
+        return torch.cat([pairs, torch.stack([c.detach().double().sum() for c in columns])])
 
 
 def dpo_metrics_from_sums(sums: Sequence[float], wanted: Sequence[str] = DPO_METRICS) -> dict[str, float]:
@@ -336,11 +304,15 @@ class ReferencePolicy:
         self.adapters_off = adapters_off
 
     @classmethod
+    def frozen(cls, base: torch.nn.Module) -> ReferencePolicy:
+        """A reference that is `base` itself, frozen (eval mode, no gradients); nothing else may train it."""
+        base.eval().requires_grad_(False)
+        return cls(base, adapters_off=False)
+
+    @classmethod
     def frozen_copy(cls, base: torch.nn.Module) -> ReferencePolicy:
         """A reference holding a frozen copy of `base`; make it before the policy is wrapped or trained."""
-        reference = copy.deepcopy(base).eval()
-        reference.requires_grad_(False)
-        return cls(reference, adapters_off=False)
+        return cls.frozen(copy.deepcopy(base))
 
     @classmethod
     def disabled_adapters(cls, policy: Any) -> ReferencePolicy:
@@ -365,17 +337,10 @@ class ReferencePolicy:
 
 # ------------------------------------------------------------------ the training loop's objective step
 
-# The Parquet columns each objective reads (the DataPipeline's chat and preference output).
-DATA_COLUMNS = {
-    SFT: ("input_ids", "labels"),
-    DPO: ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
-}
-OBJECTIVE_METRICS = {SFT: SFT_METRICS, DPO: DPO_METRICS}
-
 
 class ObjectiveStep:
-    """What sft and dpo change in the training loop: the micro-batch loss and the validation sums and metrics.
-    The loop stays the same: it backpropagates `train_loss`, all-reduces `eval_sums` and reports `metrics`."""
+    """What sft and dpo change in the training loop: the micro-batch loss, and sums that add up over batches and
+    workers into the metrics. The loop backpropagates the loss, all-reduces the sums and reports `metrics`."""
 
     def __init__(
         self,
@@ -384,8 +349,8 @@ class ObjectiveStep:
         settings: DpoSettings | None = None,
         reference: ReferencePolicy | None = None,
     ) -> None:
-        if objective not in DATA_COLUMNS:
-            raise ValueError(f"no objective step for {objective!r} (only {', '.join(DATA_COLUMNS)})")
+        if objective not in (SFT, DPO):
+            raise ValueError(f"no objective step for {objective!r} (only {SFT} and {DPO})")
         if objective == DPO and (settings is None or reference is None):
             raise ValueError("the dpo step needs its settings and a reference model")
         self.objective = objective
@@ -393,24 +358,25 @@ class ObjectiveStep:
         self.settings = settings
         self.reference = reference
 
-    def _collate(self, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, model: Any, batch: dict[str, Any], device: torch.device
+    ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(mean loss with gradient, tokens in the batch, sums for `metrics` as a float64 tensor on the device) of one
+        Ray Data batch. Token counts come from the host-side batch, so nothing here waits for the device."""
         collate = collate_preference if self.objective == DPO else collate_chat
         ids, mask, labels = collate(batch, self.pad_token_id)
-        return ids.to(device), mask.to(device), labels.to(device)
-
-    def forward(self, model: Any, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, int, list[float]]:
-        """(mean loss with gradient, tokens in the batch, sums for eval_sums/metrics) of one Ray Data batch."""
-        ids, mask, labels = self._collate(batch, device)
-        tokens = int(mask.sum())
+        tokens, trained = int(mask.sum()), trained_tokens(labels)
+        ids, mask, labels = (t.to(device, non_blocking=True) for t in (ids, mask, labels))
         if self.objective == DPO:
             assert self.settings is not None and self.reference is not None
             out = dpo_forward(model, self.reference, ids, mask, labels, self.settings)
-            return out.loss, tokens, out.metric_sums()
-        total, trained = sft_loss(causal_logits(model, ids, mask), labels, "sum")
-        return total / max(trained, 1), tokens, [float(total.detach()), float(trained)]
+            return out.loss, tokens, out.sums()
+        total = sft_loss_sum(causal_logits(model, ids, mask), labels)
+        sums = torch.stack([total.detach().double(), total.new_tensor(float(trained), dtype=torch.float64)])
+        return total / max(trained, 1), tokens, sums
 
     def metrics(self, sums: Sequence[float], wanted: Sequence[str]) -> dict[str, float]:
-        """Validation/test metrics from sums of `forward`'s third value over all batches and workers."""
+        """Metrics from `forward`'s sums added up over batches and workers."""
         if self.objective == DPO:
             return dpo_metrics_from_sums(sums, wanted)
         return sft_metrics(sums[0], int(sums[1]), wanted)
@@ -421,31 +387,32 @@ class ObjectiveStep:
         return len(DPO_SUM_KEYS) if self.objective == DPO else 2
 
 
-def frozen_reference(spec: TrainingJobSpec, network: torch.nn.Module) -> ReferencePolicy | None:
-    """For dpo with reference base, a frozen copy of the just-built network: call it before DeepSpeed wraps (and,
-    under ZeRO-3, partitions) the network. None for every other run."""
-    if objective_of(spec) != DPO or reference_kind(spec) != "base":
-        return None
-    return ReferencePolicy.frozen_copy(network)
+def needs_frozen_base(spec: TrainingJobSpec) -> bool:
+    """Whether the run's reference is a frozen copy of the base model (dpo with reference base), which the worker
+    builds beside the policy: DeepSpeed owns the policy's weights (and shards them under ZeRO-3)."""
+    return objective_of(spec) == DPO and reference_kind(spec) == "base"
 
 
 def objective_step(
-    spec: TrainingJobSpec, pad_token_id: int, engine: Any, frozen: ReferencePolicy | None = None
+    spec: TrainingJobSpec,
+    pad_token_id: int,
+    engine: Any,
+    frozen_base: torch.nn.Module | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ObjectiveStep | None:
-    """The step of an sft or dpo run (the reference: `frozen`, or the engine with its adapters disabled); None for
-    languageModeling and classification, which keep the loop's own path."""
+    """The step of an sft or dpo run; None for languageModeling and classification, which keep the loop's own path.
+    The dpo reference is `frozen_base` (moved to the engine's device, in `dtype` when given) or, for reference
+    adaptersDisabled, the engine itself with its LoRA adapters disabled."""
     objective = objective_of(spec)
     if objective == SFT:
         return ObjectiveStep(SFT, pad_token_id)
     if objective != DPO:
         return None
-    if frozen is not None:
-        device = getattr(engine, "device", None)  # a DeepSpeed engine's; a bare module stays where it is
-        if device is not None:
-            frozen.model.to(device)
-        reference = frozen
-    elif reference_kind(spec) == "adaptersDisabled":
-        reference = ReferencePolicy.disabled_adapters(engine)
+    if needs_frozen_base(spec):
+        if frozen_base is None:
+            raise ValueError("dpo with reference base needs the frozen base model (needs_frozen_base)")
+        device = getattr(engine, "device", None)  # a DeepSpeed engine's; a bare module's stays where it is
+        reference = ReferencePolicy.frozen(frozen_base.to(device=device, dtype=dtype))
     else:
-        raise ValueError("dpo with reference base needs the frozen copy made before DeepSpeed (frozen_reference)")
+        reference = ReferencePolicy.disabled_adapters(engine)
     return ObjectiveStep(DPO, pad_token_id, dpo_settings(spec), reference)

@@ -22,6 +22,54 @@ CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 METRICS_FOR_TASK = {LANGUAGE_MODELING: LM_METRICS, CLASSIFICATION: CLASSIFICATION_METRICS}
 SPLITS = ("train", "validation", "test")
 
+# Objectives (spec.objective; unset: model.task). sft and dpo train causal LMs on the DataPipeline's chat and
+# preference data; train/objectives.py has their losses.
+SFT = "sft"
+DPO = "dpo"
+CHAT_DATA = "chat"
+PREFERENCE_DATA = "preference"
+DPO_METRICS = (
+    "loss",
+    "rewardAccuracy",
+    "rewardMargin",
+    "chosenReward",
+    "rejectedReward",
+    "chosenLogps",
+    "rejectedLogps",
+)
+METRICS_FOR_OBJECTIVE = {**METRICS_FOR_TASK, SFT: LM_METRICS, DPO: DPO_METRICS}
+# The DataPipeline task (the manifest's `task`) each objective trains on, and the Parquet columns it reads.
+DATASET_TASK = {
+    LANGUAGE_MODELING: LANGUAGE_MODELING,
+    CLASSIFICATION: CLASSIFICATION,
+    SFT: CHAT_DATA,
+    DPO: PREFERENCE_DATA,
+}
+DATA_COLUMNS = {
+    LANGUAGE_MODELING: ("input_ids",),
+    CLASSIFICATION: ("input_ids", "label"),
+    CHAT_DATA: ("input_ids", "labels"),
+    PREFERENCE_DATA: ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
+}
+
+
+def objective_of(spec: TrainingJobSpec) -> str:
+    """The run's objective: spec.objective, or model.task when it is unset."""
+    return spec.objective or spec.model.task
+
+
+def check_dataset_task(resource_name: str, spec: TrainingJobSpec, dataset_task: str, data_uri: str) -> None:
+    """SpecError unless the dataset was built for the objective (sft needs chat data, dpo preference pairs)."""
+    objective = objective_of(spec)
+    wanted = DATASET_TASK[objective]
+    if dataset_task == wanted:
+        return
+    if spec.objective is None:
+        problem = f"is {objective} but the dataset at {data_uri} was built for {dataset_task}"
+        raise spec_error(resource_name, "spec.model.task", problem)
+    problem = f"{objective} trains on {wanted} data, but the dataset at {data_uri} was built for {dataset_task}"
+    raise spec_error(resource_name, "spec.objective", problem)
+
 
 class SpecError(ValueError):
     """A TrainingJob that cannot run as written; the message names the resource and the field."""
@@ -74,7 +122,7 @@ def parse_manifest(resource_name: str, uri: str, manifest: dict[str, Any]) -> Da
     if version != 1:
         raise spec_error(resource_name, field_path, f"_manifest.json formatVersion {version} is not supported (1)")
     task = need("task")
-    if task not in METRICS_FOR_TASK:
+    if task not in DATA_COLUMNS:
         raise spec_error(resource_name, field_path, f"unknown task {task!r} in _manifest.json")
     splits: dict[str, SplitInfo] = {}
     for name, raw in (need("splits") or {}).items():
@@ -99,7 +147,7 @@ def resolve_eval_metrics(spec: TrainingJobSpec) -> list[str]:
     """The validation metrics to compute: as written, or the task's full set when evaluation.metrics is unset."""
     if "metrics" in spec.evaluation.model_fields_set:
         return list(dict.fromkeys(spec.evaluation.metrics))
-    return list(METRICS_FOR_TASK[spec.model.task])
+    return list(METRICS_FOR_OBJECTIVE[objective_of(spec)])
 
 
 @dataclass(frozen=True)
@@ -141,10 +189,12 @@ class TrainPlan:
 def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInfo, world_size: int) -> TrainPlan:
     """Check the spec against the dataset and count steps; raises SpecError naming the first bad field."""
     task, training, evaluation = spec.model.task, spec.training, spec.evaluation
+    objective = objective_of(spec)
     err = lambda path, msg: spec_error(resource_name, path, msg)  # noqa: E731
-    if dataset.task != task:
-        raise err("spec.model.task", f"is {task} but the dataset at {dataset.uri} was built for {dataset.task}")
-    context_needed = dataset.sequence_length - 1 if task == LANGUAGE_MODELING else dataset.sequence_length
+    check_dataset_task(resource_name, spec, dataset.task, dataset.uri)
+    # Packed language-model rows feed sequenceLength - 1 tokens (the last one is only a target); chat, preference
+    # and classification rows feed all of theirs.
+    context_needed = dataset.sequence_length - 1 if objective == LANGUAGE_MODELING else dataset.sequence_length
     if spec.model.pretrained is None and spec.model.context_length < context_needed:  # pretrained: resolve_model
         raise err(
             "spec.model.contextLength",
@@ -159,11 +209,11 @@ def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInf
                 "spec.model.numLabels",
                 f"{spec.model.num_labels} is fewer than the dataset's {labels} labels",
             )
-    allowed = METRICS_FOR_TASK[task]
+    allowed = METRICS_FOR_OBJECTIVE[objective]
     metrics = resolve_eval_metrics(spec)
     for name in metrics:
         if name not in allowed:
-            raise err("spec.evaluation.metrics", f"{name} is not defined for {task} (use {', '.join(allowed)})")
+            raise err("spec.evaluation.metrics", f"{name} is not defined for {objective} (use {', '.join(allowed)})")
     if evaluation.best_metric not in metrics:
         raise err("spec.evaluation.bestMetric", f"{evaluation.best_metric} is not among the metrics {metrics}")
     if evaluation.early_stopping and evaluation.early_stopping.metric not in metrics:
