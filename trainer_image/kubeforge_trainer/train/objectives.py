@@ -99,9 +99,8 @@ def collate_preference(batch: dict[str, Any], pad_token_id: int) -> tuple[torch.
 
 
 def causal_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, vocab) logits of a causal LM: a transformers model (`.logits`) or a module returning (logits, ...)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    return out.logits if hasattr(out, "logits") else out[0]
+    """(B, T, vocab) logits of a transformers causal LM (or a peft model or DeepSpeed engine around one)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +109,7 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     logits = logits[:, :-1].float()
-    # log_softmax then gather, as x_label - logsumexp(x): one (B, T, vocab) pass fewer than log_softmax.
+    # log_softmax then gather, computed as x_label - logsumexp(x): no (B, T, vocab) log-softmax tensor is kept.
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     logps = picked - torch.logsumexp(logits, dim=-1)
     return logps * mask, mask
