@@ -77,15 +77,20 @@ def test_continue_pretraining_from_s3_then_lora_adapter(s3_endpoint, lm_dataset,
         "lora-lm",
         lm_dataset,
         lora_root,
-        model={"pretrained": {"uri": str(export)}, "lora": {"rank": 4, "alpha": 8, "export": "adapter"}},
-        training={"learningRate": 0.01, "warmupSteps": 0, "schedule": "constant"},
+        model={
+            "pretrained": {"uri": str(export)},
+            "lora": {
+                "rank": 8,
+                "alpha": 16,
+                "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "export": "adapter",
+            },
+        },
+        training={"learningRate": 0.005, "warmupSteps": 0, "schedule": "constant"},
+        evaluation={"intervalSteps": 24},  # one validation, at the end: the export holds the fully trained adapters
         deepspeed={"zeroStage": 1},
     )
     result = run_trainingjob(job, str(lm_dataset), status_file("lora-lm").reporter)
-    losses = train_losses(helpers, lora_root)
-    # The base already learnt 24 steps of this data, so the adapters start near its loss; their training must still
-    # lower it clearly (measured: LORA_DROP_MEASURED) - a broken adapter path (frozen, unmerged, zero) leaves it flat.
-    assert sum(losses[-3:]) / 3 < losses[0] - 0.1, losses
     adapter = lora_root / "model"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(export)
@@ -93,4 +98,11 @@ def test_continue_pretraining_from_s3_then_lora_adapter(s3_endpoint, lm_dataset,
     assert info["baseModel"] == str(export) and info["lineage"]["parentJob"] == "continue"
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(export), adapter).eval()
     assert split_loss(adapted, lm_dataset, "test") == pytest.approx(result["testMetrics"]["loss"], rel=1e-4)
-    assert result["testMetrics"]["loss"] < split_loss(AutoModelForCausalLM.from_pretrained(export), lm_dataset, "test")
+    # The LoRA loss-decrease check, on fixed data rather than the logged 2-step windows: this 1-layer model is
+    # already near its plateau after the 24 steps above, so window-to-window noise (~0.1) hides the adapters' gain.
+    # Measured on the train split the adapters saw: 5.367 -> 5.249 (2026-12-06, 2-core CPU). Adapters that are not
+    # applied, not loaded or still zero give exactly the base's loss; diverged ones a higher one.
+    base_model = AutoModelForCausalLM.from_pretrained(export)
+    base_train, adapted_train = split_loss(base_model, lm_dataset, "train"), split_loss(adapted, lm_dataset, "train")
+    assert adapted_train < base_train - 0.05, (base_train, adapted_train)
+    assert result["testMetrics"]["loss"] < split_loss(base_model, lm_dataset, "test")

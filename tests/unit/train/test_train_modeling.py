@@ -136,6 +136,19 @@ def test_each_initialisation_builds_a_working_network(init: str) -> None:
     assert torch.isfinite(out).all()
 
 
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        spec = ModelSpec(**TINY, gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        network = build_network(plan_for(spec), spec)
+        assert network.is_gradient_checkpointing is checkpointing
+        ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
+        network(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        grads.append(network.model.layers[0].self_attn.q_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_pretrained_directory_fixes_the_architecture_and_loads_unchanged(tmp_path: Path) -> None:
     base = saved_model(tmp_path, "qwen2", kv_heads=2)
     spec = ModelSpec(pretrained={"uri": str(base)})
