@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,15 +17,26 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate manifests; print one line per problem; exit 1 when any is invalid."""
+    """Validate manifests as the API server and the operator would; one line per problem; exit 1 when any."""
     from .validate import validate_paths
 
-    report = validate_paths(args.paths)
+    report = validate_paths(args.paths, strict=args.strict)
+    if args.output == "json":
+        doc = {
+            "ok": report.ok,
+            "valid": [{"source": m.source, "resource": f"{m.kind}/{m.name}"} for m in report.manifests],
+            "problems": [p.to_json() for p in report.problems],
+            "skipped": [{"source": source, "resource": label} for source, label in report.skipped],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0 if report.ok else 1
     for problem in report.problems:
         print(problem, file=sys.stderr)
-    for manifest in report.manifests:
-        if not args.quiet:
+    if not args.quiet:
+        for manifest in report.manifests:
             print(f"{manifest.source}: {manifest.kind}/{manifest.name}: valid")
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} document(s) of other kinds (--strict makes them errors)")
     if report.problems:
         print(f"{len(report.problems)} problem(s) found", file=sys.stderr)
         return 1
@@ -106,6 +118,10 @@ def build_parser(
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    p.add_argument(
+        "--strict", action="store_true", help="documents of other kinds are errors (default: skipped and counted)"
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
 
 
 def _crds_args(p: argparse.ArgumentParser) -> None:
@@ -149,7 +165,11 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
-    "validate": (cmd_validate, "validate kubeforge manifests offline", _validate_args),
+    "validate": (
+        cmd_validate,
+        "validate kubeforge manifests offline, as the API server and the operator would",
+        _validate_args,
+    ),
     "crds": (
         cmd_crds,
         "generate the CustomResourceDefinitions from the API types",

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
+from shipped import QUICKSTART, validated
 
 # Only sizes change; the steps, the model family, the worker count and the serving setup stay the quickstart's.
 REDUCED: dict[str, dict[tuple[str, ...], object]] = {
@@ -47,11 +46,13 @@ def reduced_quickstart(tmp_path: Path) -> Path:
     """A directory with the quickstart manifests at reduced sizes (relative output paths, as in the example)."""
     out = tmp_path / "quickstart"
     out.mkdir()
+    validated(QUICKSTART)  # as shipped
     for source in sorted(QUICKSTART.glob("*.yaml")):
         doc = yaml.safe_load(source.read_text())
         for path, value in REDUCED[doc["kind"]].items():
             _set(doc, path, value)
         (out / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    validated(out)  # and reduced
     return out
 
 

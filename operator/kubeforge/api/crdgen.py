@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from ..constants import CATEGORY, GROUP, KINDS, VERSION
 from . import RESOURCE_MODELS
+from .common import NAME_LENGTH_RULE, ApiModel
 
 # Extra columns for `kubectl get`, per kind; phase and age are added to every kind.
 PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
@@ -57,12 +58,30 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
-# Bounds on lists so the API server can estimate the cost of CEL rules.
+# Bounds on lists, strings and maps of the spec, so the API server can estimate the cost of CEL rules over them
+# (unbounded ones are costed at the request size limit).
 _DEFAULT_MAX_ITEMS = 256
+_DEFAULT_MAX_LENGTH = 4096
+_DEFAULT_MAX_PROPERTIES = 256
+
+# An object without parameters. `properties: {}` is stored as an object with neither properties nor
+# additionalProperties, on which the API server's CEL cannot evaluate the rules of the enclosing object ("invalid
+# object type, expected either Properties or AdditionalProperties"). A map that must stay empty is typed for CEL,
+# survives pruning as `{}`, and rejects any key.
+_EMPTY_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "maxProperties": 0,
+}
 
 
 def _model_defaults(root: type[BaseModel]) -> dict[str, dict[str, Any]]:
-    """For every model reachable from root: {alias: default} for fields whose default comes from a factory."""
+    """For every model reachable from root: {alias: default} for fields whose default comes from a factory.
+
+    An object default is written out in full: the API server validates a default against its node's schema and CEL
+    rules as written, without applying the nested properties' defaults first (`default: {}` under a rule reading
+    `self.train` fails the CRD with "no such key: train").
+    """
     found: dict[str, dict[str, Any]] = {}
 
     def visit(model: type[BaseModel]) -> None:
@@ -74,8 +93,8 @@ def _model_defaults(root: type[BaseModel]) -> dict[str, dict[str, Any]]:
             alias = field.alias or name
             if field.default_factory is not None:
                 value = field.default_factory()  # type: ignore[call-arg]
-                if isinstance(value, BaseModel):
-                    defaults[alias] = {}
+                if isinstance(value, ApiModel):
+                    defaults[alias] = value.to_wire()
                 elif value:
                     defaults[alias] = value
             for arg in _types_in(field.annotation):
@@ -129,10 +148,17 @@ def _structural(node: Any, defs: dict[str, Any], defaults: dict[str, dict[str, A
         if bound in node and not isinstance(node[bound], bool):
             node[plain] = node.pop(bound)
             node[bound] = True
+    if node.get("type") == "object" and node.get("additionalProperties") is True and not node.get("properties"):
+        # A free-form mapping (dict[str, Any]): structural schemas say so with preserve-unknown-fields.
+        node["x-kubernetes-preserve-unknown-fields"] = True
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node.pop("additionalProperties", None)
         node.pop("default", None)
-    if "properties" in node:
+    elif node.get("type") == "object" and "properties" in node and not node["properties"]:
+        # A model without fields (pydantic writes `properties: {}`, additionalProperties false).
+        kept = {k: v for k, v in node.items() if k in ("description", "default")}
+        node = {**copy.deepcopy(_EMPTY_OBJECT), **kept}
+    if node.get("properties"):
         node.pop("additionalProperties", None)
         props = {}
         for key, sub in node["properties"].items():
@@ -147,6 +173,19 @@ def _structural(node: Any, defs: dict[str, Any], defaults: dict[str, dict[str, A
         node["items"] = _structural(node["items"], defs, defaults)
         node.setdefault("maxItems", _DEFAULT_MAX_ITEMS)
     return node
+
+
+def _bounded(node: dict[str, Any]) -> None:
+    """Give every string and map below node a maximum size, unless it has one (or an enum)."""
+    if node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
+        node["maxLength"] = _DEFAULT_MAX_LENGTH
+    if isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+        node["maxProperties"] = _DEFAULT_MAX_PROPERTIES
+    for sub in node.get("properties", {}).values():
+        _bounded(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            _bounded(node[key])
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -169,6 +208,7 @@ def build_crd(kind: str) -> dict[str, Any]:
     model = RESOURCE_MODELS[kind]
     fields = model.model_fields
     spec_schema = openapi_schema(fields["spec"].annotation)
+    _bounded(spec_schema)
     status_model = next(t for t in typing.get_args(fields["status"].annotation) if t is not type(None))
     status_schema = openapi_schema(status_model)
     _conditions_as_map(status_schema)
@@ -176,6 +216,7 @@ def build_crd(kind: str) -> dict[str, Any]:
         "type": "object",
         "description": (model.__doc__ or kind).strip(),
         "required": ["spec"],
+        "x-kubernetes-validations": [dict(NAME_LENGTH_RULE)],
         "properties": {
             "apiVersion": {
                 "type": "string",

@@ -12,9 +12,15 @@ from .common import (
     CommonStatus,
     ObjectMeta,
     WorkerResources,
+    at_most,
     cel,
     cel_rules,
+    exactly_one,
 )
+
+# Bounds that keep counts far inside int64 and far beyond any real corpus.
+MAX_CHARS = 1_000_000_000
+MAX_WORDS = 100_000_000
 
 
 class PvcSource(ApiModel):
@@ -34,7 +40,24 @@ class BuiltinCorpus(ApiModel):
         default="system-docs",
         description="system-docs: Python standard-library docstrings and the system's /usr/share/doc files.",
     )
-    max_documents: int = Field(default=20000, ge=1, description="Stop after this many documents.")
+    max_documents: int = Field(default=20000, ge=1, le=100_000_000, description="Stop after this many documents.")
+
+
+class ConversationFields(ApiModel):
+    """Where a row's conversation is: a messages column, or instruction/input/output or prompt/response columns."""
+
+    messages: str = Field(
+        default="messages",
+        description="Column of OpenAI-style messages: a list of {role, content}, role system, user or assistant.",
+    )
+    instruction: str = Field(default="instruction", description="Column of an instruction (with input and output).")
+    input: str = Field(default="input", description="Column of an optional input appended to the instruction.")
+    output: str = Field(default="output", description="Column of the answer to an instruction.")
+    prompt: str = Field(default="prompt", description="Column of a prompt: a string or a list of messages.")
+    response: str = Field(default="response", description="Column of the answer to a prompt (chat).")
+    system: str = Field(default="system", description="Column of an optional system message.")
+    chosen: str = Field(default="chosen", description="Column of the preferred answer (preference).")
+    rejected: str = Field(default="rejected", description="Column of the rejected answer (preference).")
 
 
 class SourceSpec(ApiModel):
@@ -71,6 +94,10 @@ class SourceSpec(ApiModel):
         description="Column holding a stable document id (used by hash splits and reports).",
     )
     time_field: str | None = Field(default=None, description="Column holding a timestamp (used by time splits).")
+    fields: ConversationFields = Field(
+        default_factory=ConversationFields,
+        description="Columns of conversations and preference pairs (tokenizer.task chat or preference).",
+    )
 
 
 class EmptyParams(ApiModel):
@@ -86,10 +113,15 @@ class UnicodeParams(ApiModel):
 class LengthFilterParams(ApiModel):
     """Keep documents whose length is inside the bounds."""
 
-    min_chars: int | None = Field(default=None, ge=0, description="Minimum characters.")
-    max_chars: int | None = Field(default=None, ge=1, description="Maximum characters.")
-    min_words: int | None = Field(default=None, ge=0, description="Minimum whitespace-separated words.")
-    max_words: int | None = Field(default=None, ge=1, description="Maximum whitespace-separated words.")
+    model_config = cel_rules(
+        cel(at_most("minChars", "maxChars"), "minChars must be at most maxChars (no document could pass)"),
+        cel(at_most("minWords", "maxWords"), "minWords must be at most maxWords (no document could pass)"),
+    )
+
+    min_chars: int | None = Field(default=None, ge=0, le=MAX_CHARS, description="Minimum characters.")
+    max_chars: int | None = Field(default=None, ge=1, le=MAX_CHARS, description="Maximum characters.")
+    min_words: int | None = Field(default=None, ge=0, le=MAX_WORDS, description="Minimum whitespace-separated words.")
+    max_words: int | None = Field(default=None, ge=1, le=MAX_WORDS, description="Maximum whitespace-separated words.")
 
 
 class QualityFilterParams(ApiModel):
@@ -158,7 +190,7 @@ class NearDedupParams(ApiModel):
         description="Estimated Jaccard similarity that counts as a duplicate.",
     )
     num_perm: int = Field(default=128, ge=8, le=1024, description="MinHash permutations.")
-    bands: int = Field(default=16, ge=1, description="LSH bands; numPerm/bands rows per band.")
+    bands: int = Field(default=16, ge=1, le=1024, description="LSH bands; numPerm/bands rows per band.")
     shingle_size: int = Field(default=5, ge=1, le=32, description="Word n-gram size of the shingles.")
     seed: int = Field(default=42, description="Seed of the hash permutations.")
 
@@ -224,10 +256,7 @@ class CleaningStep(ApiModel):
     """One cleaning operation: set exactly one member (like a Kubernetes volume source)."""
 
     model_config = cel_rules(
-        cel(
-            "[" + ", ".join(f"has(self.{m})" for m in _STEP_MEMBERS) + "].exists_one(x, x)",
-            "a step sets exactly one operation",
-        ),
+        cel(exactly_one(*_STEP_MEMBERS), "a step sets exactly one operation"),
     )
 
     name: str | None = Field(default=None, description="Name shown in statistics; defaults to the operation.")
@@ -263,7 +292,19 @@ class TrainTokenizer(ApiModel):
     """Train a byte-level BPE tokenizer on the cleaned data."""
 
     vocab_size: int = Field(default=8192, ge=260, le=262144, description="Vocabulary size.")
-    min_frequency: int = Field(default=2, ge=1, description="Minimum pair frequency to merge.")
+    min_frequency: int = Field(default=2, ge=1, le=1_000_000_000, description="Minimum pair frequency to merge.")
+
+
+class ExtendVocabulary(ApiModel):
+    """Train a tokenizer on the cleaned corpus and add the tokens the base tokenizer lacks (vocabulary extension)."""
+
+    vocab_size: int = Field(default=8000, ge=100, le=262144, description="Vocabulary size of the trained tokenizer.")
+    min_frequency: int = Field(default=2, ge=1, le=1_000_000_000, description="Minimum frequency of a merge or piece.")
+    model: Literal["bpe", "unigram"] | None = Field(
+        default=None,
+        description="bpe (byte-level like GPT-2's, or SentencePiece-style like LLaMA's, following the base) or "
+        "unigram; defaults to the base tokenizer's model, which must be the same kind.",
+    )
 
 
 class TokenizerSpec(ApiModel):
@@ -271,26 +312,50 @@ class TokenizerSpec(ApiModel):
 
     model_config = cel_rules(
         cel("!(has(self.path) && has(self.train))", "set either path or train, not both"),
+        cel(
+            "!(has(self.fromModel) && (has(self.path) || has(self.train)))",
+            "fromModel excludes path and train",
+        ),
+        cel("!has(self.extend) || has(self.path) || has(self.fromModel)", "extend needs path or fromModel"),
     )
 
     path: str | None = Field(
         default=None,
         description="A Hugging Face tokenizers file (tokenizer.json) or directory to load.",
     )
+    from_model: str | None = Field(
+        default=None,
+        description="A Hugging Face model or tokenizer directory (local path, PVC path, s3:// or gs://) whose "
+        "tokenizer is loaded with AutoTokenizer, so data and model agree.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Let fromModel run the tokenizer code the directory ships (off: only library tokenizers).",
+    )
     train: TrainTokenizer | None = Field(
         default=None,
-        description="Train a new tokenizer (the default when path is unset).",
+        description="Train a new tokenizer (the default when path and fromModel are unset).",
     )
-    task: Literal["languageModeling", "classification"] = Field(
+    extend: ExtendVocabulary | None = Field(
+        default=None,
+        description="Extend the vocabulary of the path or fromModel tokenizer with tokens trained on the corpus.",
+    )
+    task: Literal["languageModeling", "classification", "chat", "preference"] = Field(
         default="languageModeling",
-        description="languageModeling packs tokens into fixed-length sequences; "
-        "classification keeps one row per document.",
+        description="languageModeling packs tokens into fixed-length sequences; classification keeps one row per "
+        "document; chat writes input_ids and labels (only assistant tokens trained); preference writes chosen and "
+        "rejected sequences.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="Jinja chat template for chat and preference, instead of the tokenizer's own (or the default "
+        "when it has none).",
     )
     sequence_length: int = Field(
         default=256,
         ge=8,
         le=131072,
-        description="Packed sequence length, or the truncation length for classification.",
+        description="Packed sequence length, or the truncation length of classification, chat and preference rows.",
     )
 
 
@@ -332,6 +397,13 @@ class OutputSpec(ApiModel):
         description="Target size of each Parquet shard, in MB.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field(default="zstd", description="Parquet compression.")
+    format: Literal["tokenized", "documents"] = Field(
+        default="tokenized",
+        description="tokenized: token ids for training; documents: the cleaned, deduplicated rows, not tokenized.",
+    )
+    document_format: Literal["parquet", "jsonl"] = Field(
+        default="parquet", description="File format of format documents shards."
+    )
 
 
 class DataResources(WorkerResources):

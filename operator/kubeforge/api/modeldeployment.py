@@ -14,12 +14,11 @@ from .common import (
     WorkerResources,
     cel,
     cel_rules,
+    exactly_one,
 )
 
-_ONE_MODEL = cel(
-    "has(self.modelRef) != has(self.modelUri)",
-    "set exactly one of modelRef or modelUri",
-)
+_ONE_MODEL = cel(exactly_one("modelRef", "modelUri"), "set exactly one of modelRef or modelUri")
+MAX_REPLICAS = 10_000
 
 
 class ModelRef(ApiModel):
@@ -42,17 +41,18 @@ class ReplicaSpec(ApiModel):
         )
     )
 
-    min: int = Field(default=1, ge=0, description="Fewest replicas (0 allows scale to zero).")
-    max: int = Field(default=1, ge=1, description="Most replicas.")
+    min: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas (0 allows scale to zero).")
+    max: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Most replicas.")
     target_ongoing_requests: float = Field(
         default=2,
         gt=0,
         description="Ongoing requests per replica the autoscaler aims for.",
     )
-    max_ongoing_requests: int = Field(default=32, ge=1, description="Requests one replica handles at once.")
+    max_ongoing_requests: int = Field(default=32, ge=1, le=100_000, description="Requests one replica handles at once.")
     max_queued_requests: int = Field(
         default=128,
         ge=1,
+        le=10_000_000,
         description="Requests queued per replica before new ones get 503 (backpressure).",
     )
 

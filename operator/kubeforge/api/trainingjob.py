@@ -12,9 +12,19 @@ from .common import (
     CommonStatus,
     ObjectMeta,
     WorkerResources,
+    at_most,
     cel,
     cel_rules,
+    exactly_one,
 )
+
+# Sane upper bounds: far beyond any real run, far inside int64 (1e18 steps passed the CRD before they existed).
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+
+# The trainer's own message for more than one GPU per worker (kubeforge_trainer.train.driver raises it too).
+GPUS_PER_WORKER_MESSAGE = "each worker process drives one GPU; set workers.count to the number of GPUs instead"
 
 # Objectives (SFT, DPO): the objective names and the DPO validation metrics; DpoSpec is above TrainingJobSpec.
 Objective = Literal["languageModeling", "sft", "dpo", "classification"]
@@ -26,7 +36,7 @@ DPO_METRIC_NAMES = Literal[
 class DataRef(ApiModel):
     """The data to train on: a DataPipeline, or the URI of a dataset manifest."""
 
-    model_config = cel_rules(cel("has(self.name) != has(self.uri)", "dataRef sets exactly one of name or uri"))
+    model_config = cel_rules(cel(exactly_one("name", "uri"), "dataRef sets exactly one of name or uri"))
 
     name: str | None = Field(default=None, description="Name of a DataPipeline in the same namespace.")
     uri: str | None = Field(
@@ -184,16 +194,20 @@ class TrainingSpec(ApiModel):
             "has(self.epochs) || has(self.maxSteps)",
             "training needs epochs or maxSteps",
         ),
+        cel(at_most("warmupSteps", "maxSteps", strict=True), "warmupSteps must be less than maxSteps"),
     )
 
-    epochs: int | None = Field(default=None, ge=1, description="Passes over the training split.")
+    epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS, description="Passes over the training split.")
     max_steps: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_STEPS,
         description="Optimizer steps; wins over epochs when both are set.",
     )
-    micro_batch_size: int = Field(default=8, ge=1, description="Sequences per worker per forward pass.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    micro_batch_size: int = Field(default=8, ge=1, le=MAX_BATCH, description="Sequences per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=MAX_BATCH, description="Micro-batches per optimizer step."
+    )
     optimizer: Literal["adamw", "adam", "sgd"] = Field(default="adamw", description="Optimizer.")
     learning_rate: float = Field(default=3e-4, gt=0, le=10, description="Peak learning rate.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="Momentum for sgd.")
@@ -205,7 +219,7 @@ class TrainingSpec(ApiModel):
     )
     weight_decay: float = Field(default=0.1, ge=0, description="Decoupled weight decay.")
     schedule: Literal["constant", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Linear warmup steps.")
     min_learning_rate_ratio: float = Field(
         default=0.1,
         ge=0,
@@ -218,7 +232,7 @@ class TrainingSpec(ApiModel):
         description="Training precision; on CPU bf16 and fp16 fall back to fp32.",
     )
     seed: int = Field(default=42, description="Seed for initialisation and data order.")
-    log_interval_steps: int = Field(default=10, ge=1, description="Steps between progress reports.")
+    log_interval_steps: int = Field(default=10, ge=1, le=MAX_STEPS, description="Steps between progress reports.")
 
 
 class DeepSpeedSpec(ApiModel):
@@ -253,15 +267,15 @@ class EarlyStoppingSpec(ApiModel):
         description="Evaluation metric to watch, e.g. loss, perplexity, f1.",
     )
     mode: Literal["min", "max"] = Field(default="min", description="Whether smaller or larger is better.")
-    patience: int = Field(default=3, ge=1, description="Evaluations without improvement before stopping.")
+    patience: int = Field(default=3, ge=1, le=1_000_000, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
 class EvaluationSpec(ApiModel):
     """Validation during training and the final test."""
 
-    interval_steps: int = Field(default=100, ge=1, description="Steps between validation runs.")
-    max_batches: int | None = Field(default=None, ge=1, description="Cap on validation batches per run.")
+    interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
+    max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
     metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] = Field(
         default_factory=lambda: ["loss", "perplexity"],
         description="Metrics to compute.",
@@ -279,8 +293,8 @@ class CheckpointSpec(ApiModel):
     """Checkpointing and resume."""
 
     uri: str = Field(description="Checkpoint directory: local path, file://, s3:// or gs:// URI.")
-    interval_steps: int = Field(default=500, ge=1, description="Steps between checkpoints.")
-    keep_last: int = Field(default=2, ge=1, description="Checkpoints kept besides the best one.")
+    interval_steps: int = Field(default=500, ge=1, le=MAX_STEPS, description="Steps between checkpoints.")
+    keep_last: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept besides the best one.")
     resume: bool = Field(default=True, description="Resume from the latest checkpoint when one exists.")
 
 
@@ -295,6 +309,8 @@ class OutputModelSpec(ApiModel):
 
 class TrainingWorkers(WorkerResources):
     """Ray Train workers."""
+
+    model_config = cel_rules(cel("self.gpu <= 1", f"at most 1 GPU per worker: {GPUS_PER_WORKER_MESSAGE}"))
 
     count: int = Field(
         default=1,
@@ -316,6 +332,7 @@ class FailurePolicy(ApiModel):
     max_worker_failures: int = Field(
         default=3,
         ge=-1,
+        le=1_000_000,
         description="Worker failures Ray Train recovers from within one run (-1: unlimited).",
     )
 

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from kubeforge.api.common import parse_quantity
+from kubeforge.api.common import parse_quantity, quantity_text
 
 from ..validate import Manifest, Problem
 
@@ -231,8 +231,8 @@ def capacity_problems(manifests: Sequence[Manifest], cpus: float) -> list[Proble
                 fits = round(cpus / 2 / workers.count, 2)
                 message = (
                     f"{workers.count} worker(s) x {workers.cpu} CPU take {need:g} of the {cpus:g} CPU(s) of this "
-                    f"local Ray and leave none for Ray Data to stream the dataset; set workers.cpu to {fits:g} (or "
-                    "fewer workers, or more --num-cpus)"
+                    "local Ray and leave none for Ray Data to stream the dataset; set workers.cpu to "
+                    f'"{quantity_text(fits)}" (or fewer workers, or more --num-cpus)'
                 )
                 problems.append(_problem(manifest, "spec.workers.cpu", message))
         elif manifest.kind == "ModelDeployment":

@@ -25,6 +25,7 @@ URI_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "DataPipeline": (
         ("spec", "source", "uris", "[]"),
         ("spec", "tokenizer", "path"),
+        ("spec", "tokenizer", "fromModel"),
         ("spec", "output", "uri"),
     ),
     "TrainingJob": (

@@ -59,7 +59,7 @@ def test_a_corpus_in_a_bucket_gives_the_same_shards_in_a_bucket_as_on_disk(
     }
     listed = {s["path"]: s["bytes"] for e in remote["splits"].values() for s in e["shards"]}
     assert {p: n for p, n in stored.items() if p in listed} == listed
-    assert set(stored) - set(listed) == {"_manifest.json", remote["tokenizer"]}
+    assert set(stored) - set(listed) == {"_manifest.json", remote["tokenizer"], "tokenizer_config.json"}
     assert json.loads(storage.read_text(f"s3://{BUCKET}/out/_manifest.json")) == remote
 
 
@@ -76,5 +76,40 @@ def test_a_rerun_on_the_bucket_reuses_the_complete_output(bucket_corpus: str, ma
     written = objects(f"s3://{BUCKET}/again")
     second, status = run_pipeline(resource)
     assert second == first
-    assert objects(f"s3://{BUCKET}/again") == written and len(written) == len(shards(first)) + 2
+    assert (
+        objects(f"s3://{BUCKET}/again") == written and len(written) == len(shards(first)) + 3
+    )  # manifest, tokenizer.json, tokenizer_config.json
     assert status["progress"] == "done"
+
+
+def test_a_tokenizer_from_a_model_directory_in_a_bucket(
+    s3_endpoint: str, make_pipeline, run_pipeline, tmp_path
+) -> None:
+    from kubeforge_trainer.data import hftokenizer
+    from tiny_tokenizers import save_model_tokenizer
+    from transformers import AutoTokenizer
+
+    model = save_model_tokenizer(tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"not fetched")
+    pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=s3_endpoint).create_dir(BUCKET)
+    storage.upload_dir(model, f"s3://{BUCKET}/model")
+    local = hftokenizer.load_model_tokenizer(str(model), trust_remote_code=False)
+    remote = hftokenizer.load_model_tokenizer(f"s3://{BUCKET}/model", trust_remote_code=False)
+    assert remote.source["sha256"] == local.source["sha256"] and remote.digest == local.digest
+    rows = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(4)
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pipeline = {
+        "source": {"uris": [str(tmp_path / "chat.jsonl")]},
+        "tokenizer": {"fromModel": f"s3://{BUCKET}/model", "task": "chat", "sequenceLength": 64},
+        "split": {"train": 1.0, "validation": 0.0, "test": 0.0},
+        "output": {"uri": f"s3://{BUCKET}/chat-out"},
+    }
+    manifest, _ = run_pipeline(make_pipeline("chat-s3", pipeline))
+    assert manifest["splits"]["train"]["rows"] == 4
+    assert manifest["tokenizerSource"]["uri"] == f"s3://{BUCKET}/model"
+    assert manifest["tokenizerSource"]["sha256"] == local.source["sha256"]
+    written = storage.download_dir(f"s3://{BUCKET}/chat-out", tmp_path / "downloaded")
+    assert AutoTokenizer.from_pretrained(str(written)).chat_template == local.chat_template

@@ -53,7 +53,7 @@ def _small_trainingjob(name: str = "gpt", data: str = "corpus", steps: int = 40,
             "training": {"maxSteps": steps, "microBatchSize": 4, "learningRate": 0.003, "logIntervalSteps": 1},
             "evaluation": {"intervalSteps": checkpoint_every, "maxBatches": 2},
             "checkpoint": {"uri": f"runs/{name}/checkpoints", "intervalSteps": checkpoint_every},
-            "workers": {"count": 2, "cpu": 0.5, "memory": "1Gi"},
+            "workers": {"count": 2, "cpu": "500m", "memory": "1Gi"},
         },
     }
 

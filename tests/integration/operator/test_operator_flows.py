@@ -14,8 +14,8 @@ import yaml
 from kubeforge.handlers.kube import USER_AGENT
 from kubeforge.metrics import RECONCILES, RETRIES
 from kubeforge.testing.cluster import NAMESPACE, Cluster
-from kubeforge.testing.manifests import quickstart_manifest
 from kubeforge_trainer.progress import KubeStatusReporter
+from shipped import quickstart_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

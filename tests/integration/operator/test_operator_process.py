@@ -15,8 +15,8 @@ from kubeforge.handlers.trainingjob import reconcile_trainingjob
 from kubeforge.metrics import RECONCILES
 from kubeforge.testing import EmulatorServer
 from kubeforge.testing.cluster import NAMESPACE, Cluster
-from kubeforge.testing.manifests import quickstart_manifest
 from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
+from shipped import quickstart_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -170,3 +170,54 @@ def test_status_models_accept_the_status_the_operator_writes(kind: str) -> None:
     }
     resource = RESOURCE_MODELS[kind].model_validate(doc)
     assert resource.status is not None and resource.status.conditions[0].type == "Ready"
+
+
+def _labels_and_names(obj: Any) -> Any:
+    """Every (label value, object name) pair found anywhere in a built child."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "labels" and isinstance(value, dict):
+                yield from (("label", v) for v in value.values())
+            elif key == "metadata" and isinstance(value, dict) and "name" in value:
+                yield "name", value["name"]
+            yield from _labels_and_names(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _labels_and_names(item)
+
+
+def test_the_name_bound_is_what_the_children_need() -> None:
+    """The CRDs' root rule bounds metadata.name at 63: the longest name still builds children whose label values
+    (which carry the name) and names Kubernetes and KubeRay accept; one more character is refused."""
+    from kubeforge.api.common import MAX_NAME_LENGTH
+    from kubeforge.builders import ResolvedModel, build_monitor, build_rayjob, build_rayservice
+    from kubeforge.builders.common import MAX_RAY_NAME_LENGTH
+    from kubeforge.config import OperatorConfig
+
+    config = OperatorConfig(trainer_image="t:1", ray_version="2.60.0")
+    longest = "a" * MAX_NAME_LENGTH
+    children = []
+    for kind in ("DataPipeline", "TrainingJob", "ModelDeployment"):
+        doc = quickstart(kind)
+        doc["metadata"]["name"] = longest
+        doc["metadata"]["namespace"] = "ml"
+        if kind == "ModelDeployment":
+            doc["spec"]["monitoring"] = {"enabled": True}
+        resource, problems = validate_document("test.yaml", doc)
+        assert problems == [] and resource is not None
+        if kind == "ModelDeployment":
+            service = build_rayservice(resource, config, model=ResolvedModel("s3://m", "v1"))
+            children += [service, build_monitor(resource)]
+            assert len(service["metadata"]["name"]) <= MAX_RAY_NAME_LENGTH
+        else:
+            rayjob = build_rayjob(resource, config, raw_spec=doc["spec"], data_uri="s3://d")
+            children.append(rayjob)
+            assert len(rayjob["metadata"]["name"]) <= MAX_RAY_NAME_LENGTH
+        doc["metadata"]["name"] = longest + "a"
+        assert [p.message for p in validate_document("test.yaml", doc)[1]] == [
+            f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child objects carry it as a label value"
+        ]
+    found = list(_labels_and_names(children))
+    assert ("label", longest) in found
+    for what, value in found:
+        assert len(value) <= (63 if what == "label" else 253), (what, value)

@@ -89,7 +89,13 @@ def test_cel_rules_present_in_crds() -> None:
 
 def test_defaults_match_the_models() -> None:
     spec = _schema("TrainingJob")["properties"]["spec"]["properties"]
-    assert spec["deepspeed"]["default"] == {}
+    # Object defaults are written out in full: the API server checks them against the rules as written.
+    assert spec["deepspeed"]["default"] == {
+        "zeroStage": 2,
+        "offloadOptimizer": "none",
+        "offloadParameters": "none",
+        "config": {},
+    }
     assert spec["deepspeed"]["properties"]["zeroStage"]["default"] == 2
     assert spec["training"]["properties"]["betas"]["default"] == [0.9, 0.95]
     assert spec["deepspeed"]["properties"]["config"]["x-kubernetes-preserve-unknown-fields"] is True
@@ -112,3 +118,41 @@ def test_crd_validates_against_the_kubernetes_openapi_schema(kind: str) -> None:
     broken["spec"]["versions"][0]["subresource"] = {"status": {}}  # misspelled field must be caught
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.30", strict=True)
+
+
+def test_the_generator_writes_structural_forms_for_any_new_field() -> None:
+    """Other kinds' new fields get the same treatment: object defaults in full, field-less models as empty maps,
+    free-form mappings preserved, every string and map of a spec bounded."""
+    from typing import Any as AnyValue
+
+    from kubeforge.api.common import ApiModel, cel, cel_rules
+    from kubeforge.api.crdgen import openapi_schema
+    from pydantic import Field
+
+    class Empty(ApiModel):
+        """Nothing."""
+
+    class Inner(ApiModel):
+        """Inner."""
+
+        model_config = cel_rules(cel("self.low <= self.high", "low <= high"))
+        low: int = Field(default=1, description="Low.")
+        high: int = Field(default=2, description="High.")
+
+    class Outer(ApiModel):
+        """Outer."""
+
+        inner: Inner = Field(default_factory=Inner, description="Inner.")
+        flag: Empty | None = Field(default=None, description="A flag.")
+        free: dict[str, AnyValue] = Field(default_factory=dict, description="Passthrough.")
+
+    schema = openapi_schema(Outer)
+    props = schema["properties"]
+    assert props["inner"]["default"] == {"low": 1, "high": 2}
+    assert props["flag"] == {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "maxProperties": 0,
+        "description": "A flag.",
+    }
+    assert props["free"]["x-kubernetes-preserve-unknown-fields"] is True and "additionalProperties" not in props["free"]

@@ -55,6 +55,19 @@ def test_segments_split_at_whole_dataset_operations():
             "spec.steps\\[0\\].outlierFilter.column: the builtin corpus has no numeric columns",
         ),
         ({"tokenizer": {"path": "/t.json", "train": {}}}, "spec.tokenizer: set either path or train"),
+        (
+            {"tokenizer": {"fromModel": "/m", "train": {}}},
+            "spec.tokenizer.fromModel: fromModel excludes path and train",
+        ),
+        ({"tokenizer": {"extend": {}}}, "spec.tokenizer.extend: extend needs a base tokenizer"),
+        (
+            {"source": {"uris": ["/d"], "format": "text"}, "tokenizer": {"task": "chat"}},
+            "spec.tokenizer.task: chat reads conversations from jsonl, parquet or csv rows",
+        ),
+        (
+            {"source": {"builtin": {}}, "tokenizer": {"task": "preference"}},
+            "spec.tokenizer.task: preference reads conversations .* not the builtin corpus",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(changes, message):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from kubeforge_trainer.data import stages, tokenize
+from kubeforge_trainer.data import hftokenizer, stages, tokenize
 from kubeforge_trainer.data.columns import LABEL, RID, TEXT
 from kubeforge_trainer.data.errors import DataPipelineError
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -75,11 +75,12 @@ def test_tokenize_block_routes_rows_to_their_splits(trained):
         }
     )
     assigned = np.array([0, 2, 0, 1], dtype=np.int8)
-    meta, outputs = stages.tokenize_block(block, assigned, trained, "languageModeling", {"eos": 1})
+    bundle = hftokenizer.from_tokenizers(trained, "<pad>", "<eos>", {"kind": "trained"})
+    meta, outputs = stages.tokenize_block(block, assigned, bundle, "languageModeling", {"eos": 1})
     assert [meta[s]["documents"] for s in ("train", "validation", "test")] == [2, 1, 1]
     assert outputs[0].tolist() == [*trained.encode("the quick brown fox").ids, 1, 1]
     meta, outputs = stages.tokenize_block(
-        block, assigned, trained, "classification", {"sequence_length": 2, "labels": ["a", "b"]}
+        block, assigned, bundle, "classification", {"sequence_length": 2, "labels": ["a", "b"]}
     )
     train = outputs[0]
     assert train.column("label").to_pylist() == [0, 0] and train.column("label_name").to_pylist() == ["a", "a"]

@@ -28,7 +28,7 @@ def test_invalid_manifest_is_one_line_per_problem_and_nothing_runs(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines[0] == f"{path}#2: TrainingJob/gpt: spec.training.learningRate: must be greater than 0.0 (got -1)"
+    assert lines[0] == f"{path}#2: TrainingJob/gpt: spec.training.learningRate: must be greater than 0 (got -1)"
     assert lines[-1] == "1 problem(s) found; nothing was run"
     assert not (tmp_path / ".kubeforge").exists(), "a rejected run leaves no state behind"
 

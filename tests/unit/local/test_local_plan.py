@@ -131,7 +131,7 @@ def test_training_workers_must_leave_a_cpu_for_the_data_stream(manifests, traini
     assert len(problems) == 1
     text = str(problems[0])
     assert "TrainingJob/gpt: spec.workers.cpu: 2 worker(s) x 1 CPU take 2 of the 2 CPU(s)" in text
-    assert "set workers.cpu to 0.5" in text
+    assert 'set workers.cpu to "500m"' in text
     assert capacity_problems([tj], cpus=3) == []
     job["spec"]["workers"]["cpu"] = "500m"
     assert capacity_problems(manifests(job), cpus=2) == []

@@ -15,6 +15,8 @@ TIME = "_time"
 CONTENT_HASH = "_content_hash"
 """The exact-dedup key of each row (uint64), added by the first cleaning stage when exact dedup comes next and
 dropped by it: computed while the text is being scanned anyway."""
+PARTS = "_parts"
+"""The roles of a conversation's segments (list<string>), whose texts the text column joins (chat.py)."""
 NUMERIC_PREFIX = "_num."
 """Prefix of the numeric columns outlier filters test."""
 

@@ -116,9 +116,9 @@ def build_manifest(
     *,
     task: str,
     sequence_length: int,
-    vocab_size: int,
-    pad_token_id: int,
-    eos_token_id: int,
+    vocab_size: int | None,
+    pad_token_id: int | None,
+    eos_token_id: int | None,
     labels: list[str],
     splits: dict[str, dict[str, Any]],
     schema: dict[str, str],
@@ -128,20 +128,26 @@ def build_manifest(
     leakage: dict[str, int],
     spec_digest: str,
     input_digest: str,
-    tokenizer_file: str,
+    tokenizer_file: str | None,
     stage_seconds: dict[str, float] | None = None,
     stage_cpu_seconds: dict[str, float] | None = None,
+    output_format: str = "tokenized",
+    bos_token_id: int | None = None,
+    tokenizer_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The _manifest.json document."""
+    """The _manifest.json document (tokenizer fields None for format documents)."""
     totals = accounting(operations)
     return {
         "formatVersion": FORMAT_VERSION,
         "task": task,
+        "format": output_format,
         "sequenceLength": sequence_length,
         "tokenizer": tokenizer_file,
+        "tokenizerSource": tokenizer_source,
         "vocabSize": vocab_size,
         "padTokenId": pad_token_id,
         "eosTokenId": eos_token_id,
+        "bosTokenId": bos_token_id,
         "labels": labels,
         "splits": {name: splits.get(name, split_entry([], 0, 0)) for name in SPLITS},
         "schema": schema,
@@ -161,7 +167,9 @@ def build_manifest(
     }
 
 
-def status_fields(manifest: dict[str, Any], output_uri: str, manifest_uri: str, tokenizer_uri: str) -> dict[str, Any]:
+def status_fields(
+    manifest: dict[str, Any], output_uri: str, manifest_uri: str, tokenizer_uri: str | None
+) -> dict[str, Any]:
     """The DataPipelineStatus progress fields a finished manifest implies."""
     totals = manifest["accounting"]
     splits = manifest["splits"]

@@ -21,6 +21,7 @@ Ray only orchestrates; every computation is a pure function of the other modules
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from kubeforge.api import DataPipeline
 from kubeforge.api.datapipeline import TrainTokenizer
 
 from .. import storage
-from . import allocator, builtin, manifest, minhash, split, stages, tokenize, writer
+from . import allocator, builtin, chat, hftokenizer, manifest, minhash, split, stages, tokenize, vocab, writer
 from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .plan import Plan, Step, plan_pipeline
@@ -175,14 +176,25 @@ def _final_assignment(keys: pa.Table, assigned: np.ndarray, moved: np.ndarray, t
 
 @ray.remote(num_cpus=1)
 def _train_tokenizer(
-    blocks: list, dropped: np.ndarray, assignments: list, vocab_size: int, min_frequency: int, max_bytes: int
+    blocks: list,
+    dropped: np.ndarray,
+    assignments: list,
+    vocab_size: int,
+    min_frequency: int,
+    max_bytes: int,
+    base: str | None = None,
+    model: str | None = None,
 ) -> str:
+    """A tokenizer trained on the train split (a byte-level BPE, or with base: one like the base, vocab.train_like),
+    as tokenizers JSON."""
+
     def train_texts() -> Iterator[list[str]]:
         used = 0
         # One block in memory at a time.
         for block_ref, assigned_ref in zip(blocks, assignments, strict=True):
             block, assigned = stages.drop_rids(ray.get(block_ref), dropped), ray.get(assigned_ref)
             texts = pc.fill_null(block.column(TEXT).filter(pa.array(assigned == split.TRAIN)), "").to_pylist()
+            texts = [t.replace(chat.SEPARATOR, "\n") for t in texts]  # a conversation's messages
             taken = []
             for text in texts:
                 taken.append(text)
@@ -194,17 +206,18 @@ def _train_tokenizer(
 
     # The only task running now: let the tokenizer's trainer use every core of its node.
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    if base is not None:
+        return vocab.train_like(base, train_texts(), vocab_size, min_frequency, model).to_str()
     return tokenize.train_bpe(train_texts(), vocab_size, min_frequency).to_str()
 
 
 @ray.remote(num_cpus=1, num_returns=5)
 def _tokenize_block(
-    block: pa.Table, dropped: np.ndarray, assigned: np.ndarray, tokenizer_json: str, task: str, settings: dict
+    block: pa.Table, dropped: np.ndarray, assigned: np.ndarray, bundle: Any, task: str, settings: dict
 ) -> list:
     allocator.keep_freed_memory()
     started = time.process_time()
-    tokenizer = tokenize.from_json(tokenizer_json)
-    meta, outputs = stages.tokenize_block(stages.drop_rids(block, dropped), assigned, tokenizer, task, settings)
+    meta, outputs = stages.tokenize_block(stages.drop_rids(block, dropped), assigned, bundle, task, settings)
     return [meta, time.process_time() - started, *outputs]
 
 
@@ -215,7 +228,9 @@ def _write_shard(
     started = time.process_time()
     parts = [stages.slice_output(o, start, end) for o, (start, end) in zip(outputs, pieces, strict=True)]
     table, tokens = stages.shard_table(settings["task"], settings["sequence_length"], parts)
-    info = writer.write_shard(output_uri, tmp, final, table, settings["compression"], tokens)
+    info = writer.write_shard(
+        output_uri, tmp, final, table, settings["compression"], tokens, settings.get("fileFormat", "parquet")
+    )
     return info, time.process_time() - started
 
 
@@ -256,6 +271,7 @@ class _Run:
         self.partitions = self.cores
 
         source, input_digest = self._source(plan)
+        input_digest = self._with_tokenizer_files(plan, input_digest)
         spec_digest = manifest.spec_hash(self.spec)
         done = self._complete_manifest(spec_digest, input_digest)
         if done is not None:
@@ -284,6 +300,18 @@ class _Run:
                 f"{totals['rowsErrored']} errored)"
             )
         return self._split_tokenize_write(plan, blocks, dropped, spec_digest, input_digest)
+
+    def _with_tokenizer_files(self, plan: Plan, input_digest: str) -> str:
+        """The input fingerprint, covering a given tokenizer's files too: a rerun after the model directory's
+        tokenizer changed writes the data again rather than keeping ids of the old one."""
+        tok = self.spec.tokenizer
+        if plan.output_format == "documents" or not (tok.from_model or tok.path):
+            return input_digest
+        if tok.from_model:
+            files = hftokenizer.tokenizer_files_digest(tok.from_model)
+        else:
+            files = _sha256(tokenize.load_tokenizer(tok.path).to_str())
+        return _sha256(f"{input_digest} {files}")
 
     def _report(self, **fields: Any) -> None:
         self.reporter.report(**fields)
@@ -366,7 +394,8 @@ class _Run:
                 info = fs.get_file_info(f"{root}/{shard['path']}")
                 if info.size != shard["bytes"]:
                     return None
-        if not storage.exists(storage.join(self.output, existing.get("tokenizer", tokenize.TOKENIZER_FILE))):
+        tokenizer_file = existing.get("tokenizer")
+        if tokenizer_file and not storage.exists(storage.join(self.output, tokenizer_file)):
             return None
         return existing
 
@@ -526,22 +555,39 @@ class _Run:
             "rowsMoved": len(moved),
         }
 
-        tok_json, pad_id, eos_id = self._tokenizer(blocks, dropped_ref, assignments)
-        settings = {"eos": eos_id, "sequence_length": plan.sequence_length, "labels": labels}
-        tok_ref = ray.put(tok_json)
-        self._enter("tokenize")
-        self._report(progress="tokenize")
+        documents = plan.output_format == "documents"
+        bundle = None if documents else self._tokenizer(plan, blocks, dropped_ref, assignments)
+        eos_id = bundle.token_id("eos_token") if bundle is not None else None
+        settings = {
+            "eos": eos_id,
+            "sequence_length": plan.sequence_length,
+            "labels": labels,
+            "on_error": self.spec.on_error,
+            "format": plan.output_format,
+        }
+        bundle_ref = ray.put(bundle)
+        stage = "documents" if documents else "tokenize"
+        self._enter(stage)
+        self._report(progress=stage)
         tokenized = [
-            _tokenize_block.remote(b, dropped_ref, a, tok_ref, plan.task, settings)
+            _tokenize_block.remote(b, dropped_ref, a, bundle_ref, plan.task, settings)
             for b, a in zip(blocks, assignments, strict=True)
         ]
-        self._wait([t[0] for t in tokenized], "tokenize")
+        self._wait([t[0] for t in tokenized], stage)
         metas = ray.get([t[0] for t in tokenized])
-        self.stage_cpu["tokenize"] = sum(ray.get([t[1] for t in tokenized]))
+        self.stage_cpu[stage] = sum(ray.get([t[1] for t in tokenized]))
+        self._count_converted(plan, stage, metas)
 
         run_id = uuid.uuid4().hex[:12]
         compression = self.spec.output.compression
-        write_settings = {"task": plan.task, "sequence_length": plan.sequence_length, "compression": compression}
+        shard_task = "documents" if documents else plan.task
+        file_format = self.spec.output.document_format if documents else "parquet"
+        write_settings = {
+            "task": shard_task,
+            "sequence_length": plan.sequence_length,
+            "compression": compression,
+            "fileFormat": file_format,
+        }
         planned: list[tuple[str, int, list[writer.Piece], list]] = []
         split_entries: dict[str, dict] = {}
         tails: dict[str, int] = {}
@@ -550,7 +596,7 @@ class _Run:
             outputs = [t[2 + index] for t in tokenized]
             total = sum(units)
             usable = total
-            if plan.task == "languageModeling":
+            if shard_task == "languageModeling":
                 usable = (total // plan.sequence_length) * plan.sequence_length
                 tails[name] = total - usable
                 if name == "train" and usable == 0:
@@ -568,8 +614,8 @@ class _Run:
             name, shard_index, pieces, involved = planned[i]
             submitted[i] = _write_shard.remote(
                 self.output,
-                writer.tmp_shard_path(name, shard_index, run_id),
-                writer.shard_path(name, shard_index),
+                writer.tmp_shard_path(name, shard_index, run_id, file_format),
+                writer.shard_path(name, shard_index, file_format),
                 write_settings,
                 [(p.start, p.end) for p in pieces],
                 *involved,
@@ -590,30 +636,30 @@ class _Run:
             )
 
         self._enter(None)
-        tok = tokenize.Tokenizer.from_str(tok_json)
-        schema = {"input_ids": "list<int32>"}
-        if plan.task == "classification":
-            schema.update({"label": "int32", "label_name": "string"})
+        tok = hftokenizer.tokenizer(bundle) if bundle is not None else None
         document = manifest.build_manifest(
             task=plan.task,
+            output_format=plan.output_format,
             sequence_length=plan.sequence_length,
-            vocab_size=tok.get_vocab_size(),
-            pad_token_id=pad_id,
+            vocab_size=tok.get_vocab_size() if tok is not None else None,
+            pad_token_id=bundle.token_id("pad_token") if bundle is not None else None,
             eos_token_id=eos_id,
+            bos_token_id=bundle.token_id("bos_token") if bundle is not None else None,
+            tokenizer_source=hftokenizer.describe(bundle) if bundle is not None else None,
             labels=labels if plan.task == "classification" else [],
             splits=split_entries,
-            schema=schema,
+            schema=_schema(plan, infos),
             operations=self.operations,
             files_errored=self.files_errored,
             errors=self.errors,
             leakage=leakage,
             spec_digest=spec_digest,
             input_digest=input_digest,
-            tokenizer_file=tokenize.TOKENIZER_FILE,
+            tokenizer_file=tokenize.TOKENIZER_FILE if bundle is not None else None,
             stage_seconds=self.stage_seconds,
             stage_cpu_seconds=self.stage_cpu,
         )
-        self._commit(infos, tok_json, document)
+        self._commit(infos, bundle, document)
         self._report(**self._status(document))
         self.reporter.flush()
         return document
@@ -633,6 +679,9 @@ class _Run:
     def _units_per_shard(self, plan: Plan, metas: list[dict], name: str) -> int:
         """Units (tokens or rows) per shard for the target shard size (in-memory Arrow size)."""
         target = self.spec.output.target_shard_size_mb * (1 << 20)
+        if plan.output_format == "documents":
+            rows = sum(m[name]["documents"] for m in metas) or 1
+            return max(1, int(target // (sum(m[name]["bytes"] for m in metas) / rows + 1)))
         if plan.task == "languageModeling":
             row_bytes = 4 * plan.sequence_length + 4
             return max(1, int(target // row_bytes)) * plan.sequence_length
@@ -641,12 +690,16 @@ class _Run:
         row_bytes = 4 * tokens / rows + 24
         return max(1, int(target // row_bytes))
 
-    def _tokenizer(self, blocks: list, dropped: Any, assignments: list) -> tuple[str, int, int]:
-        """(tokenizer JSON, pad id, eos id): loaded from spec.tokenizer.path or trained on the train split."""
+    def _tokenizer(self, plan: Plan, blocks: list, dropped: Any, assignments: list) -> hftokenizer.Bundle:
+        """The run's tokenizer: from spec.tokenizer.fromModel or path (extended with tokens trained on the train split
+        when extend is set), or trained on the train split; with the chat template chat and preference render with."""
         tok_spec = self.spec.tokenizer
         self._enter("tokenizer")
-        if tok_spec.path:
+        if tok_spec.from_model:
+            bundle = hftokenizer.load_model_tokenizer(tok_spec.from_model, tok_spec.trust_remote_code)
+        elif tok_spec.path:
             tok = tokenize.load_tokenizer(tok_spec.path)
+            bundle = self._plain_bundle(tok, {"kind": "path", "uri": tok_spec.path, "sha256": _sha256(tok.to_str())})
         else:
             self._report(progress="train tokenizer")
             train = tok_spec.train or TrainTokenizer()  # training is the default when no path is set
@@ -655,22 +708,86 @@ class _Run:
                     blocks, dropped, assignments, train.vocab_size, train.min_frequency, TOKENIZER_TRAIN_MAX_BYTES
                 )
             )
-            tok = tokenize.Tokenizer.from_str(tok_json)
-        pad_id, eos_id = tokenize.special_token_ids(tok)
-        return tok.to_str(), pad_id, eos_id
+            bundle = self._plain_bundle(tokenize.Tokenizer.from_str(tok_json), {"kind": "trained"})
+        if tok_spec.extend is not None:
+            bundle = self._extend(bundle, blocks, dropped, assignments)
+        if plan.conversational:
+            bundle = hftokenizer.with_chat_template(bundle, tok_spec.chat_template)
+        return bundle
 
-    def _commit(self, shards: list[writer.ShardInfo], tokenizer_json: str, document: dict) -> None:
-        """Make the new dataset visible: manifest last (see writer.py)."""
+    @staticmethod
+    def _plain_bundle(tok: tokenize.Tokenizer, source: dict) -> hftokenizer.Bundle:
+        pad_id, eos_id = tokenize.special_token_ids(tok)  # adds <pad> and <eos> when the file has neither
+        return hftokenizer.from_tokenizers(tok, tok.id_to_token(pad_id), tok.id_to_token(eos_id), source)
+
+    def _extend(self, base: hftokenizer.Bundle, blocks: list, dropped: Any, assignments: list) -> hftokenizer.Bundle:
+        """The base with the tokens it lacks of a tokenizer trained like it on the train split (vocab.py)."""
+        extend = self.spec.tokenizer.extend
+        self._report(progress="extend vocabulary")
+        vocab.base_kind(base.json, extend.model)  # a bad combination fails here, before training
+        trained = ray.get(
+            _train_tokenizer.remote(
+                blocks,
+                dropped,
+                assignments,
+                extend.vocab_size,
+                extend.min_frequency,
+                TOKENIZER_TRAIN_MAX_BYTES,
+                base.json,
+                extend.model,
+            )
+        )
+        merged, added = vocab.merge(base.json, tokenize.Tokenizer.from_str(trained))
+        before = hftokenizer.tokenizer(base).get_vocab_size()
+        source = {**base.source, "extended": {"baseVocabSize": before, "addedTokens": added}}
+        return dataclasses.replace(base, json=merged, source=source)
+
+    def _count_converted(self, plan: Plan, stage: str, metas: list[dict]) -> None:
+        """Account for the rows the tokenize (or documents) stage could not convert: conversations whose template,
+        truncation or preference checks failed are errored rows of an operation of that name."""
+        if not plan.conversational:
+            return
+        op = manifest.OpStats(stage)
+        for meta in metas:
+            for name in split.SPLITS:
+                entry = meta[name]
+                op.add(entry["documents"] + entry["errored"], entry["documents"], entry["errored"])
+                self.errors.extend(entry["errors"][: max(0, MAX_ERRORS_IN_MANIFEST - len(self.errors))])
+        self.operations.append(op)
+        self._report_operations(f"{stage} done")
+
+    def _commit(self, shards: list[writer.ShardInfo], bundle: hftokenizer.Bundle | None, document: dict) -> None:
+        """Make the new dataset visible: manifest last (see writer.py). The tokenizer is written in save_pretrained
+        form (tokenizer.json, tokenizer_config.json, chat_template.jinja), so AutoTokenizer loads the output."""
         self._report(progress="commit")
         writer.remove_manifest(self.output)
         writer.commit_shards(self.output, shards, split.SPLITS)
-        storage.write_text_atomic(storage.join(self.output, tokenize.TOKENIZER_FILE), tokenizer_json)
+        if bundle is not None:
+            hftokenizer.save_pretrained(bundle, self.output)
         storage.write_text_atomic(storage.join(self.output, writer.MANIFEST_FILE), json.dumps(document, indent=2))
 
     def _status(self, document: dict) -> dict:
+        tokenizer_file = document.get("tokenizer")
         return manifest.status_fields(
             document,
             self.output,
             storage.join(self.output, writer.MANIFEST_FILE),
-            storage.join(self.output, document.get("tokenizer", tokenize.TOKENIZER_FILE)),
+            storage.join(self.output, tokenizer_file) if tokenizer_file else None,
         )
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _schema(plan: Plan, infos: list[writer.ShardInfo]) -> dict[str, str]:
+    """Column -> type of the shards (docs/contracts.md)."""
+    if plan.output_format == "documents":
+        return dict(infos[0].schema) if infos else {}
+    ids = "list<int32>"
+    return {
+        "languageModeling": {"input_ids": ids},
+        "classification": {"input_ids": ids, "label": "int32", "label_name": "string"},
+        "chat": dict.fromkeys(stages.CHAT_COLUMNS, ids),
+        "preference": dict.fromkeys(stages.PREFERENCE_COLUMNS, ids),
+    }[plan.task]

@@ -16,6 +16,8 @@ from .errors import DataPipelineError
 from .ops import GLOBAL_OPERATIONS, check_regex
 from .readers import ReadSpec
 
+CONVERSATION_TASKS = ("chat", "preference")
+
 
 @dataclass(frozen=True)
 class Step:
@@ -59,6 +61,12 @@ class Plan:
     seed: int
     has_labels: bool
     near_dedup: tuple[Step, ...] = field(default=())
+    output_format: str = "tokenized"
+
+    @property
+    def conversational(self) -> bool:
+        """Whether rows are conversations or preference pairs (chat.py) rather than documents."""
+        return self.task in CONVERSATION_TASKS
 
 
 def plan_pipeline(spec: DataPipelineSpec) -> Plan:
@@ -81,6 +89,17 @@ def plan_pipeline(spec: DataPipelineSpec) -> Plan:
     tok = spec.tokenizer
     if tok.path and tok.train:
         raise DataPipelineError("spec.tokenizer: set either path or train, not both")
+    if tok.from_model and (tok.path or tok.train):
+        raise DataPipelineError("spec.tokenizer.fromModel: fromModel excludes path and train")
+    if tok.extend and not (tok.path or tok.from_model):
+        raise DataPipelineError("spec.tokenizer.extend: extend needs a base tokenizer: set path or fromModel")
+    conversation = tok.task if tok.task in CONVERSATION_TASKS else None
+    if conversation and (source.format == "text" or source.builtin is not None):
+        what = "the builtin corpus" if source.builtin is not None else "format text"
+        raise DataPipelineError(
+            f"spec.tokenizer.task: {conversation} reads conversations from jsonl, parquet or csv rows "
+            f"(spec.source.fields), not {what}"
+        )
     if tok.task == "classification" and not has_labels:
         raise DataPipelineError(
             "spec.tokenizer.task: classification needs labels: set spec.source.labelField or add a label step"
@@ -127,6 +146,8 @@ def plan_pipeline(spec: DataPipelineSpec) -> Plan:
         allow_missing_text=any(s.kind == "dropEmpty" for s in steps),
         key_field_path=key_path,
         time_field_path=time_path,
+        conversation=conversation,
+        fields=source.fields,
     )
     return Plan(
         read=read,
@@ -138,6 +159,7 @@ def plan_pipeline(spec: DataPipelineSpec) -> Plan:
         fractions=fractions,
         seed=split.seed,
         has_labels=has_labels,
+        output_format=spec.output.format,
     )
 
 

@@ -22,7 +22,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from .. import storage
-from .columns import KEY, LABEL, RID, TEXT, TIME, make_rid, numeric_column
+from . import chat
+from .columns import KEY, LABEL, PARTS, RID, TEXT, TIME, make_rid, numeric_column
 from .errors import DataPipelineError
 
 MAX_ERROR_SAMPLES = 20
@@ -44,6 +45,9 @@ class ReadSpec:
     allow_missing_text: bool = True
     key_field_path: str = "spec.source.keyField"
     time_field_path: str = "spec.source.timeField"
+    conversation: str | None = None
+    """chat or preference: rows are conversations read through `fields` (chat.segments), not a text column."""
+    fields: object = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ def extra_fields(spec: ReadSpec) -> list[ExtraField]:
 def working_schema(spec: ReadSpec, with_rid: bool = True) -> pa.Schema:
     """The columns every chunk's table has, whatever the format."""
     fields = [pa.field(TEXT, pa.string())]
+    if spec.conversation:
+        fields.append(pa.field(PARTS, pa.list_(pa.string())))
     if with_rid:
         fields.append(pa.field(RID, pa.int64()))
     fields.extend(pa.field(f.column, _ARROW_TYPES[f.kind]) for f in extra_fields(spec))
@@ -188,9 +194,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_slice(piece: FileSlice, spec: ReadSpec, errors: _Collector) -> pa.Table | None:
+    if spec.conversation and spec.format in ("parquet", "csv"):
+        return _read_conversation_table(piece, spec, errors)
     if spec.format == "parquet":
         return _read_parquet(piece, spec, errors)
     data = read_bytes(piece)
+    if spec.format == "jsonl" and spec.conversation:
+        return _read_jsonl_rows(data, piece, spec, errors)  # nested messages: each row checked on its own
     if spec.format == "jsonl":
         return _read_jsonl(data, piece, spec, errors)
     if spec.format == "csv":
@@ -301,7 +311,7 @@ def _read_jsonl_rows(data: bytes, piece: FileSlice, spec: ReadSpec, errors: _Col
 
 def _records_to_table(records: list[dict], piece: FileSlice, spec: ReadSpec, errors: _Collector) -> pa.Table | None:
     """Working columns from Python records, each value checked on its own."""
-    if not any(spec.text_field in r for r in records):
+    if not spec.conversation and not any(spec.text_field in r for r in records):
         errors.row(
             RowError("spec.source.textField", piece.describe(), None, f"no field {spec.text_field!r}"),
             count=len(records),
@@ -321,6 +331,13 @@ def _records_to_table(records: list[dict], piece: FileSlice, spec: ReadSpec, err
 
 def _record_values(record: dict, piece: FileSlice, spec: ReadSpec, errors: _Collector) -> dict | None:
     number = record.get("__line")
+    if spec.conversation:
+        try:
+            texts, parts = chat.segments(record, spec.fields, spec.conversation)
+        except chat.RowProblem as problem:
+            errors.row(RowError("spec.source.fields", piece.describe(), number, str(problem)))
+            return None
+        return _with_extras({TEXT: chat.joined(texts), PARTS: parts}, record, piece, spec, errors)
     text = record.get(spec.text_field)
     if text is not None and not isinstance(text, str):
         errors.row(
@@ -335,7 +352,12 @@ def _record_values(record: dict, piece: FileSlice, spec: ReadSpec, errors: _Coll
     if text is None and not spec.allow_missing_text:
         errors.row(RowError("spec.source.textField", piece.describe(), number, f"no text in {spec.text_field!r}"))
         return None
-    row: dict = {TEXT: text}
+    return _with_extras({TEXT: text}, record, piece, spec, errors)
+
+
+def _with_extras(row: dict, record: dict, piece: FileSlice, spec: ReadSpec, errors: _Collector) -> dict | None:
+    """The row with the extra fields (label, key, time, numbers) of the record added; None when one is bad."""
+    number = record.get("__line")
     for extra in extra_fields(spec):
         try:
             row[extra.column] = _ROW_CONVERTERS[extra.kind](record.get(extra.name))
@@ -650,6 +672,30 @@ def _read_parquet(piece: FileSlice, spec: ReadSpec, errors: _Collector) -> pa.Ta
             if converted is not None:
                 parts.append(converted)
     return pa.concat_tables(parts) if parts else None
+
+
+def _read_conversation_table(piece: FileSlice, spec: ReadSpec, errors: _Collector) -> pa.Table | None:
+    """Conversations from a Parquet or CSV file: every column, row by row (messages are nested values)."""
+    if spec.format == "parquet":
+        fs, path = storage.resolve(piece.uri)
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            groups = range(parquet.num_row_groups)
+            if piece.length is not None:
+                groups = range(piece.start, min(piece.start + piece.length, parquet.num_row_groups))
+            table = parquet.read_row_groups(list(groups)) if len(groups) else None
+    else:
+        try:
+            table = pacsv.read_csv(io.BytesIO(read_bytes(piece)))
+        except pa.ArrowInvalid as exc:
+            errors.file(RowError("spec.source.format", piece.describe(), None, f"not valid CSV: {_first_line(exc)}"))
+            return None
+    if table is None or table.num_rows == 0:
+        return None
+    records = table.to_pylist()
+    for number, record in enumerate(records, start=1):
+        record["__line"] = number
+    return _records_to_table(records, piece, spec, errors)
 
 
 # ---- plain text ----------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 from kubeforge.api import DataPipelineSpec
 from kubeforge.api.datapipeline import NearDedupParams
 
-from . import fused, hashing, minhash, split, textscan, tokenize
-from .columns import CONTENT_HASH, KEY, LABEL, RID, TEXT, TIME, numeric_column
+from . import chat, fused, hashing, hftokenizer, minhash, split, textscan, tokenize
+from .columns import CONTENT_HASH, KEY, LABEL, PARTS, RID, TEXT, TIME, numeric_column
+from .errors import DataPipelineError
 from .plan import Step, plan_pipeline
 from .readers import Chunk, ReadSpec, read_chunk
 
@@ -223,8 +224,9 @@ def final_assignment(rids: np.ndarray, assigned: np.ndarray, moved: np.ndarray, 
 
 
 def split_keys(block: pa.Table, method: str, seed: int) -> tuple[pa.Table, list[str]]:
-    """(rid, content hash, ranking or hash key, label) of each row, and the block's distinct labels."""
-    content = hashing.content_hashes(block.column(TEXT), normalize=True)
+    """(rid, content hash, ranking or hash key, label) of each row, and the block's distinct labels. The content
+    hash of a conversation is its prompt's, so rows with the same prompt share a split (split.resolve_leakage)."""
+    content = hashing.content_hashes(_split_texts(block), normalize=True)
     columns: dict[str, Any] = {"rid": block.column(RID), "ch": pa.array(content, pa.uint64())}
     if method in ("random", "stratified"):
         columns["key"] = pa.array(split.random_keys(content, seed), pa.uint64())
@@ -237,6 +239,19 @@ def split_keys(block: pa.Table, method: str, seed: int) -> tuple[pa.Table, list[
         columns["label"] = block.column(LABEL)
         labels = sorted(set(pc.unique(block.column(LABEL)).drop_null().to_pylist()))
     return pa.table(columns), labels
+
+
+def _split_texts(block: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """The text whose hash keeps rows together in a split: the document, or a conversation's prompt."""
+    if PARTS not in block.column_names:
+        return block.column(TEXT)
+    prompts = []
+    for text, parts in zip(block.column(TEXT).to_pylist(), block.column(PARTS).to_pylist(), strict=True):
+        try:
+            prompts.append(chat.prompt_text(chat.split_text(text, parts), parts))
+        except chat.RowProblem:  # reported as an errored row when the row is tokenized
+            prompts.append(text or "")
+    return pa.array(prompts, pa.string())
 
 
 def leakage_partition(content_hash: np.ndarray, rids: np.ndarray, assigned: np.ndarray) -> dict[str, Any]:
@@ -253,27 +268,143 @@ def _sorted_moves(moved: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
 
 
 def tokenize_block(
-    block: pa.Table, assigned: np.ndarray, tokenizer: tokenize.Tokenizer, task: str, settings: dict
-) -> tuple[dict[str, dict[str, int]], list[Any]]:
-    """Per split: (documents, units, tokens) and the output: a token stream with <eos> after each document
-    (language modelling; units are tokens) or a table of truncated ids and labels (classification; units are rows)."""
-    meta: dict[str, dict[str, int]] = {}
+    block: pa.Table, assigned: np.ndarray, bundle: hftokenizer.Bundle, task: str, settings: dict
+) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+    """Per split: (documents, units, tokens, errored rows and samples of their errors) and the output: a token stream
+    with eos after each document (language modelling; units are tokens), a table of truncated ids and labels
+    (classification), of input_ids and labels (chat) or of chosen and rejected sequences (preference), or the cleaned
+    rows themselves (settings["format"] documents); units are rows except for language modelling."""
+    meta: dict[str, dict[str, Any]] = {}
     outputs: list[Any] = []
     for index, name in enumerate(split.SPLITS):
         rows = block.filter(pa.array(assigned == index))
-        ids = tokenize.encode(tokenizer, textscan.combined(pc.fill_null(rows.column(TEXT), "")))
-        if task == "languageModeling":
-            stream = tokenize.with_eos(ids, settings["eos"])
-            outputs.append(stream)
-            meta[name] = {"documents": rows.num_rows, "units": len(stream), "tokens": len(stream)}
-            continue
-        truncated = tokenize.truncate(ids, settings["sequence_length"])
-        names = rows.column(LABEL).combine_chunks().cast(pa.string())
-        label_ids = pc.index_in(names, value_set=pa.array(settings["labels"], pa.string())).cast(pa.int32())
-        outputs.append(pa.table({"input_ids": truncated, "label": label_ids, "label_name": names}))
-        tokens = int(pc.sum(pc.list_value_length(truncated)).as_py() or 0)
-        meta[name] = {"documents": rows.num_rows, "units": rows.num_rows, "tokens": tokens}
+        errored, errors = 0, []
+        if settings.get("format") == "documents":
+            output, errored, errors = documents_table(rows, task, settings)
+            tokens = 0
+        elif task in ("chat", "preference"):
+            output, errored, errors = conversation_table(rows, bundle, task, settings)
+            first = "input_ids" if task == "chat" else "chosen_input_ids"
+            tokens = _list_tokens(output.column(first))
+            if task == "preference":
+                tokens += _list_tokens(output.column("rejected_input_ids"))
+        else:
+            tokenizer = hftokenizer.tokenizer(bundle)
+            ids = tokenize.encode(tokenizer, textscan.combined(pc.fill_null(rows.column(TEXT), "")))
+            if task == "languageModeling":
+                stream = tokenize.with_eos(ids, settings["eos"])
+                outputs.append(stream)
+                meta[name] = {"documents": rows.num_rows, "units": len(stream), "tokens": len(stream)}
+                meta[name].update(errored=0, errors=[])
+                continue
+            truncated = tokenize.truncate(ids, settings["sequence_length"])
+            names = rows.column(LABEL).combine_chunks().cast(pa.string())
+            label_ids = pc.index_in(names, value_set=pa.array(settings["labels"], pa.string())).cast(pa.int32())
+            output = pa.table({"input_ids": truncated, "label": label_ids, "label_name": names})
+            tokens = _list_tokens(truncated)
+        outputs.append(output)
+        units = output.num_rows
+        meta[name] = {"documents": units, "units": units, "tokens": tokens, "errored": errored, "errors": errors}
+        meta[name]["bytes"] = output.nbytes
     return meta, outputs
+
+
+def _list_tokens(ids: pa.Array | pa.ChunkedArray) -> int:
+    return int(pc.sum(pc.list_value_length(ids)).as_py() or 0)
+
+
+MAX_ERROR_SAMPLES = 20
+CHAT_COLUMNS = ("input_ids", "labels")
+PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+
+
+def _each_conversation(
+    rows: pa.Table, task: str, settings: dict, convert: Any
+) -> tuple[list[Any], np.ndarray, int, list[dict]]:
+    """(convert(segments, roles) of each conversation row that converts, which rows did, errored rows, samples of
+    their errors): a row that cannot be converted (chat.RowProblem) fails the run under onError: fail and is an errored
+    row under skip."""
+    results: list[Any] = []
+    converted = np.zeros(rows.num_rows, dtype=bool)
+    errored, errors = 0, []
+    texts, roles = rows.column(TEXT).to_pylist(), rows.column(PARTS).to_pylist()
+    for row, (text, parts, rid) in enumerate(zip(texts, roles, rows.column(RID).to_pylist(), strict=True)):
+        try:
+            results.append(convert(chat.split_text(text, parts), parts))
+            converted[row] = True
+        except chat.RowProblem as problem:
+            if settings.get("on_error", "fail") == "fail":
+                raise DataPipelineError(f"spec.tokenizer.task: {task} row {rid}: {problem}") from None
+            errored += 1
+            if len(errors) < MAX_ERROR_SAMPLES:
+                errors.append(
+                    {"field": "spec.tokenizer.task", "source": "tokenize", "row": rid, "reason": str(problem)}
+                )
+    return results, converted, errored, errors
+
+
+def conversation_table(
+    rows: pa.Table, bundle: hftokenizer.Bundle, task: str, settings: dict
+) -> tuple[pa.Table, int, list[dict]]:
+    """(the tokenized rows, how many rows were errored, samples of their errors) of conversations (chat: input_ids,
+    labels) or preference pairs (chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels)."""
+    hf = hftokenizer.transformers_tokenizer(bundle)
+    tok = hftokenizer.tokenizer(bundle)
+    max_length = settings["sequence_length"]
+
+    def render(messages: list[dict], generation_prompt: bool) -> str:
+        try:
+            return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as exc:  # jinja2 raises TemplateError (and a template may raise what it likes)
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise chat.RowProblem(f"the chat template failed: {first}") from None
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenize.encode_lists(tok, texts)
+
+    def convert(pieces: list[str], parts: list[str]) -> list[np.ndarray]:
+        if task == "chat":
+            spans = chat.spans(render, chat.messages_of(pieces, parts))
+            return list(chat.truncate_chat(*chat.encode_spans(encode, spans), max_length))
+        return [a for sequence in chat.render_preference(render, encode, pieces, parts, max_length) for a in sequence]
+
+    results, _, errored, errors = _each_conversation(rows, task, settings, convert)
+    names = CHAT_COLUMNS if task == "chat" else PREFERENCE_COLUMNS
+    list_type = pa.list_(pa.int32())
+    table = pa.table({n: pa.array([r[i].tolist() for r in results], list_type) for i, n in enumerate(names)})
+    return table, errored, errors
+
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def documents_table(rows: pa.Table, task: str, settings: dict) -> tuple[pa.Table, int, list[dict]]:
+    """(the cleaned rows as documents, errored rows, error samples): a stable id (a 64-bit hash of the cleaned
+    content, hex; equal rows left by a pipeline without dedup share it), the text or the conversation (messages; for
+    a preference pair its prompt messages, chosen and rejected), and the fields the pipeline read (label, key, time)."""
+    keep = np.ones(rows.num_rows, dtype=bool)
+    columns: dict[str, Any] = {}
+    errored, errors = 0, []
+    if PARTS in rows.column_names:
+        results, keep, errored, errors = _each_conversation(rows, task, settings, lambda p, r: (p, r))
+        if task == "preference":
+            prompts = [chat.messages_of(p[:-2], r[:-2]) for p, r in results]
+            columns.update(
+                prompt=pa.array(prompts, _MESSAGES),
+                chosen=pa.array([p[-2] for p, _ in results], pa.string()),
+                rejected=pa.array([p[-1] for p, _ in results], pa.string()),
+            )
+        else:
+            columns["messages"] = pa.array([chat.messages_of(p, r) for p, r in results], _MESSAGES)
+    else:
+        columns["text"] = rows.column(TEXT)
+    kept = rows.filter(pa.array(keep)) if not keep.all() else rows
+    ids = hashing.content_hashes(kept.column(TEXT), normalize=False)
+    columns = {"id": pa.array([f"{int(h):016x}" for h in ids], pa.string()), **columns}
+    for column, name in ((LABEL, "label"), (KEY, "key"), (TIME, "time")):
+        if column in kept.column_names:
+            columns[name] = kept.column(column)
+    return pa.table(columns), errored, errors
 
 
 def shard_table(task: str, sequence_length: int, parts: list[Any]) -> tuple[pa.Table, int]:
@@ -282,7 +413,8 @@ def shard_table(task: str, sequence_length: int, parts: list[Any]) -> tuple[pa.T
         stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
         return pa.table({"input_ids": tokenize.pack(stream, sequence_length)}), len(stream)
     table = pa.concat_tables(parts)
-    return table, int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+    lists = [c for c in ("input_ids", PREFERENCE_COLUMNS[0], PREFERENCE_COLUMNS[2]) if c in table.column_names]
+    return table, sum(_list_tokens(table.column(c)) for c in lists)
 
 
 def slice_output(output: Any, start: int, end: int) -> Any:

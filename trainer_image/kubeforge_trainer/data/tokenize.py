@@ -266,3 +266,9 @@ def truncate(ids: pa.ListArray, max_length: int) -> pa.ListArray:
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
     """Write tokenizer.json (local path)."""
     tokenizer.save(str(path))
+
+
+def encode_lists(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added, no padding or truncation), as Python lists."""
+    plain = _facts(tokenizer).plain
+    return [e.ids for e in plain.encode_batch(texts, add_special_tokens=False)]

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .. import storage
+from .manifest import schema_description
 
 MANIFEST_FILE = "_manifest.json"
 TMP_MARKER = ".tmp-"
@@ -41,23 +43,25 @@ class ShardInfo:
     bytes: int
     sha256: str
     tmp_path: str = ""
+    schema: dict = field(default_factory=dict)
+    """Column -> type of the shard's table."""
 
     def manifest_entry(self) -> dict:
         """The shard as listed in the manifest."""
         entry = asdict(self)
-        entry.pop("tmp_path")
-        entry.pop("tokens")
+        for internal in ("tmp_path", "tokens", "schema"):
+            entry.pop(internal)
         return entry
 
 
-def shard_path(split: str, index: int) -> str:
+def shard_path(split: str, index: int, file_format: str = "parquet") -> str:
     """The final relative path of shard `index` of a split."""
-    return f"{split}/part-{index:05d}.parquet"
+    return f"{split}/part-{index:05d}.{file_format}"
 
 
-def tmp_shard_path(split: str, index: int, run_id: str) -> str:
+def tmp_shard_path(split: str, index: int, run_id: str, file_format: str = "parquet") -> str:
     """The temporary relative path a shard is written to before the commit renames it."""
-    return f"{split}/.part-{index:05d}.parquet{TMP_MARKER}{run_id}"
+    return f"{split}/.part-{index:05d}.{file_format}{TMP_MARKER}{run_id}"
 
 
 def plan_shards(units_per_block: list[int], units_per_shard: int, total: int | None = None) -> list[list[Piece]]:
@@ -93,17 +97,30 @@ def parquet_bytes(table: pa.Table, compression: str) -> bytes:
     return sink.getvalue()
 
 
+def jsonl_bytes(table: pa.Table) -> bytes:
+    """The table as JSON lines (UTF-8, keys in column order; timestamps as microseconds since the epoch)."""
+    rows = table.to_pylist()
+    return "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows).encode("utf-8")
+
+
 def write_shard(
-    output_uri: str, relative_tmp: str, final: str, table: pa.Table, compression: str, tokens: int
+    output_uri: str,
+    relative_tmp: str,
+    final: str,
+    table: pa.Table,
+    compression: str,
+    tokens: int,
+    file_format: str = "parquet",
 ) -> ShardInfo:
-    """Write a shard under its temporary name; returns what the manifest needs."""
-    data = parquet_bytes(table, compression)
+    """Write a shard (Parquet, or JSON lines) under its temporary name; returns what the manifest needs."""
+    data = jsonl_bytes(table) if file_format == "jsonl" else parquet_bytes(table, compression)
     fs, root = storage.resolve(output_uri)
     path = f"{root}/{relative_tmp}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(data)
-    return ShardInfo(final, table.num_rows, tokens, len(data), hashlib.sha256(data).hexdigest(), relative_tmp)
+    digest = hashlib.sha256(data).hexdigest()
+    return ShardInfo(final, table.num_rows, tokens, len(data), digest, relative_tmp, schema_description(table.schema))
 
 
 def _list(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeforge.api import TrainingJob
+from kubeforge.api.trainingjob import GPUS_PER_WORKER_MESSAGE
 
 from .. import storage
 from . import checkpointing as ckpt
@@ -81,7 +82,7 @@ def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str,
         raise spec_error(
             name,
             "spec.workers.gpu",
-            f"{workers.gpu}: each worker process drives one GPU; set workers.count to the number of GPUs instead",
+            f"{workers.gpu}: {GPUS_PER_WORKER_MESSAGE}",
         )
     try:
         worker_resources(workers.cpu, workers.memory, workers.gpu)
