@@ -34,7 +34,7 @@ from kubeforge_trainer.train.objectives import (
     sft_loss,
     sft_metrics,
 )
-from kubeforge_trainer.train.plan import SpecError, check_dataset_task
+from kubeforge_trainer.train.plan import SpecError, check_dataset_task, parse_manifest
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -535,3 +535,14 @@ def test_objective_step_for_sft_and_dpo_runs() -> None:
     assert next(base.parameters()).dtype == torch.float64
     with pytest.raises(ValueError, match="frozen base"):
         objective_step(full_spec, PAD, tiny_llama(0))
+
+
+def _manifest(**fields: Any) -> dict[str, Any]:
+    return {"task": "chat", "sequenceLength": 64, "vocabSize": 32, "splits": {"train": {"rows": 4}}, **fields}
+
+
+def test_chat_and_preference_manifests_are_read_and_documents_are_refused() -> None:
+    assert parse_manifest("t", "/d", _manifest()).task == "chat"
+    assert parse_manifest("t", "/d", _manifest(task="preference", format="tokenized")).task == "preference"
+    with pytest.raises(SpecError, match=r"dataset /d: holds documents \(output.format\), not token ids"):
+        parse_manifest("t", "/d", _manifest(format="documents"))

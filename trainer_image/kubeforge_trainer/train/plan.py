@@ -14,6 +14,8 @@ from typing import Any
 from kubeforge.api.common import parse_quantity
 from kubeforge.api.trainingjob import TrainingJobSpec
 
+from ..data.columns import CHAT_COLUMNS, PREFERENCE_COLUMNS
+
 LANGUAGE_MODELING = "languageModeling"
 CLASSIFICATION = "classification"
 
@@ -48,8 +50,8 @@ DATASET_TASK = {
 DATA_COLUMNS = {
     LANGUAGE_MODELING: ("input_ids",),
     CLASSIFICATION: ("input_ids", "label"),
-    CHAT_DATA: ("input_ids", "labels"),
-    PREFERENCE_DATA: ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
+    CHAT_DATA: CHAT_COLUMNS,
+    PREFERENCE_DATA: PREFERENCE_COLUMNS,
 }
 
 
@@ -121,6 +123,9 @@ def parse_manifest(resource_name: str, uri: str, manifest: dict[str, Any]) -> Da
     version = manifest.get("formatVersion", 1)
     if version != 1:
         raise spec_error(resource_name, field_path, f"_manifest.json formatVersion {version} is not supported (1)")
+    if manifest.get("format", "tokenized") != "tokenized":
+        problem = f"holds {manifest['format']} (output.format), not token ids: train on a tokenized DataPipeline output"
+        raise spec_error(resource_name, field_path, problem)
     task = need("task")
     if task not in DATA_COLUMNS:
         raise spec_error(resource_name, field_path, f"unknown task {task!r} in _manifest.json")
