@@ -355,6 +355,20 @@ OBJECTIVE_RULES = (
 )
 
 
+# The DataPipeline tokenizer.task (a dataset manifest's `task`) each objective trains on.
+OBJECTIVE_DATA_TASK = {
+    "languageModeling": "languageModeling",
+    "classification": "classification",
+    "sft": "chat",
+    "dpo": "preference",
+}
+
+
+def objective_of(spec: TrainingJobSpec) -> str:
+    """The run's objective: spec.objective, or model.task when it is unset."""
+    return spec.objective or spec.model.task
+
+
 class DpoSpec(ApiModel):
     """Direct preference optimisation: the loss variant and the reference model."""
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import TrainingJobSpec, objective_of
 
 from .evaluation import language_model_metrics
-from .plan import DPO, DPO_METRICS, LM_METRICS, SFT, objective_of
+from .plan import DPO, DPO_METRICS, LM_METRICS, SFT
 
 IGNORE_INDEX = -100
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubeforge.api.common import parse_quantity
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import OBJECTIVE_DATA_TASK, TrainingJobSpec, objective_of
 
 from ..data.columns import CHAT_COLUMNS, PREFERENCE_COLUMNS
 
@@ -40,13 +40,7 @@ DPO_METRICS = (
     "rejectedLogps",
 )
 METRICS_FOR_OBJECTIVE = {**METRICS_FOR_TASK, SFT: LM_METRICS, DPO: DPO_METRICS}
-# The DataPipeline task (the manifest's `task`) each objective trains on, and the Parquet columns it reads.
-DATASET_TASK = {
-    LANGUAGE_MODELING: LANGUAGE_MODELING,
-    CLASSIFICATION: CLASSIFICATION,
-    SFT: CHAT_DATA,
-    DPO: PREFERENCE_DATA,
-}
+# The Parquet columns each dataset task is read with.
 DATA_COLUMNS = {
     LANGUAGE_MODELING: ("input_ids",),
     CLASSIFICATION: ("input_ids", "label"),
@@ -55,15 +49,10 @@ DATA_COLUMNS = {
 }
 
 
-def objective_of(spec: TrainingJobSpec) -> str:
-    """The run's objective: spec.objective, or model.task when it is unset."""
-    return spec.objective or spec.model.task
-
-
 def check_dataset_task(resource_name: str, spec: TrainingJobSpec, dataset_task: str, data_uri: str) -> None:
     """SpecError unless the dataset was built for the objective (sft needs chat data, dpo preference pairs)."""
     objective = objective_of(spec)
-    wanted = DATASET_TASK[objective]
+    wanted = OBJECTIVE_DATA_TASK[objective]
     if dataset_task == wanted:
         return
     if spec.objective is None:
