@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from kubeforge.api.trainingjob import TrainingJob
+from kubeforge.api.trainingjob import ModelSpec, TrainingJob
 from kubeforge.validate import cel_problems
+from kubeforge_trainer.models.build import build_config
+from kubeforge_trainer.train.modeling import resolve_model
 from kubeforge_trainer.train.objectives import (
     DPO_METRICS,
     DpoSettings,
@@ -34,7 +36,7 @@ from kubeforge_trainer.train.objectives import (
     sft_loss,
     sft_metrics,
 )
-from kubeforge_trainer.train.plan import SpecError, check_dataset_task, parse_manifest
+from kubeforge_trainer.train.plan import DatasetInfo, SpecError, check_dataset_task, parse_manifest
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -546,3 +548,18 @@ def test_chat_and_preference_manifests_are_read_and_documents_are_refused() -> N
     assert parse_manifest("t", "/d", _manifest(task="preference", format="tokenized")).task == "preference"
     with pytest.raises(SpecError, match=r"dataset /d: holds documents \(output.format\), not token ids"):
         parse_manifest("t", "/d", _manifest(format="documents"))
+
+
+@pytest.mark.parametrize(
+    ("task", "sequence_length", "fits"), [("chat", 32, True), ("chat", 33, False), ("languageModeling", 33, True)]
+)
+def test_a_pretrained_window_must_hold_whole_chat_rows(task: str, sequence_length: int, fits: bool) -> None:
+    # A 32-token window holds 32-token chat rows, and packed language-model rows of 33 (they feed 32 tokens).
+    config = build_config("llama", vocab_size=VOCAB, hidden_size=16, layers=1, heads=2, context_length=32)
+    data = DatasetInfo("/d", task, sequence_length, VOCAB, PAD, 1, (), "tokenizer.json", {})
+    model = ModelSpec.model_validate({"pretrained": {"uri": "/base"}})
+    if fits:
+        resolve_model("t", model, data, config)
+    else:
+        with pytest.raises(SpecError, match=r"context length 32 is shorter than the dataset's sequences \(33 tokens\)"):
+            resolve_model("t", model, data, config)
