@@ -276,9 +276,11 @@ class EvaluationSpec(ApiModel):
 
     interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
     max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
-    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] = Field(
-        default_factory=lambda: ["loss", "perplexity"],
-        description="Metrics to compute.",
+    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] | None = (
+        Field(
+            default=None,
+            description="Metrics to compute; unset: every metric of the objective (see the objective).",
+        )
     )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping; off when unset.")
     best_metric: str = Field(default="loss", description="Metric that picks the best checkpoint.")
@@ -362,6 +364,30 @@ OBJECTIVE_DATA_TASK = {
     "sft": "chat",
     "dpo": "preference",
 }
+
+
+# The validation/test metrics of each objective (all of them when evaluation.metrics is unset).
+OBJECTIVE_METRICS = {
+    "languageModeling": ("loss", "perplexity"),
+    "classification": ("loss", "accuracy", "precision", "recall", "f1"),
+    "sft": ("loss", "perplexity"),  # on assistant tokens
+    "dpo": (
+        "loss",
+        "rewardAccuracy",
+        "rewardMargin",
+        "chosenReward",
+        "rejectedReward",
+        "chosenLogps",
+        "rejectedLogps",
+    ),
+}
+
+
+def evaluation_metrics(spec: TrainingJobSpec) -> list[str]:
+    """The metrics a run computes: spec.evaluation.metrics as written, or every metric of the objective."""
+    if spec.evaluation.metrics is not None:
+        return list(dict.fromkeys(spec.evaluation.metrics))
+    return list(OBJECTIVE_METRICS[objective_of(spec)])
 
 
 def objective_of(spec: TrainingJobSpec) -> str:

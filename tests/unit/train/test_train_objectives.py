@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kubeforge.api.trainingjob import ModelSpec, TrainingJob
-from kubeforge.validate import cel_problems
+from kubeforge.validate import cel_problems, validate_document
 from kubeforge_trainer.models.build import build_config
 from kubeforge_trainer.train.modeling import resolve_model
 from kubeforge_trainer.train.objectives import (
@@ -36,7 +36,13 @@ from kubeforge_trainer.train.objectives import (
     sft_loss,
     sft_metrics,
 )
-from kubeforge_trainer.train.plan import DatasetInfo, SpecError, check_dataset_task, parse_manifest
+from kubeforge_trainer.train.plan import (
+    DatasetInfo,
+    SpecError,
+    check_dataset_task,
+    parse_manifest,
+    resolve_eval_metrics,
+)
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -563,3 +569,15 @@ def test_a_pretrained_window_must_hold_whole_chat_rows(task: str, sequence_lengt
     else:
         with pytest.raises(SpecError, match=r"context length 32 is shorter than the dataset's sequences \(33 tokens\)"):
             resolve_model("t", model, data, config)
+
+
+def test_an_unset_metrics_list_means_the_objectives_metrics_also_in_the_operators_wire_form() -> None:
+    # The operator hands the driver resource.to_wire(), defaults included: the metrics must still be the objective's.
+    job = TrainingJob.model_validate(
+        _job(objective="dpo", evaluation={"bestMetric": "rewardAccuracy", "bestMode": "max"})
+    )
+    again = TrainingJob.model_validate(job.to_wire())
+    assert resolve_eval_metrics(again.spec) == list(DPO_METRICS)
+    assert validate_document("job.yaml", job.to_wire())[1] == []
+    sft = TrainingJob.model_validate(TrainingJob.model_validate(_job(objective="sft")).to_wire())
+    assert resolve_eval_metrics(sft.spec) == ["loss", "perplexity"]

@@ -12,34 +12,30 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubeforge.api.common import parse_quantity
-from kubeforge.api.trainingjob import OBJECTIVE_DATA_TASK, TrainingJobSpec, objective_of
+from kubeforge.api.trainingjob import (
+    OBJECTIVE_DATA_TASK,
+    OBJECTIVE_METRICS,
+    TrainingJobSpec,
+    evaluation_metrics,
+    objective_of,
+)
 
 from ..data.columns import CHAT_COLUMNS, PREFERENCE_COLUMNS
 
 LANGUAGE_MODELING = "languageModeling"
 CLASSIFICATION = "classification"
 
-LM_METRICS = ("loss", "perplexity")
-CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
-METRICS_FOR_TASK = {LANGUAGE_MODELING: LM_METRICS, CLASSIFICATION: CLASSIFICATION_METRICS}
 SPLITS = ("train", "validation", "test")
 
 # Objectives (spec.objective; unset: model.task). sft and dpo train causal LMs on the DataPipeline's chat and
-# preference data; train/objectives.py has their losses.
+# preference data; train/objectives.py has their losses. Their metrics are the API's OBJECTIVE_METRICS.
 SFT = "sft"
 DPO = "dpo"
 CHAT_DATA = "chat"
 PREFERENCE_DATA = "preference"
-DPO_METRICS = (
-    "loss",
-    "rewardAccuracy",
-    "rewardMargin",
-    "chosenReward",
-    "rejectedReward",
-    "chosenLogps",
-    "rejectedLogps",
-)
-METRICS_FOR_OBJECTIVE = {**METRICS_FOR_TASK, SFT: LM_METRICS, DPO: DPO_METRICS}
+METRICS_FOR_OBJECTIVE = OBJECTIVE_METRICS
+LM_METRICS = OBJECTIVE_METRICS[LANGUAGE_MODELING]
+DPO_METRICS = OBJECTIVE_METRICS[DPO]
 # The Parquet columns each dataset task is read with.
 DATA_COLUMNS = {
     LANGUAGE_MODELING: ("input_ids",),
@@ -138,10 +134,8 @@ def parse_manifest(resource_name: str, uri: str, manifest: dict[str, Any]) -> Da
 
 
 def resolve_eval_metrics(spec: TrainingJobSpec) -> list[str]:
-    """The validation metrics to compute: as written, or the task's full set when evaluation.metrics is unset."""
-    if "metrics" in spec.evaluation.model_fields_set:
-        return list(dict.fromkeys(spec.evaluation.metrics))
-    return list(METRICS_FOR_OBJECTIVE[objective_of(spec)])
+    """The validation metrics to compute: as written, or the objective's full set when evaluation.metrics is unset."""
+    return evaluation_metrics(spec)
 
 
 @dataclass(frozen=True)
