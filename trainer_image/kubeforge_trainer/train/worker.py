@@ -54,8 +54,17 @@ from .schedule import lr_lambda
 from .throughput import estimate_mfu, eta_seconds, peak_flops, progress_text, tokens_per_second
 
 log = logging.getLogger("kubeforge_trainer.train")
-# A checkpoint's own files, left out when its model files are exported.
-CHECKPOINT_ONLY_FILES = (ckpt.TRAINER_STATE_FILE, ckpt.TRAINING_CONFIG_FILE, ckpt.MARKER, ckpt.METRICS_FILE)
+# A checkpoint's own files (ours, and DeepSpeed's `latest` tag file and zero_to_fp32 scripts), left out when its
+# model files are exported.
+CHECKPOINT_ONLY_FILES = (
+    ckpt.TRAINER_STATE_FILE,
+    ckpt.TRAINING_CONFIG_FILE,
+    ckpt.MARKER,
+    ckpt.METRICS_FILE,
+    "latest",
+    "zero_to_fp32.py",
+    "zero_to_torch.py",
+)
 
 
 @dataclass(frozen=True)
