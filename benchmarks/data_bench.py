@@ -412,7 +412,8 @@ def block_work_seconds(corpus: Path, barrier: Path, peers: int) -> float:
     them to warm up, then, once `peers` processes are ready, REFERENCE_PASSES passes of it timed."""
     import pyarrow.compute as pc
     from kubeforge.api import DataPipelineSpec
-    from kubeforge_trainer.data import allocator, minhash, sources, stages, tokenize
+    from kubeforge_trainer.data import minhash, sources, stages, tokenize
+    from kubeforge_trainer.data.kernels import allocator
     from kubeforge_trainer.data.plan import plan_pipeline
 
     allocator.keep_freed_memory()

@@ -14,8 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_leftovers import stop_ray_leftovers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_leftovers() -> Iterator[None]:
+    """After each module (its Ray fixtures torn down first): stop what shut-down local Ray sessions left behind."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and not ray.is_initialized():
+        stop_ray_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,27 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINER_PACKAGES = ("ray", "torch", "deepspeed", "pyarrow", "transformers")
+"""Packages of the `trainer` extra that `kubeforge run` needs (the `operator` extra has none of them)."""
+
+
+def missing_trainer_packages() -> list[str]:
+    """The TRAINER_PACKAGES that are not installed (found without importing them)."""
+    import importlib.util
+
+    return [name for name in TRAINER_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run manifests end to end on this machine (local Ray): data, training, serving, then a report."""
+    missing = missing_trainer_packages()
+    if missing:
+        print(
+            f"kubeforge run: needs the trainer's packages ({', '.join(missing)} not installed); "
+            "install them with: pip install 'kubeforge[trainer]'",
+            file=sys.stderr,
+        )
+        return 2
     from .local.runner import RunOptions, run
 
     options = RunOptions(

@@ -48,6 +48,11 @@ def exactly_one(*fields: str) -> str:
     return "[" + ", ".join(present) + "].exists_one(x, x)"
 
 
+def one_of(*fields: str) -> dict[str, str]:
+    """The exactly_one rule over the fields, with the message naming them."""
+    return cel(exactly_one(*fields), f"set exactly one of {', '.join(fields)}")
+
+
 def at_most(low: str, high: str, strict: bool = False) -> str:
     """A CEL rule that optional field low is at most (or, strict, below) optional field high when both are set."""
     op = "<" if strict else "<="
@@ -131,6 +136,181 @@ class Toleration(ApiModel):
     )
 
 
+RESERVED_VOLUME_PREFIX = "kf-"
+"""Names of the volumes kubeforge adds to Ray pods start with this."""
+TMP_VOLUME, HOME_VOLUME, SHM_VOLUME = "kf-tmp", "kf-home", "kf-dshm"
+"""The emptyDirs every Ray pod has (/tmp, the image user's HOME, /dev/shm); spec.pod.volumeMounts may mount them too."""
+
+
+class SecretOrConfigMapKey(ApiModel):
+    """One key of a Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(max_length=253, description="Name of the Secret or ConfigMap.")
+    key: str = Field(max_length=253, description="The key whose value is used.")
+    optional: bool | None = Field(default=None, description="Start the pod even if the object or key is missing.")
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from."""
+
+    model_config = cel_rules(one_of("secretKeyRef", "configMapKeyRef"))
+
+    secret_key_ref: SecretOrConfigMapKey | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: SecretOrConfigMapKey | None = Field(default=None, description="A key of a ConfigMap.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable of every Ray container (Kubernetes EnvVar: a value, or one from a Secret/ConfigMap)."""
+
+    model_config = cel_rules(one_of("value", "valueFrom"))
+
+    name: str = Field(max_length=253, description="Name of the variable.")
+    value: str | None = Field(default=None, max_length=32768, description="Its value.")
+    value_from: EnvVarSource | None = Field(default=None, description="Where its value comes from.")
+
+
+class ObjectRef(ApiModel):
+    """A Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(max_length=253, description="Its name.")
+    optional: bool | None = Field(default=None, description="Start the pod even if it is missing.")
+
+
+class EnvFromSource(ApiModel):
+    """All keys of a Secret or ConfigMap as environment variables, e.g. a Secret holding AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY for an S3 or MinIO bucket."""
+
+    model_config = cel_rules(one_of("secretRef", "configMapRef"))
+
+    prefix: str | None = Field(default=None, max_length=253, description="Prefix added to every variable name.")
+    secret_ref: ObjectRef | None = Field(default=None, description="The Secret.")
+    config_map_ref: ObjectRef | None = Field(default=None, description="The ConfigMap.")
+
+
+class KeyToPath(ApiModel):
+    """One key of a Secret or ConfigMap projected into a file."""
+
+    key: str = Field(max_length=253, description="The key.")
+    path: str = Field(max_length=4096, description="Relative path of the file.")
+
+
+class SecretVolumeSource(ApiModel):
+    """A Secret as files."""
+
+    secret_name: str = Field(max_length=253, description="Name of the Secret.")
+    items: list[KeyToPath] | None = Field(default=None, description="Keys to project; unset projects every key.")
+    optional: bool | None = Field(default=None, description="Start the pod even if the Secret is missing.")
+
+
+class ConfigMapVolumeSource(ApiModel):
+    """A ConfigMap as files."""
+
+    name: str = Field(max_length=253, description="Name of the ConfigMap.")
+    items: list[KeyToPath] | None = Field(default=None, description="Keys to project; unset projects every key.")
+    optional: bool | None = Field(default=None, description="Start the pod even if the ConfigMap is missing.")
+
+
+class EmptyDirVolumeSource(ApiModel):
+    """A scratch directory that lives as long as the pod."""
+
+    medium: Literal["", "Memory"] | None = Field(default=None, description="Memory for a tmpfs; empty for disk.")
+    size_limit: Quantity | None = Field(default=None, description="Largest size it may grow to.")
+
+
+class PvcVolumeSource(ApiModel):
+    """A PersistentVolumeClaim in the resource's namespace."""
+
+    claim_name: str = Field(max_length=253, description="Name of the claim.")
+    read_only: bool | None = Field(default=None, description="Mount it read-only.")
+
+
+class Volume(ApiModel):
+    """A volume of every Ray pod: a Secret, ConfigMap, emptyDir or PersistentVolumeClaim."""
+
+    model_config = cel_rules(
+        one_of("secret", "configMap", "emptyDir", "persistentVolumeClaim"),
+        cel(
+            f"!(self.name).startsWith('{RESERVED_VOLUME_PREFIX}')",
+            f"names starting with {RESERVED_VOLUME_PREFIX} are kubeforge's own volumes",
+        ),
+    )
+
+    name: DnsLabel = Field(max_length=63, description="Name of the volume, referred to by volumeMounts.")
+    secret: SecretVolumeSource | None = Field(default=None, description="A Secret as files.")
+    config_map: ConfigMapVolumeSource | None = Field(default=None, description="A ConfigMap as files.")
+    empty_dir: EmptyDirVolumeSource | None = Field(default=None, description="A scratch directory.")
+    persistent_volume_claim: PvcVolumeSource | None = Field(default=None, description="A PersistentVolumeClaim.")
+
+
+class VolumeMount(ApiModel):
+    """Where a volume appears in every Ray container."""
+
+    name: str = Field(max_length=63, description="Name of a volume in volumes.")
+    mount_path: str = Field(max_length=4096, description="Absolute path in the container.")
+    read_only: bool | None = Field(default=None, description="Mount it read-only.")
+    sub_path: str | None = Field(default=None, max_length=4096, description="A path inside the volume to mount.")
+
+
+class Capabilities(ApiModel):
+    """Linux capabilities to add or drop."""
+
+    add: list[str] | None = Field(default=None, description="Capabilities to add (restricted allows NET_BIND_SERVICE).")
+    drop: list[str] | None = Field(default=None, description="Capabilities to drop.")
+
+
+class SeccompProfile(ApiModel):
+    """The seccomp profile of a container."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = Field(description="Which profile.")
+    localhost_profile: str | None = Field(default=None, description="Path of a Localhost profile on the node.")
+
+
+class SecurityContext(ApiModel):
+    """Container security settings; each field set here replaces the same field of kubeforge's default (the Pod
+    Security Standards' restricted profile with a read-only root filesystem)."""
+
+    run_as_user: int | None = Field(default=None, ge=0, description="UID the container runs as.")
+    run_as_group: int | None = Field(default=None, ge=0, description="GID the container runs as.")
+    run_as_non_root: bool | None = Field(default=None, description="Refuse to start a container running as root.")
+    read_only_root_filesystem: bool | None = Field(default=None, description="Mount the root filesystem read-only.")
+    allow_privilege_escalation: bool | None = Field(default=None, description="Allow setuid and the like.")
+    capabilities: Capabilities | None = Field(default=None, description="Capabilities to add or drop.")
+    seccomp_profile: SeccompProfile | None = Field(default=None, description="The seccomp profile.")
+
+
+class PodOverrides(ApiModel):
+    """What a resource adds to or changes in every Ray container and pod kubeforge creates for it."""
+
+    model_config = cel_rules(
+        cel(
+            # (self.x).f(...): a macro on a field, parenthesised so that rule checkers reading self.a.b chains as
+            # field paths stop at the field.
+            "!has(self.volumeMounts) || (self.volumeMounts).all(m, "
+            f"m.name in {[TMP_VOLUME, HOME_VOLUME, SHM_VOLUME]!r} "
+            "|| (has(self.volumes) && (self.volumes).exists(v, v.name == m.name)))",
+            "every volumeMounts[].name must name one of volumes",
+        )
+    )
+
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Environment variables; one named like kubeforge's own replaces it.",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Secrets or ConfigMaps whose keys become environment variables (e.g. S3 credentials).",
+    )
+    volumes: list[Volume] = Field(default_factory=list, max_length=64, description="Extra volumes of every Ray pod.")
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=64, description="Where the volumes are mounted."
+    )
+    security_context: SecurityContext | None = Field(
+        default=None, description="Changes to the containers' default (restricted) security context."
+    )
+
+
 class CommonSpec(ApiModel):
     """Scheduling and lifecycle fields every kind accepts."""
 
@@ -161,6 +341,10 @@ class CommonSpec(ApiModel):
         default=None,
         ge=0,
         description="Seconds after a job finishes before its Ray cluster is deleted (jobs only; 0 deletes at once).",
+    )
+    pod: PodOverrides = Field(
+        default_factory=PodOverrides,
+        description="Environment, Secrets, volumes and security settings added to every Ray pod.",
     )
 
 

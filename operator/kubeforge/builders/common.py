@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from ..api.common import CommonSpec, WorkerResources
+from ..api.common import (
+    HOME_VOLUME,
+    RESERVED_VOLUME_PREFIX,
+    SHM_VOLUME,
+    TMP_VOLUME,
+    CommonSpec,
+    PodOverrides,
+    WorkerResources,
+    parse_quantity,
+)
 from ..config import OperatorConfig
 from ..constants import (
     API_VERSION,
@@ -32,6 +42,29 @@ CHILD_SUFFIX = {"DataPipeline": "data", "TrainingJob": "train", "ModelDeployment
 GPU_RESOURCE = "nvidia.com/gpu"
 RAY_METRICS_PORT = 8080
 WORKER_GROUP = "workers"
+
+TRAINER_HOME = "/home/kubeforge"
+"""HOME of the trainer image's user (trainer_image/Dockerfile): DeepSpeed's JIT builds and library caches go there."""
+
+RESTRICTED_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+    "readOnlyRootFilesystem": True,
+}
+"""Every Ray container's default security context: the Pod Security Standards' restricted profile, and a read-only
+root filesystem (the writable places Ray needs are emptyDirs, WRITABLE_DIRS); spec.pod.securityContext changes it."""
+
+WRITABLE_DIRS = {TMP_VOLUME: "/tmp", HOME_VOLUME: TRAINER_HOME}
+"""emptyDirs over the read-only root: /tmp holds Ray's session directory (/tmp/ray: sockets, logs, spilled objects)
+and Python's temporary files; HOME the caches of DeepSpeed (torch_extensions), numba, Triton and Hugging Face."""
+
+SHM_SHARE = 0.5
+"""/dev/shm is a memory-backed emptyDir of this share of the container's memory: Ray's object store (30% of the
+memory by default, which the data step moves its blocks through), DeepSpeed's CPU shared-memory collective and torch's
+DataLoader workers. Its pages count against the container's memory limit; a container runtime's default of 64 MiB would
+push the object store to disk."""
 
 
 def child_name(kind: str, name: str, attempt: int = 0) -> str:
@@ -86,9 +119,49 @@ Volume = tuple[dict[str, Any], dict[str, Any]]
 
 def pvc_volume(claim_name: str) -> Volume:
     """A PersistentVolumeClaim mounted read-only at PVC_MOUNT_ROOT/<claim name>."""
-    volume = {"name": "source", "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}}
-    mount = {"name": "source", "mountPath": f"{PVC_MOUNT_ROOT}/{claim_name}", "readOnly": True}
+    name = f"{RESERVED_VOLUME_PREFIX}source"
+    volume = {"name": name, "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}}
+    mount = {"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim_name}", "readOnly": True}
     return volume, mount
+
+
+def shm_size(memory: int | float | str) -> str:
+    """The size limit of /dev/shm for a container with this memory (SHM_SHARE of it, in whole MiB)."""
+    return f"{max(64, math.floor(parse_quantity(memory) * SHM_SHARE / 2**20))}Mi"
+
+
+def runtime_volumes(memory: int | float | str) -> tuple[Volume, ...]:
+    """The emptyDirs every Ray container gets: the writable directories and a memory-backed /dev/shm."""
+    volumes = [
+        ({"name": name, "emptyDir": {}}, {"name": name, "mountPath": path}) for name, path in WRITABLE_DIRS.items()
+    ]
+    shm = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(memory)}}
+    volumes.append((shm, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}))
+    return tuple(volumes)
+
+
+def security_context(overrides: PodOverrides) -> dict[str, Any]:
+    """A Ray container's security context: RESTRICTED_SECURITY_CONTEXT with the fields spec.pod.securityContext sets
+    replaced."""
+    context = json.loads(json.dumps(RESTRICTED_SECURITY_CONTEXT))
+    if overrides.security_context is not None:
+        context.update(overrides.security_context.to_wire())
+    return context
+
+
+def pod_security_context(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod-level security context: the container's non-root and seccomp settings, so that policies checking
+    either level see them."""
+    keep = ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")
+    return {key: container[key] for key in keep if key in container}
+
+
+def container_env(env: Mapping[str, str] | None, overrides: PodOverrides) -> list[dict[str, Any]]:
+    """kubeforge's variables, then spec.pod.env; a variable of the spec replaces kubeforge's of the same name."""
+    own = {name: {"name": name, "value": value} for name, value in (env or {}).items()}
+    for var in overrides.env:
+        own.pop(var.name, None)
+    return [*own.values(), *(var.to_wire() for var in overrides.env)]
 
 
 def pod_labels(kind: str, name: str) -> dict[str, str]:
@@ -150,22 +223,31 @@ def pod_template(
     volumes: tuple[Volume, ...] = (),
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Ray pod template: image, resources, ports, and the scheduling fields passed through from the spec."""
+    """A Ray pod template: image, resources, ports, the restricted security context with its writable emptyDirs and
+    /dev/shm, spec.pod's environment, Secrets and volumes, and the scheduling fields passed through from the spec."""
+    overrides = spec.pod
+    context = security_context(overrides)
     container: dict[str, Any] = {
         "name": container_name,
         "image": spec.image or config.trainer_image,
         "resources": resources,
         "ports": ports,
+        "securityContext": context,
     }
-    if env:
-        container["env"] = [{"name": key, "value": value} for key, value in env.items()]
+    variables = container_env(env, overrides)
+    if variables:
+        container["env"] = variables
+    if overrides.env_from:
+        container["envFrom"] = [source.to_wire() for source in overrides.env_from]
+    every_volume = (*runtime_volumes(resources["limits"]["memory"]), *volumes)
+    container["volumeMounts"] = [mount for _, mount in every_volume]
+    container["volumeMounts"] += [mount.to_wire() for mount in overrides.volume_mounts]
     pod: dict[str, Any] = {
         "serviceAccountName": spec.service_account_name or config.workload_service_account,
+        "securityContext": pod_security_context(context),
         "containers": [container],
+        "volumes": [volume for volume, _ in every_volume] + [volume.to_wire() for volume in overrides.volumes],
     }
-    if volumes:
-        container["volumeMounts"] = [mount for _, mount in volumes]
-        pod["volumes"] = [volume for volume, _ in volumes]
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -210,10 +292,12 @@ def ray_cluster_spec(
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A RayCluster spec: a head that runs the driver but no tasks (num-cpus 0) and one worker group; env goes
-    to every Ray container."""
+    to every Ray container. The dashboard listens on all interfaces, as KubeRay sets by default (its operator submits
+    jobs and Serve configs through it); Ray's token authentication guards it where the Ray version has it, and the
+    chart's optional NetworkPolicy limits who reaches it."""
     labels = pod_labels(kind, name)
     head = {
-        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "rayStartParams": {"num-cpus": "0"},
         "template": pod_template(
             container_name="ray-head",
             spec=spec,
@@ -242,4 +326,21 @@ def ray_cluster_spec(
             env=env,
         ),
     }
-    return {"rayVersion": config.ray_version, "headGroupSpec": head, "workerGroupSpecs": [group]}
+    cluster = {"rayVersion": config.ray_version, "headGroupSpec": head, "workerGroupSpecs": [group]}
+    if supports_token_auth(config.ray_version):
+        # KubeRay (1.5.1 and later) creates a Secret with a random token and gives every Ray container
+        # RAY_AUTH_MODE=token and RAY_AUTH_TOKEN; older KubeRay versions drop the unknown field.
+        cluster["authOptions"] = {"mode": "token"}
+    return cluster
+
+
+TOKEN_AUTH_RAY_VERSION = (2, 52)
+"""The first Ray release with token authentication (RAY_AUTH_MODE=token)."""
+
+
+def supports_token_auth(ray_version: str) -> bool:
+    """Whether a Ray version has token authentication (2.52 and later; an unparsable version is taken as recent)."""
+    parts = ray_version.split(".")[:2]
+    if len(parts) < 2 or not all(p.isdigit() for p in parts):
+        return True
+    return (int(parts[0]), int(parts[1])) >= TOKEN_AUTH_RAY_VERSION

@@ -21,6 +21,7 @@ from .common import (
     ray_cluster_spec,
     resource_document,
     resource_metadata,
+    security_context,
     spec_hash,
     to_yaml,
 )
@@ -108,6 +109,11 @@ def build_rayservice(
     )
     # The autoscaler adds worker pods when Serve autoscaling adds replicas.
     cluster["enableInTreeAutoscaling"] = replicas.min != max_workers
+    if cluster["enableInTreeAutoscaling"]:
+        # KubeRay adds the autoscaler as a second container of the head pod, built from these options: restricted
+        # like ours, but with a writable root, since KubeRay (not kubeforge) chooses that container's volumes.
+        context = {**security_context(spec.pod), "readOnlyRootFilesystem": False}
+        cluster["autoscalerOptions"] = {"securityContext": context}
     if spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor":
         # KubeRay creates the head Service from this template; the label lets the ServiceMonitor select it.
         cluster["headGroupSpec"]["headService"] = {"metadata": {"labels": child_labels(resource.kind, meta["name"])}}

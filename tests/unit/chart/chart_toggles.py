@@ -44,6 +44,14 @@ TOGGLES: dict[str, dict[str, Any]] = {
     "namespaced-workload-namespaces": {"watchNamespaces": ["team-a"], "workload": {"namespaces": ["team-a-runs"]}},
     "no-workload-identity": {"workload": {"serviceAccount": {"create": False}, "rbac": False}},
     "kuberay": {"kuberay": {"enabled": True, "image": {"tag": "v1.7.1"}}},
+    "network-policy": {"networkPolicy": {"enabled": True}, "workload": {"namespaces": ["runs-a", "runs-b"]}},
+    "network-policy-serve-from": {
+        "networkPolicy": {
+            "enabled": True,
+            "serveFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+            "prometheus": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        }
+    },
     "images-by-digest": {
         "image": {"digest": DIGEST, "pullPolicy": "Always"},
         "trainer": {"image": {"digest": DIGEST}, "rayVersion": "2.60.0"},

@@ -1,5 +1,6 @@
 """The operator and trainer Dockerfiles, checked without a Docker engine: they install the project from pyproject.toml
-(exactly its dependencies), copy what the build needs, run as non-root, carry OCI labels, and pass hadolint."""
+(exactly its dependencies: the operator its `operator` extra, the trainer its `trainer` extra, at requirements.lock's
+versions), copy what the build needs, run as non-root, carry OCI labels, and pass hadolint."""
 
 from __future__ import annotations
 
@@ -148,23 +149,29 @@ def pip_installs(stage: Stage, args: dict[str, str]) -> list[list[str]]:
 
 PARSED = {name: parse_dockerfile(path) for name, path in DOCKERFILES.items()}
 BUILD_TOOLS = {Requirement(r).name for r in PYPROJECT["build-system"]["requires"]}
-TORCH_SPEC = next(Requirement(d) for d in PYPROJECT["project"]["dependencies"] if Requirement(d).name == "torch")
+TORCH_SPEC = next(
+    Requirement(d) for d in PYPROJECT["project"]["optional-dependencies"]["trainer"] if Requirement(d).name == "torch"
+)
+EXTRA = {"operator": ".[operator]", "trainer": ".[trainer]"}
+"""What each image installs of the project: its own extra only."""
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_installs_exactly_the_project(image: str) -> None:
-    """The only requirement source is pyproject.toml: `.` once, plus torch and the build backend before it."""
+    """The only requirement source is pyproject.toml: the image's extra of `.` once, plus torch and the build backend
+    before it, with requirements.lock as the only constraints file besides the torch pin."""
     dockerfile = PARSED[image]
     named, project = [], 0
     for stage in dockerfile.stages:
         args = {**dockerfile.global_args, **dockerfile.args(stage)}
         for packages in pip_installs(stage, args):
             for package in packages:
-                if package == ".":
+                if package.startswith("."):
+                    assert package == EXTRA[image], f"{image} installs {package}, not its own extra"
                     project += 1
                 else:
                     named.append(Requirement(package))
-    assert project == 1, "the project (`.`) must be installed exactly once"
+    assert project == 1, "the project must be installed exactly once"
     assert {r.name for r in named} <= BUILD_TOOLS | {"torch"}, f"packages installed outside pyproject: {named}"
     for requirement in named:
         if requirement.name == "torch":
@@ -172,20 +179,21 @@ def test_installs_exactly_the_project(image: str) -> None:
             assert str(requirement.specifier) == str(pinned), "torch must be the version constraints.txt pins"
             (version,) = (s.version for s in pinned)
             assert TORCH_SPEC.specifier.contains(version), "the pinned torch must satisfy pyproject"
-    # No requirements files or editable installs that could drift from pyproject.
+    # No requirements files but the lock, no editable installs that could drift from pyproject.
     text = DOCKERFILES[image].read_text()
-    assert "requirements" not in text and " -e " not in text
+    assert set(re.findall(r"[\w/.-]*requirements[\w.-]*", text)) == {"requirements.lock"}
+    assert "requirements.lock" in text and " -e " not in text
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_copies_what_the_build_needs(image: str) -> None:
     dockerfile = PARSED[image]
-    install_stage = next(s for s in dockerfile.stages if any("." in p for p in pip_installs(s, {})))
+    install_stage = next(s for s in dockerfile.stages if any(EXTRA[image] in p for p in pip_installs(s, {})))
     sources = []
     for op, rest in install_stage.instructions:
         if op == "COPY" and not rest.startswith("--from"):
             sources += rest.split()[:-1]
-    needed = ["pyproject.toml", PYPROJECT["project"]["readme"]]
+    needed = ["pyproject.toml", PYPROJECT["project"]["readme"], "requirements.lock"]
     where = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
     for base in where["where"]:
         for package in find_packages(str(REPO_ROOT / base), include=where["include"]):
@@ -232,6 +240,11 @@ def test_copied_sources_build_the_declared_package(tmp_path: Path) -> None:
     declared = sorted(str(Requirement(d)) for d in PYPROJECT["project"]["dependencies"])
     in_wheel = sorted(str(Requirement(r)) for r in metadata.get_all("Requires-Dist") if "extra ==" not in r)
     assert in_wheel == declared
+    for extra, requirements in PYPROJECT["project"]["optional-dependencies"].items():
+        of_extra = [Requirement(r) for r in metadata.get_all("Requires-Dist") if f'extra == "{extra}"' in r]
+        assert sorted(f"{r.name}{r.specifier}" for r in of_extra) == sorted(
+            f"{r.name}{r.specifier}" for r in map(Requirement, requirements)
+        ), extra
     where = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
     for base in where["where"]:
         for package in find_packages(str(REPO_ROOT / base), include=where["include"]):
@@ -301,8 +314,12 @@ def test_operator_image_matches_the_chart() -> None:
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     exposed = {int(p) for p in instructions["EXPOSE"].split()}
     assert exposed == {values["operator"]["metricsPort"], values["operator"]["healthPort"]}
-    # The operator never runs a model: the CPU build of torch.
-    assert PARSED["operator"].args(PARSED["operator"].stages[0])["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    # The operator never runs a model: no torch at all (its extra has none; a test imports it without).
+    operator_steps = [rest for stage in PARSED["operator"].stages for op, rest in stage.instructions if op != "LABEL"]
+    assert not [step for step in operator_steps if "torch" in step.lower()]
+    operator_extra = {Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"]["operator"]}
+    assert {"kopf", "kubernetes", "prometheus-client"} <= operator_extra
+    assert not operator_extra & {"torch", "ray", "deepspeed", "numba", "pyarrow", "peft", "transformers"}
 
 
 def _hadolint() -> str | None:

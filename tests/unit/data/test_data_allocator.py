@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 _SCRIPT = """
 import ctypes, sys
 import numpy as np
-from kubeforge_trainer.data import allocator
+from kubeforge_trainer.data.kernels import allocator
 
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
 
@@ -37,3 +38,11 @@ def _mmapped_bytes(mode: str) -> int:
 def test_a_big_array_comes_from_the_reusable_heap_once_the_settings_are_applied():
     assert _mmapped_bytes("default") >= 20 << 20  # glibc's default: fresh pages, handed back when freed
     assert _mmapped_bytes("tuned") < 1 << 20
+
+
+def test_the_kept_free_memory_is_capped_at_a_fraction_of_the_workers_memory():
+    from kubeforge_trainer.data.kernels import allocator
+
+    assert allocator.trim_bytes(64 << 30) == allocator.TRIM_BYTES  # a big worker keeps the full 1 GiB
+    assert allocator.trim_bytes(2 << 30) == int(allocator.TRIM_FRACTION * (2 << 30))  # a small one an eighth
+    assert 0 < allocator.worker_memory() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

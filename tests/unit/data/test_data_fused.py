@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from kubeforge.api import DataPipelineSpec
-from kubeforge_trainer.data import fused, hashing, ops, stages, textkernels, textscan
+from kubeforge_trainer.data import hashing, ops, stages
 from kubeforge_trainer.data.columns import CONTENT_HASH, LABEL, RID, TEXT
+from kubeforge_trainer.data.kernels import fused, textkernels, textscan
 from kubeforge_trainer.data.plan import plan_pipeline
 
 BENCH_STEPS = [
@@ -267,7 +268,8 @@ def test_compile_kernels_compiles_every_kernel_the_data_step_calls() -> None:
     # In a fresh interpreter: what the trainer image and scripts/setup.sh run, so no worker compiles on its block.
     script = (
         "import numba\n"
-        "from kubeforge_trainer.data import minhash, stages, textkernels\n"
+        "from kubeforge_trainer.data import minhash, stages\n"
+        "from kubeforge_trainer.data.kernels import textkernels\n"
         "stages.compile_kernels()\n"
         "called = ['fused_scan', 'gather', 'hash_rows', 'normalized_hash_rows']\n"
         "missing = [name for name in called if not getattr(textkernels, name).signatures]\n"

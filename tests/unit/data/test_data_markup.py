@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from kubeforge_trainer.data import ops, textmarkup
+from kubeforge_trainer.data import ops
+from kubeforge_trainer.data.kernels import textmarkup
 
 PIECES = {
     "html": [

@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from kubeforge_trainer.data import hashing, ops, textscan
-from kubeforge_trainer.data.textclasses import COLLAPSE_ANY_WHITESPACE, COLLAPSE_SPACES
+from kubeforge_trainer.data import hashing, ops
+from kubeforge_trainer.data.kernels import textscan
+from kubeforge_trainer.data.kernels.textclasses import COLLAPSE_ANY_WHITESPACE, COLLAPSE_SPACES
 
 ROWS = [
     "",

@@ -142,7 +142,7 @@ def test_words_kept_from_earlier_blocks_give_each_tokenizer_its_own_ids(trained,
 
 
 def test_word_starts_are_spaces_before_visible_characters_of_the_same_row():
-    from kubeforge_trainer.data.textscan import spaces_before_words, utf8_bytes
+    from kubeforge_trainer.data.kernels.textscan import spaces_before_words, utf8_bytes
 
     texts = pa.array(["a b", "x ", " y", "p \u00a0q", "é é", "c\u3000 d", "  e"])
     view = utf8_bytes(texts)

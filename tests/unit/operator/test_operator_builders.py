@@ -25,6 +25,16 @@ from kubeforge.testing.manifests import quickstart_body
 from kubeforge.testing.schemas import pod_template_errors, schema_errors
 
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+POD_OVERRIDES = {
+    "env": [
+        {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+    ],
+    "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
+    "volumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+    "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+}
+"""spec.pod of a resource reading a MinIO bucket with static credentials and a private CA."""
 
 
 def typed(body: dict[str, Any]) -> Any:
@@ -65,18 +75,39 @@ def test_datapipeline_rayjob_is_exactly_the_expected_manifest(config: OperatorCo
     }
     resources = {"cpu": "1", "memory": "2Gi"}
 
+    restricted = {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "readOnlyRootFilesystem": True,
+    }
+
     def template(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "metadata": {"labels": labels},
             "spec": {
                 "serviceAccountName": "kf-workload",
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [
                     {
                         "name": name,
                         "image": "registry.example/kubeforge/trainer:1.2.3",
                         "resources": {"requests": resources, "limits": resources},
                         "ports": ports,
+                        "securityContext": restricted,
+                        "volumeMounts": [
+                            {"name": "kf-tmp", "mountPath": "/tmp"},
+                            {"name": "kf-home", "mountPath": "/home/kubeforge"},
+                            {"name": "kf-dshm", "mountPath": "/dev/shm"},
+                        ],
                     }
+                ],
+                "volumes": [
+                    {"name": "kf-tmp", "emptyDir": {}},
+                    {"name": "kf-home", "emptyDir": {}},
+                    # Half of the 2Gi limit: Ray's object store (30% by default) and DeepSpeed's shm collective.
+                    {"name": "kf-dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}},
                 ],
             },
         }
@@ -100,8 +131,9 @@ def test_datapipeline_rayjob_is_exactly_the_expected_manifest(config: OperatorCo
             "suspend": False,
             "rayClusterSpec": {
                 "rayVersion": "2.60.0",
+                "authOptions": {"mode": "token"},
                 "headGroupSpec": {
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "rayStartParams": {"num-cpus": "0"},
                     "template": template(
                         "ray-head",
                         [
@@ -193,12 +225,10 @@ def test_a_pvc_source_is_mounted_read_only_in_every_ray_pod(config: OperatorConf
     rayjob = build_rayjob(typed(body), config, raw_spec=body["spec"])
     cluster = rayjob["spec"]["rayClusterSpec"]
     for pod in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
-        assert pod["spec"]["volumes"] == [
-            {"name": "source", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}}
-        ]
-        assert pod["spec"]["containers"][0]["volumeMounts"] == [
-            {"name": "source", "mountPath": "/mnt/kubeforge/pvc/corpus", "readOnly": True}
-        ]
+        volumes = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert volumes == [{"name": "kf-source", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}}]
+        mounts = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "kf-source"]
+        assert mounts == [{"name": "kf-source", "mountPath": "/mnt/kubeforge/pvc/corpus", "readOnly": True}]
 
 
 def test_a_retry_copies_the_failed_attempt_and_resumes_from_the_checkpoint(config: OperatorConfig) -> None:
@@ -340,9 +370,12 @@ def generated_children(config: OperatorConfig) -> list[dict[str, Any]]:
     pvc = quickstart_body("DataPipeline")
     pvc["spec"]["source"] = {"pvc": {"claimName": "corpus"}}
     tj, gpu = quickstart_body("TrainingJob"), gpu_trainingjob()
+    s3 = quickstart_body("DataPipeline")
+    s3["spec"]["pod"] = POD_OVERRIDES
     md, canary, direct = (quickstart_body("ModelDeployment") for _ in range(3))
     direct["spec"]["ingress"] = "direct"
     canary["spec"].update(
+        pod=POD_OVERRIDES,
         canary={"modelUri": "s3://b", "trafficPercent": 10},
         monitoring={"enabled": True, "kind": "ServiceMonitor"},
         nodeSelector={"pool": "cpu"},
@@ -353,6 +386,7 @@ def generated_children(config: OperatorConfig) -> list[dict[str, Any]]:
     return [
         build_rayjob(typed(dp), config, raw_spec=dp["spec"]),
         build_rayjob(typed(pvc), config, raw_spec=pvc["spec"]),
+        build_rayjob(typed(s3), config, raw_spec=s3["spec"]),
         first,
         build_rayjob(typed(gpu), config, raw_spec=gpu["spec"], data_uri="s3://d", attempt=2),
         build_retry(first, "TrainingJob", "quickstart-gpt", 1),

@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import textkernels, textscan
-from .textclasses import COLLAPSE_ANY_WHITESPACE
+from . import kernels
+from .kernels import textkernels, textscan
+from .kernels.textclasses import COLLAPSE_ANY_WHITESPACE
 
 _MASK64 = (1 << 64) - 1
 
@@ -81,10 +82,49 @@ def normalized_text(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
     return pc.utf8_trim_whitespace(collapsed)
 
 
+_P1, _P2, _P3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+
+
+def _absorb(h: np.ndarray, word: np.ndarray) -> np.ndarray:
+    h = h ^ (word * _P1)
+    h = (h << np.uint64(27)) | (h >> np.uint64(37))
+    return h * _P2 + _P3
+
+
+def row_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """textkernels.hash_rows in numpy (the reference path): every row's eight-byte words absorbed in order, a word
+    position at a time across the rows still that long, then the tail word with the length mixed in."""
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    lengths = ends - starts
+    h = np.zeros(len(starts), dtype=np.uint64)
+    # Eight zero bytes after the data, so every tail word is an in-bounds eight-byte load masked to its length.
+    padded = np.concatenate([np.asarray(data, dtype=np.uint8), np.zeros(8, dtype=np.uint8)])
+    powers = np.uint64(1) << (np.arange(8, dtype=np.uint64) * np.uint64(8))
+
+    def words(at: np.ndarray) -> np.ndarray:
+        return (padded[at[:, None] + np.arange(8)].astype(np.uint64) * powers).sum(axis=1, dtype=np.uint64)
+
+    full = lengths // 8
+    with np.errstate(over="ignore"):
+        for k in range(int(full.max()) if len(full) else 0):
+            rows = np.flatnonzero(full > k)
+            h[rows] = _absorb(h[rows], words(starts[rows] + 8 * k))
+        tail = lengths - 8 * full
+        keep = np.where(
+            tail > 0, (np.uint64(1) << (tail.astype(np.uint64) * np.uint64(8))) - np.uint64(1), np.uint64(0)
+        )
+        word = words(starts + 8 * full) & keep.astype(np.uint64)
+        h = _absorb(h, word ^ (lengths.astype(np.uint64) << np.uint64(56)))
+    return mix64(h)
+
+
 def content_hashes(text: pa.Array | pa.ChunkedArray, normalize: bool = True) -> np.ndarray:
     """The exact-duplicate key of each document: textkernels.hash_rows of its (normalised) text (null hashes as the
     empty string). Most ASCII rows are normalised on the fly by the hashing loop; the others by normalized_text."""
     text = textscan.combined(pc.fill_null(text, ""))
+    if not kernels.enabled():  # the reference path: the same hash, of the text normalized_text builds
+        view = textscan.utf8_bytes(normalized_text(text) if normalize else text)
+        return row_hashes(view.data, view.starts, view.ends)
     view = textscan.utf8_bytes(text)
     if not normalize:
         return textkernels.hash_rows(view.data, view.starts, view.ends)

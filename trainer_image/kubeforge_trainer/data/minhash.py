@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import textscan
+from . import kernels
 from .hashing import hash_strings, mix64
+from .kernels import textscan
 
 EMPTY = np.uint32(0xFFFFFFFF)
 _COMBINE = np.uint64(0x100000001B3)  # odd multiplier combining word hashes into a shingle hash
@@ -103,8 +104,22 @@ def signatures(text: pa.Array | pa.ChunkedArray, num_perm: int, shingle_size: in
     # still paid 0.1-0.5 CPU s of faults growing its heap; at 8 MB about 0.03, and later blocks take the same time.
     for start, stop in textscan.row_slices(textscan.utf8_bytes(text), _SLICE_BYTES):
         hashes, docs = shingle_hashes(text.slice(start, stop - start), shingle_size)
-        _fold_minima(sig[start:stop], hashes, docs, a, b)
+        fold = _fold_minima if kernels.enabled() else fold_minima_numpy
+        fold(sig[start:stop], hashes, docs, a, b)
     return sig
+
+
+def fold_minima_numpy(sig: np.ndarray, hashes: np.ndarray, docs: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """_fold_minima in numpy (the reference path): broadcast multiply and reduceat, a few thousand shingles at a time
+    so the (shingles x permutations) temporary stays a few MB."""
+    step = 8192
+    with np.errstate(over="ignore"):
+        for i in range(0, len(hashes), step):
+            h, d = hashes[i : i + step], docs[i : i + step]
+            starts = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))
+            mins = np.minimum.reduceat(h[:, None] * a[None, :] + b[None, :], starts, axis=0)
+            rows = d[starts]
+            sig[rows] = np.minimum(sig[rows], (mins >> np.uint64(32)).astype(np.uint32))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,8 +28,8 @@ from kubeforge.api.datapipeline import (
 )
 
 from .columns import LABEL, TEXT
-from .textclasses import COLLAPSE_SPACES, NOT_WHITESPACE, WHITESPACE
-from .textscan import (
+from .kernels.textclasses import COLLAPSE_SPACES, NOT_WHITESPACE, WHITESPACE
+from .kernels.textscan import (
     Utf8Bytes,
     byte_class,
     byte_set_table,

@@ -39,9 +39,10 @@ from kubeforge.api import DataPipeline
 from kubeforge.api.datapipeline import TrainTokenizer
 
 from .. import storage
-from . import allocator, builtin, chat, hftokenizer, manifest, minhash, split, stages, tokenize, vocab, writer
+from . import builtin, chat, hftokenizer, manifest, minhash, split, stages, tokenize, vocab, writer
 from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
+from .kernels import allocator
 from .plan import Plan, Step, plan_pipeline
 from .readers import Chunk, ReadSpec
 from .sources import chunk_bytes, plan_chunks, resolve_files

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from kubeforge.api import DataPipelineSpec
 from kubeforge.api.datapipeline import NearDedupParams
 
-from . import chat, fused, hashing, hftokenizer, minhash, split, textscan, tokenize
+from . import chat, hashing, hftokenizer, kernels, minhash, split, tokenize
 from .columns import (
     CHAT_COLUMNS,
     CONTENT_HASH,
@@ -29,6 +29,7 @@ from .columns import (
     numeric_column,
 )
 from .errors import DataPipelineError
+from .kernels import fused, textscan
 from .plan import Step, plan_pipeline
 from .readers import Chunk, ReadSpec, read_chunk
 
@@ -39,7 +40,7 @@ def apply_local_steps(
     """Run row-local operations in order, the first ones in one fused pass where they allow it (fused.py); returns
     the table and (rows in, rows out, CPU seconds) of each. With content_hash, the table gains a CONTENT_HASH column:
     what exact dedup would compute from the final text, computed here while the pass reads it."""
-    fusable = fused.fusable_prefix(steps) if TEXT in table.column_names else 0
+    fusable = fused.fusable_prefix(steps) if TEXT in table.column_names and kernels.enabled() else 0
     counts: list[tuple[int, int, float]] = []
     hashes = None
     if fusable:
@@ -103,8 +104,9 @@ def compile_kernels() -> None:
     x86-64 node), sparing each worker the compile (about 18 CPU s) on its first block."""
     steps = [{kind: {}} for kind in sorted(fused.FUSABLE)]
     spec = DataPipelineSpec.model_validate({"source": {"uris": ["/in"]}, "output": {"uri": "/out"}, "steps": steps})
-    apply_local_steps(warm_up_table(), plan_pipeline(spec).segments[0].local_steps, content_hash=True)
-    minhash.signatures(warm_up_table().column(TEXT), 8, 2, 0)
+    with kernels.switched_on():
+        apply_local_steps(warm_up_table(), plan_pipeline(spec).segments[0].local_steps, content_hash=True)
+        minhash.signatures(warm_up_table().column(TEXT), 8, 2, 0)
 
 
 def clean(block: pa.Table, steps: Sequence[Step], content_hash: bool = False) -> tuple[pa.Table, dict]:

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .. import storage
-from . import textscan
 from .errors import DataPipelineError
+from .kernels import textscan
 
 SLICE_BYTES = 16 << 20
 """Text encoded at once (see encode)."""

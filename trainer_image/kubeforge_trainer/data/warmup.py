@@ -14,7 +14,8 @@ import ray
 
 @ray.remote(num_cpus=1)
 def _warm_up(resource: Any) -> None:
-    from . import allocator, pipeline, stages  # noqa: F401 (pipeline: the module of every later task)
+    from . import pipeline, stages  # noqa: F401 (pipeline: the module of every later task)
+    from .kernels import allocator
     from .plan import plan_pipeline
 
     allocator.keep_freed_memory()

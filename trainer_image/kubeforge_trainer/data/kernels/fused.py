@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import hashing, ops, textkernels, textmarkup, textscan
-from .columns import TEXT
-from .plan import Step
+from .. import hashing, ops
+from ..columns import TEXT
+from ..plan import Step
+from . import textkernels, textmarkup, textscan
 
 FUSABLE = frozenset(
     {"dropEmpty", "stripHtml", "normalizeUnicode", "collapseWhitespace", "maskPii", "lengthFilter", "qualityFilter"}

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import ops
+from .. import ops
 from .swar import copy_bytes, digits, equal, find_byte, skip_to, unaligned_u64
 
 BAIL = -1
