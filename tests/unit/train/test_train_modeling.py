@@ -21,6 +21,7 @@ from kubeforge_trainer.train.modeling import (
     build_network,
     build_optimizer,
     check_lora,
+    dataset_tokenizer,
     gather_full_parameters,
     load_parameters,
     optimizer_param_groups,
@@ -287,6 +288,22 @@ def test_lora_checkpoint_has_merged_weights_and_a_peft_adapter(tmp_path: Path) -
     assert json.loads((adapter / "kubeforge.json").read_text())["baseModel"] == str(base)
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
     torch.testing.assert_close(logits_of(with_adapter, ids), expected)
+
+
+def test_the_datasets_save_pretrained_tokenizer_keeps_its_chat_template(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    word_tokenizer(data / "tokenizer.json")
+    plain = dataset_tokenizer(str(data), "tokenizer.json", {"pad_token_id": 0, "eos_token_id": 1}, tmp_path / "a")
+    assert (plain.pad_token, plain.eos_token, plain.chat_template) == ("<pad>", "<eos>", None)
+    template = "{% for m in messages %}{{ m['content'] }}<eos>{% endfor %}"
+    hf_tokenizer(data / "tokenizer.json", {"eos_token_id": 1, "pad_token_id": 0}).save_pretrained(data)
+    (data / "chat_template.jinja").write_text(template)
+    from_data = dataset_tokenizer(str(data), "tokenizer.json", {}, tmp_path / "b")
+    assert from_data.chat_template == template and from_data.eos_token == "<eos>"
+    out = tmp_path / "export"
+    from_data.save_pretrained(out)
+    assert (out / "chat_template.jinja").read_text() == template
 
 
 def test_gathered_parameters_without_deepspeed_are_the_module_own() -> None:

@@ -15,6 +15,7 @@ from kubeforge.api.trainingjob import LoraSpec, ModelSpec, TrainingSpec
 from tokenizers import Tokenizer
 from torch import nn
 
+from .. import storage
 from ..models.build import build_config, build_model, context_length, flops_per_token
 from ..models.export import ADAPTER_CONFIG_FILE, INFO_FILE, save_hf_model
 from ..models.lora import apply_lora, merge_lora, missing_lora_targets, resolve_target_modules
@@ -192,6 +193,31 @@ def tokenizer_extends(model_tokenizer: str | Path, dataset_tokenizer: str | Path
     base = Tokenizer.from_file(str(model_tokenizer)).get_vocab()
     data = Tokenizer.from_file(str(dataset_tokenizer)).get_vocab()
     return all(data.get(token) == index for token, index in base.items())
+
+
+# Files of a save_pretrained tokenizer beside tokenizer.json (the DataPipeline writes them; chat_template.jinja when
+# the tokenizer has a chat template).
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def dataset_tokenizer(data_uri: str, tokenizer_file: str, special_token_ids: dict[str, int | None], tmp: Path) -> Any:
+    """The dataset's tokenizer as a transformers tokenizer, for checkpoints and exports: its save_pretrained form
+    (special tokens, chat template) when the DataPipeline wrote one, else built over tokenizer.json with the
+    manifest's special token ids."""
+    from transformers import AutoTokenizer
+
+    from ..models.export import hf_tokenizer
+
+    directory = tmp / "dataset-tokenizer"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.json").write_text(storage.read_text(storage.join(data_uri, tokenizer_file)))
+    if not storage.exists(storage.join(data_uri, TOKENIZER_SIDE_FILES[0])):
+        return hf_tokenizer(directory / "tokenizer.json", special_token_ids)
+    for name in TOKENIZER_SIDE_FILES:
+        uri = storage.join(data_uri, name)
+        if storage.exists(uri):
+            (directory / name).write_text(storage.read_text(uri))
+    return AutoTokenizer.from_pretrained(str(directory))
 
 
 def pretrained_local_dir(uri: str, cache_dir: str | Path) -> Path:

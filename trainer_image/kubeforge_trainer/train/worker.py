@@ -27,7 +27,7 @@ from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.conditions import now_rfc3339
 
 from .. import __version__, storage
-from ..models import export_files, hf_tokenizer
+from ..models import export_files
 from . import checkpointing as ckpt
 from .curves import CurveWriter
 from .dataset import collate_classification, collate_language_modeling
@@ -42,6 +42,7 @@ from .modeling import (
     ModelPlan,
     build_network,
     build_optimizer,
+    dataset_tokenizer,
     gather_full_parameters,
     optimizer_param_groups,
     parent_job,
@@ -136,14 +137,6 @@ class WorkerRun:
             torch.backends.cudnn.allow_tf32 = True
             return device
         return torch.device("cpu")
-
-    def _local_tokenizer(self) -> Path:
-        uri = storage.join(self.settings.data_uri, self.settings.tokenizer_file)
-        if not storage.is_remote(uri):
-            return Path(storage.local_path(uri))
-        path = self.tmp / "tokenizer.json"
-        path.write_text(storage.read_text(uri))
-        return path
 
     def _build_engine(self) -> None:
         spec = self.spec
@@ -383,10 +376,12 @@ class WorkerRun:
     def run(self) -> None:
         """Train to the planned step (or an early stop), test the best checkpoint, export, report the result."""
         self._device()
-        self.tokenizer = self._local_tokenizer()
         plan = self.model_config
-        self.hf_tokenizer = hf_tokenizer(
-            self.tokenizer, {"pad_token_id": plan.pad_token_id, "eos_token_id": plan.eos_token_id}
+        self.hf_tokenizer = dataset_tokenizer(
+            self.settings.data_uri,
+            self.settings.tokenizer_file,
+            {"pad_token_id": plan.pad_token_id, "eos_token_id": plan.eos_token_id},
+            self.tmp,
         )
         if self.is_rank0 and self.settings.precision != self.spec.training.precision:
             log.info("precision %s falls back to %s on CPU", self.spec.training.precision, self.settings.precision)
