@@ -288,6 +288,168 @@ def row(run: Run) -> str:
     )
 
 
+# ---- Chat: continuous batching against bare transformers generate (--chat) --------------------------------------
+
+CHAT_SECTION = "<!-- chat benchmark -->"
+CHAT_CONCURRENCY = (1, 8, 32)
+
+
+def free_port() -> int:
+    """A TCP port free on HOST right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def chat_messages(i: int) -> list[dict[str, str]]:
+    """The i-th benchmark conversation (prompts differ a little, as real traffic does)."""
+    return [{"role": "user", "content": f"{PROMPT} list number {i}"}]
+
+
+def bare_generate(model_dir: Path, requests: int, max_tokens: int) -> Run:
+    """transformers' own generate, greedy, one request at a time, in this process: the baseline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    latencies, tokens = [], 0
+    started = time.perf_counter()
+    for i in range(requests):
+        text = tokenizer.apply_chat_template(chat_messages(i), tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+        begin = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)
+        latencies.append(time.perf_counter() - begin)
+        tokens += out.shape[1] - ids.shape[1]
+    return Run("bare transformers generate, one at a time", 1, latencies, time.perf_counter() - started, tokens)
+
+
+async def chat_load(url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> tuple[Run, list[float]]:
+    """Streamed chat requests at a fixed concurrency: (the run, each request's time to first token)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    tokens = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal tokens
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = {
+                "model": model,
+                "messages": chat_messages(i),
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            begin = time.perf_counter()
+            first = None
+            async with session.post(url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 200, await response.text()
+                async for line in response.content:
+                    if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
+                        first = time.perf_counter() - begin
+                    if chunk.get("usage"):
+                        tokens += chunk["usage"]["completion_tokens"]
+            latencies.append(time.perf_counter() - begin)
+            ttfts.append(first if first is not None else latencies[-1])
+
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    name = f"kubeforge chat, continuous batching, concurrency {concurrency}"
+    return Run(name, concurrency, latencies, time.perf_counter() - started, tokens), ttfts
+
+
+def run_chat_benchmark(args: argparse.Namespace, workdir: Path) -> str:
+    """The chat benchmark's markdown section."""
+    import ray
+    from kubeforge_trainer.serve import serve_locally
+    from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
+    from safetensors.torch import load_file
+
+    load_before = os.getloadavg()
+    torch.set_num_threads(1)  # as the replica (resources.cpu 1): the same compute for both
+    model_dir = build_tiny_chat_model(workdir / "chat", layers=args.chat_layers)
+    baseline = bare_generate(model_dir, args.chat_requests, args.max_tokens)
+    ray.init(num_cpus=2, include_dashboard=False)
+    port = free_port()
+    spec = {
+        "modelUri": str(model_dir),
+        "resources": {"cpu": 1, "memory": "1Gi"},
+        "batching": {"enabled": True, "maxBatchSize": max(CHAT_CONCURRENCY)},
+        "replicas": {"min": 1, "max": 1, "maxOngoingRequests": 64, "maxQueuedRequests": 64},
+    }
+    resource = {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "chat"}}
+    url = serve_locally({"resource": {**resource, "spec": spec}, "modelVersion": "v1"}, http_port=port)
+    asyncio.run(chat_load(url, "chat", 8, 8, args.max_tokens))  # warm-up: first connections, first allocations
+    runs = [asyncio.run(chat_load(url, "chat", args.chat_requests, c, args.max_tokens)) for c in CHAT_CONCURRENCY]
+    ray.shutdown()
+    params = sum(t.numel() for t in load_file(str(model_dir / "model.safetensors")).values())
+    base_tps = baseline.tokens / baseline.wall_s
+    lines = [
+        CHAT_SECTION,
+        "## Chat: continuous batching (`--chat`)",
+        "",
+        f"Recorded {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"`benchmarks/serve_bench.py --chat --chat-requests {args.chat_requests} "
+        f"--max-tokens {args.max_tokens} --chat-layers {args.chat_layers}`.",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, transformers {version('transformers')}, ray {version('ray')}; load average "
+        f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after (the machine is shared with other work, "
+        "which the load average shows).",
+        f"Model: random-weight Llama, {args.chat_layers} layers, hidden 64, {params:,} parameters, built by "
+        "`tiny_model.build_tiny_chat_model` (Hugging Face directory with a chat template). Workload: one-message "
+        f"chats, greedy, up to {args.max_tokens} tokens (a random model may end earlier at EOS; tokens/s counts the "
+        "tokens really generated). Baseline: transformers `generate` in this process, one request at a time, one torch "
+        "thread. "
+        "Served: the app on a local Ray Serve (one replica, `resources.cpu` 1, one torch thread, `maxBatchSize` 32), "
+        "streamed chat requests from an aiohttp client on the same machine; TTFT is from sending the request to the "
+        "first chunk with content.",
+        "The sections above this one come from the full run (without `--chat`); a `--chat` run replaces only this "
+        "section.",
+        "",
+        "| run | concurrency | requests | TTFT p50 ms | TTFT p99 ms | latency p50 ms | tokens/s | vs baseline |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {baseline.name} | 1 | {len(baseline.latencies)} | - | - | {baseline.p50_ms:.1f} | {base_tps:.0f} | 1.00x |",
+    ]
+    for run, ttfts in runs:
+        tps = run.tokens / run.wall_s
+        p50, p99 = 1000 * statistics.median(ttfts), 1000 * statistics.quantiles(ttfts, n=100)[98]
+        lines.append(
+            f"| {run.name} | {run.concurrency} | {len(run.latencies)} | {p50:.1f} | {p99:.1f} | {run.p50_ms:.1f} "
+            f"| {tps:.0f} | {tps / base_tps:.2f}x |"
+        )
+    top = runs[-1][0].tokens / runs[-1][0].wall_s / base_tps
+    met = "met" if top >= TARGET_BATCHING_SPEEDUP else "not met"
+    lines += [
+        "",
+        f"Target: continuous batching at concurrency 32 >= {TARGET_BATCHING_SPEEDUP:.0f}x the tokens/s of bare "
+        f"`generate` one request at a time: {top:.2f}x ({met}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_chat_section(output: Path, section: str) -> None:
+    """Replace (or append) the chat section of the results file, keeping the rest."""
+    text = output.read_text() if output.exists() else ""
+    if CHAT_SECTION in text:
+        text = text[: text.index(CHAT_SECTION)].rstrip() + "\n\n"
+    elif text:
+        text = text.rstrip() + "\n\n"
+    output.write_text(text + section)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -302,7 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--chat", action="store_true", help="only the chat / continuous batching benchmark")
+    parser.add_argument("--chat-requests", type=int, default=96, help="requests in each chat run")
+    parser.add_argument("--chat-layers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.chat:
+        with tempfile.TemporaryDirectory(prefix="kubeforge-chat-bench-") as workdir:
+            section = run_chat_benchmark(args, Path(workdir))
+        write_chat_section(args.output, section)
+        print(section)
+        return 0
     if args.plain_server:  # the child process of start_plain_server
         plain_server(args.model_dir, args.max_tokens, args.plain_server)
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import (
     ApiModel,
@@ -28,6 +28,28 @@ class ModelRef(ApiModel):
     version: str | None = Field(
         default=None,
         description="Model version id; defaults to the job's latest export.",
+    )
+
+
+class AdapterSpec(ApiModel):
+    """A LoRA adapter served over the base model; a request's "model" field picks it by name."""
+
+    model_config = cel_rules(
+        cel(
+            exactly_one("modelRef", "uri"),
+            "set exactly one of modelRef or uri",
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Name clients send as the request's model.",
+    )
+    model_ref: ModelRef | None = Field(default=None, description="The adapter a LoRA TrainingJob exported.")
+    uri: str | None = Field(
+        default=None, max_length=2048, description="Adapter directory (peft), local or object store."
     )
 
 
@@ -79,6 +101,28 @@ class GenerationDefaults(ApiModel):
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
 
 
+class RequestLimits(ApiModel):
+    """Per-request limits; a request over one gets a 400 that names it."""
+
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, le=1048576, description="Most prompt tokens (after the chat template); default: context."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=65536, description="Most tokens one request may ask to generate."
+    )
+
+
+class AuthSpec(ApiModel):
+    """API-key authentication: requests must send Authorization: Bearer <key>."""
+
+    api_key_secret: str = Field(
+        min_length=1, max_length=253, description="Secret in the same namespace that holds the accepted keys."
+    )
+    key: str = Field(
+        default="apiKeys", min_length=1, max_length=253, description="Key of the Secret: the API keys, one per line."
+    )
+
+
 class CanarySpec(ApiModel):
     """A second model version behind the same endpoint."""
 
@@ -107,10 +151,30 @@ class MonitoringSpec(ApiModel):
 class ModelDeploymentSpec(CommonSpec):
     """Desired state of a ModelDeployment."""
 
-    model_config = cel_rules(_ONE_MODEL)
+    model_config = cel_rules(
+        _ONE_MODEL,
+        cel(
+            "!has(self.engine) || self.engine != 'vllm' || "
+            "(has(self.resources) && has(self.resources.gpu) && self.resources.gpu > 0)",
+            "spec.engine vllm needs GPUs: set spec.resources.gpu to 1 or more, or use engine transformers",
+        ),
+        cel(
+            "!has(self.engine) || self.engine != 'vllm' || "
+            "(!has(self.canary) && (!has(self.adapters) || size(self.adapters) == 0) && "
+            "(!has(self.quantization) || self.quantization == 'none'))",
+            "spec.engine vllm does not support canary, adapters or quantization yet; use engine transformers",
+        ),
+    )
 
     model_ref: ModelRef | None = Field(default=None, description="Serve the model a TrainingJob exported.")
     model_uri: str | None = Field(default=None, description="Serve the model directory at this URI.")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description=(
+            "transformers: kubeforge's app (continuous batching over a transformers model; CPU or GPU). vllm: Ray "
+            "Serve LLM (ray.serve.llm, vLLM underneath) on GPUs."
+        ),
+    )
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Replicas and autoscaling.")
     resources: WorkerResources = Field(default_factory=WorkerResources, description="Resources per replica.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
@@ -121,6 +185,18 @@ class ModelDeploymentSpec(CommonSpec):
         description="int8 applies dynamic quantisation to linear layers (CPU serving).",
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Per-request limits.")
+    auth: AuthSpec | None = Field(default=None, description="API-key authentication (none when unset).")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        # The API server keeps names unique (a list map keyed by name); the validator below says so offline.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description=(
+            "LoRA adapters served over the base model. Adding one loads it into the running replicas without "
+            "restarting them (Ray Serve user_config)."
+        ),
+    )
     ingress: Literal["proxy", "direct"] = Field(
         default="proxy",
         description=(
@@ -130,6 +206,15 @@ class ModelDeploymentSpec(CommonSpec):
         ),
     )
 
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapter_names(cls, adapters: list[AdapterSpec]) -> list[AdapterSpec]:
+        names = [a.name for a in adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"spec.adapters names must be unique; repeated: {', '.join(repeated)}")
+        return adapters
+
 
 class TrafficShare(ApiModel):
     """Traffic one version receives."""
@@ -137,6 +222,13 @@ class TrafficShare(ApiModel):
     version: str = Field(description="Model version id.")
     model_uri: str = Field(default="", description="Model directory served by this version.")
     percent: int = Field(description="Share of requests.")
+
+
+class LoadedAdapter(ApiModel):
+    """An adapter in the served configuration."""
+
+    name: str = Field(description="Adapter name (the request's model).")
+    version: str = Field(default="", description="Adapter version id.")
 
 
 class ModelDeploymentStatus(CommonStatus):
@@ -148,6 +240,7 @@ class ModelDeploymentStatus(CommonStatus):
     model_uri: str | None = Field(default=None, description="Model directory being served.")
     model_version: str | None = Field(default=None, description="Version being served.")
     traffic: list[TrafficShare] = Field(default_factory=list, description="Traffic per version.")
+    adapters: list[LoadedAdapter] = Field(default_factory=list, description="LoRA adapters being served.")
 
 
 class ModelDeployment(ApiModel):

@@ -12,6 +12,7 @@ from ..api import ModelDeployment
 from ..api.modeldeployment import ModelRef
 from ..builders import ResolvedModel, build_monitor, build_rayservice, child_name, parse_resource, serve_url
 from ..builders.monitoring import MONITOR_PLURALS, MONITORING_GROUP, MONITORING_VERSION, monitor_name
+from ..builders.rayservice import ResolvedAdapter
 from ..config import OperatorConfig
 from ..constants import ANNOTATION_SPEC_HASH, GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
 from ..events import WARNING, Event, post_events
@@ -88,6 +89,19 @@ async def resolve_models(
     return combined, model, canary
 
 
+async def resolve_adapters(ctx: OperatorContext, deployment: ModelDeployment) -> list[ResolvedAdapter]:
+    """spec.adapters that can be served now: by uri, or exported by a TrainingJob that succeeded. The others are
+    added by a later reconcile (a TrainingJob's success triggers one); the base model never waits for them."""
+    namespace = deployment.metadata.namespace or "default"
+    adapters = []
+    for adapter in deployment.spec.adapters:
+        role = f"adapter {adapter.name}"
+        _, resolved = await resolve_model(ctx, namespace, adapter.model_ref, adapter.uri, role=role)
+        if resolved is not None:
+            adapters.append(ResolvedAdapter(adapter.name, resolved.uri, resolved.version))
+    return adapters
+
+
 def traffic(deployment: ModelDeployment, model: ResolvedModel, canary: ResolvedModel | None) -> list[dict[str, Any]]:
     """status.traffic: the share of requests each version gets."""
     if canary is None or deployment.spec.canary is None:
@@ -158,7 +172,8 @@ async def reconcile_modeldeployment(
     extra: dict[str, Any] = {}
     rolling_out = False
     if dependency.ready and model is not None:
-        manifest = build_rayservice(deployment, ctx.config, model=model, canary=canary)
+        adapters = await resolve_adapters(ctx, deployment)
+        manifest = build_rayservice(deployment, ctx.config, model=model, canary=canary, adapters=adapters)
         wanted = manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
         if child is None:
             child = await create_child(ctx, RAYSERVICES, body, manifest)
@@ -176,6 +191,7 @@ async def reconcile_modeldeployment(
             "modelUri": model.uri,
             "modelVersion": model.version or None,
             "traffic": traffic(deployment, model, canary),
+            "adapters": [{"name": a.name, "version": a.version} for a in adapters],
         }
     if child is None:
         observation = Observation(dependency=dependency, suspend_requested=suspend)
@@ -223,9 +239,10 @@ async def modeldeployment_child_status(body: kopf.Body, type: str | None, labels
 
 
 def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
-    """Index: (namespace, TrainingJob name) -> ModelDeployments serving its model (main or canary)."""
+    """Index: (namespace, TrainingJob name) -> ModelDeployments serving its model (main, canary or adapter)."""
     spec = spec or {}
     refs = [(spec.get("modelRef") or {}).get("name"), ((spec.get("canary") or {}).get("modelRef") or {}).get("name")]
+    refs += [(adapter.get("modelRef") or {}).get("name") for adapter in spec.get("adapters") or []]
     return {(namespace, ref): name for ref in refs if ref}
 
 

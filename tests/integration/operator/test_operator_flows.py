@@ -409,3 +409,43 @@ def test_transient_api_errors_are_retried_and_a_half_done_create_is_adopted(clus
     cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
     cluster.wait_status("TrainingJob", "gpt", phase="Running")
     assert cluster.server.call(lambda emulator: len(list(emulator["get", reads][by_operator]))) >= 4
+
+
+def test_a_lora_trainingjobs_adapter_joins_the_running_deployment_when_it_succeeds(cluster: Cluster) -> None:
+    manifest = quickstart_manifest("ModelDeployment")
+    manifest["spec"].pop("modelRef")
+    manifest["spec"]["modelUri"] = "s3://models/base"
+    manifest["spec"]["adapters"] = [{"name": "fr", "modelRef": {"name": "lora"}}, {"name": "de", "uri": "s3://a/de"}]
+    cluster.apply(manifest)
+    service = cluster.wait_child("RayService", "quickstart-gpt")
+
+    def user_config(rayservice: dict[str, Any]) -> dict[str, Any]:
+        app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
+        return app["deployments"][0]["user_config"]
+
+    # The base and the adapter given by uri serve at once; the TrainingJob's adapter does not exist yet.
+    assert user_config(service)["adapters"] == [{"name": "de", "uri": "s3://a/de", "version": ""}]
+    cluster.apply(training_job("lora"))
+    cluster.wait_child("RayJob", "lora-train")
+    cluster.kuberay("RayJob", "lora-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "lora", phase="Running")
+    cluster.patch_status("TrainingJob", "lora", {"modelUri": "s3://bucket/lora", "modelVersion": "a1"})
+    cluster.kuberay("RayJob", "lora-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_status("TrainingJob", "lora", phase="Succeeded")
+
+    # Its success adds the adapter to the running application's user_config only: the app args (Serve's code
+    # version) are unchanged, so KubeRay's update reconfigures the replicas without restarting the base.
+    cluster.wait_for(
+        "the adapter in the RayService",
+        lambda: len(user_config(cluster.get("RayService", "quickstart-gpt"))["adapters"]) == 2,
+    )
+    updated = cluster.get("RayService", "quickstart-gpt")
+    assert user_config(updated)["adapters"] == [
+        {"name": "fr", "uri": "s3://bucket/lora", "version": "a1"},
+        {"name": "de", "uri": "s3://a/de", "version": ""},
+    ]
+    assert serve_args(updated) == serve_args(service)
+    assert updated["spec"]["rayClusterConfig"] == service["spec"]["rayClusterConfig"]
+    cluster.kuberay("RayService", "quickstart-gpt", conditions=[READY_CONDITION])
+    status = cluster.wait_status("ModelDeployment", "quickstart-gpt", phase="Ready")
+    assert status["adapters"] == [{"name": "fr", "version": "a1"}, {"name": "de", "version": ""}]

@@ -298,16 +298,19 @@ def test_batching_batches_concurrent_requests(gpt, metrics) -> None:
     # Four prompts in one request are submitted together: one batch, and it holds all four.
     reply = gpt.post(COMPLETIONS, {"model": "v2", "prompt": ["a", "b", "c", "d"], "max_tokens": 2})
     assert reply.status == 200 and len(reply.json()["choices"]) == 4
-    # Sixteen concurrent requests to two replicas with batches of up to 8 need fewer than sixteen batches.
+    # Sixteen concurrent requests to two replicas with batches of up to 8.
     calls = [lambda: gpt.post(COMPLETIONS, {"model": "v1", "prompt": "The", "max_tokens": 4})] * 16
     assert {r.status for r in gpt.concurrently(calls, concurrency=16)} == {200}
     metrics.settled()
     delta = batch_counts()
     delta.subtract(before)
-    assert delta[("v2", batches, None)] == 1
-    assert delta[("v2", *up_to_three)] == 0  # so that batch held four prompts
-    assert 2 <= delta[("v1", batches, None)] < 16, delta
-    assert delta[("v1", batches, None)] - delta[("v1", *singles)] >= 1  # at least one batch of several requests
+    # Continuous batching records the running batch at every decode step: the four prompts (two tokens each) were
+    # admitted together, so at most two steps ran and the first held all four.
+    assert 1 <= delta[("v2", batches, None)] <= 2, delta
+    assert delta[("v2", *up_to_three)] <= delta[("v2", batches, None)] - 1, delta
+    # One request at a time would take 16 x 4 = 64 steps; requests sharing steps take fewer.
+    assert 4 <= delta[("v1", batches, None)] < 64, delta
+    assert delta[("v1", batches, None)] - delta[("v1", *singles)] >= 1  # at least one step ran several requests
 
 
 def test_overload_gets_503_json_and_every_request_is_counted(tight, metrics) -> None:

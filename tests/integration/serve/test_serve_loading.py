@@ -41,7 +41,7 @@ def test_build_app_refuses_a_missing_model_directory(tmp_path) -> None:
 
 
 def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a kubeforge model directory"):
+    with pytest.raises(FileNotFoundError, match=r"not a model directory: config\.json is missing"):
         ModelRunner.load(str(tmp_path), version="v1")
 
 

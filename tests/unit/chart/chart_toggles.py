@@ -26,6 +26,7 @@ TOGGLES: dict[str, dict[str, Any]] = {
         }
     },
     "no-metrics-service": {"metrics": {"service": {"enabled": False}}},
+    "grafana-dashboard": {"metrics": {"grafanaDashboard": {"enabled": True, "labels": {"team": "ml"}}}},
     "no-rbac": {"rbac": {"create": False}},
     "no-aggregated-roles": {"rbac": {"aggregateToDefaultRoles": False}},
     "existing-service-account": {"serviceAccount": {"create": False, "name": "platform-operator"}},

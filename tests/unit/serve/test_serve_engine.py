@@ -1,4 +1,5 @@
-"""Batched KV-cached generation and classification on a tiny random network (no Ray, no tokenizer)."""
+"""Continuous batching on tiny random transformers models (Llama and GPT-2), and classification (no Ray, no
+tokenizer): every row must generate exactly what the model alone, without any cache, generates greedily."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from kubeforge_trainer.models import ModelConfig, build_model
 from kubeforge_trainer.serve.engine import (
+    ContinuousBatcher,
     GenerationTask,
     SamplingParams,
     classify,
@@ -14,6 +16,7 @@ from kubeforge_trainer.serve.engine import (
     right_pad,
 )
 from kubeforge_trainer.serve.protocol import StreamDelta
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 VOCAB, EOS, PAD = 40, 1, 0
 
@@ -33,17 +36,36 @@ def spread_out(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def lm() -> torch.nn.Module:
+def tiny_llama() -> torch.nn.Module:
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=48,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=48, n_embd=32, n_layer=2, n_head=2))
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def lm(request: pytest.FixtureRequest) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=VOCAB, n_layers=2, n_heads=2, d_model=32, context_length=48, eos_token_id=EOS)
-    return spread_out(build_model(config))
+    return spread_out(tiny_llama() if request.param == "llama" else tiny_gpt2())
 
 
+@torch.inference_mode()
 def greedy_without_cache(model: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
     ids = list(prompt)
     for _ in range(steps):
-        logits, _ = model(torch.tensor([ids]))
+        logits = model(torch.tensor([ids]), use_cache=False).logits
         ids.append(int(logits[0, -1].argmax()))
     return ids[len(prompt) :]
 
@@ -52,8 +74,13 @@ def task(index: int, prompt: list[int], max_new: int, **params: object) -> Gener
     return GenerationTask(index, prompt, SamplingParams(max_new_tokens=max_new, temperature=0.0, **params))
 
 
+def batcher(model: torch.nn.Module, eos: int | None = None, max_batch_size: int = 16) -> ContinuousBatcher:
+    eos_ids = frozenset() if eos is None else frozenset({eos})
+    return ContinuousBatcher(model, eos_ids, PAD, decode, torch.Generator().manual_seed(0), max_batch_size)
+
+
 def run(model: torch.nn.Module, tasks: list[GenerationTask], eos: int | None = None) -> list[GenerationTask]:
-    generate(model, tasks, eos, PAD, decode, torch.Generator().manual_seed(0))
+    generate(batcher(model, eos), tasks)
     return tasks
 
 
@@ -78,6 +105,58 @@ def test_batched_generation_equals_one_prompt_at_a_time_without_cache(lm: torch.
         assert t.text == decode(t.token_ids)
         assert t.finish_reason == "length"
         assert len(t.token_times) == n
+
+
+def test_requests_join_and_leave_the_running_batch_per_step(lm: torch.nn.Module) -> None:
+    engine = batcher(lm, max_batch_size=2)
+    sizes: list[int] = []
+    engine.on_step = lambda b: sizes.append(len(b.active))
+    first = task(0, [3, 4, 5, 6, 7, 8, 9, 10, 11], 15)
+    engine.submit(first)
+    for _ in range(4):
+        engine.step()
+    # Joins a batch whose cache is already longer than its prompt, then more wait for the one free row.
+    later = [
+        task(1, [12, 13], 3),
+        task(2, [14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27], 6),
+        task(3, [9], 4),
+    ]
+    for t in later:
+        engine.submit(t)
+    while engine.active or engine.waiting:
+        engine.step()
+    assert sizes[:4] == [1, 1, 1, 1] and max(sizes) == 2  # never more rows than max_batch_size
+    assert sizes.count(2) >= 3  # a second row ran beside the first
+    for t, prompt, n in [(first, first.prompt_ids, 15)] + [(t, t.prompt_ids, t.params.max_new_tokens) for t in later]:
+        assert t.token_ids == greedy_without_cache(lm, prompt, n)
+    assert engine.cache_tokens == 0  # the batch released its cache
+
+
+def test_done_is_called_once_per_task(lm: torch.nn.Module) -> None:
+    finished: list[int] = []
+    tasks = [task(i, [3 + i], 2 + i) for i in range(3)]
+    for t in tasks:
+        t.on_done = lambda error, i=t.index: finished.append(i) if error is None else None
+    run(lm, tasks)
+    assert sorted(finished) == [0, 1, 2]
+
+
+def test_the_engine_thread_serves_submissions(lm: torch.nn.Module) -> None:
+    import threading
+
+    engine = batcher(lm)
+    engine.start()
+    try:
+        done = threading.Semaphore(0)
+        tasks = [task(i, [3 + i, 4], 5) for i in range(4)]
+        for t in tasks:
+            t.on_done = lambda error: done.release()
+            engine.submit(t)
+        assert all(done.acquire(timeout=60) for _ in tasks)
+    finally:
+        engine.stop()
+    for t in tasks:
+        assert t.token_ids == greedy_without_cache(lm, t.prompt_ids, 5)
 
 
 def test_generation_fills_the_context_exactly(lm: torch.nn.Module) -> None:

@@ -8,6 +8,7 @@ import pytest
 from kubeforge_trainer.serve.protocol import (
     MAX_PROMPTS,
     ApiError,
+    ChatRequest,
     Choice,
     Classification,
     ClassifyRequest,
@@ -15,10 +16,13 @@ from kubeforge_trainer.serve.protocol import (
     CompletionRequest,
     CompletionResult,
     StreamDelta,
+    chat_body,
+    chat_chunk,
     classify_body,
     completion_body,
     completion_chunk,
     merge_deltas,
+    parse_chat_request,
     parse_classify_request,
     parse_completion_request,
     parse_json_body,
@@ -189,3 +193,68 @@ def test_sse_event_framing() -> None:
 def test_merge_deltas_joins_per_choice_in_order() -> None:
     merged = merge_deltas([StreamDelta(0, "a"), StreamDelta(1, "x"), StreamDelta(0, "b", "stop"), StreamDelta(1, "y")])
     assert merged == [StreamDelta(0, "ab", "stop"), StreamDelta(1, "xy")]
+
+
+def test_valid_chat_request() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+        ],
+        "max_completion_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": "x",
+        "seed": 3,
+        "n": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    request = parse_chat_request(body)
+    assert isinstance(request, ChatRequest)
+    assert request.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"})
+    assert (request.max_tokens, request.temperature, request.top_p, request.stop, request.seed) == (
+        7,
+        0.5,
+        0.9,
+        ("x",),
+        3,
+    )
+    assert request.stream and request.include_usage
+    assert parse_chat_request({"messages": [{"role": "user", "content": "a"}], "max_tokens": 4}).max_tokens == 4
+
+
+USER = [{"role": "user", "content": "a"}]
+BAD_CHATS = [
+    ({}, "missing_field", "messages"),
+    ({"messages": []}, "invalid_value", "messages"),
+    ({"messages": ["hi"]}, "invalid_value", "messages"),
+    ({"messages": [{"role": "robot", "content": "a"}]}, "invalid_value", "messages"),
+    ({"messages": [{"role": "user", "content": 3}]}, "invalid_value", "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "invalid_value", "messages"),
+    ({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}, "invalid_value", "messages"),
+    ({"messages": USER, "n": 2}, "unsupported_value", "n"),
+    ({"messages": USER, "max_tokens": 3, "max_completion_tokens": 4}, "invalid_value", "max_tokens"),
+    ({"messages": USER, "logprobs": True}, "unknown_field", "logprobs"),
+    ({"messages": USER, "tools": []}, "unknown_field", "tools"),
+    ({"messages": USER, "temperature": 11}, "invalid_value", "temperature"),
+]
+
+
+@pytest.mark.parametrize(("body", "code", "param"), BAD_CHATS)
+def test_bad_chat_requests_are_400_naming_the_field(body: object, code: str, param: str) -> None:
+    error = parse_chat_request(body)
+    assert isinstance(error, ApiError)
+    assert (error.status, error.code, error.param) == (400, code, param)
+
+
+def test_chat_chunks_and_body_are_openai_shaped() -> None:
+    first = chat_chunk("id", 1, "m", "v1", [StreamDelta(0, "")], first=True)
+    assert first["object"] == "chat.completion.chunk"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    last = chat_chunk("id", 1, "m", "v1", [StreamDelta(0, "", "stop")])
+    assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "stop"
+    body = chat_body("id", 1, "m", "v1", CompletionResult((Choice(0, "hi", "length"),), 3, 1))
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}

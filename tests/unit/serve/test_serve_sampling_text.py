@@ -4,54 +4,49 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kubeforge_trainer.serve.sampling import sample_next_tokens, top_p_filter
+from kubeforge_trainer.serve.engine import SamplingParams, next_tokens
 from kubeforge_trainer.serve.text import find_stop, stop_holdback, text_step
+
+
+def params(n: int, temperature: float = 1.0, top_p: float = 1.0) -> list[SamplingParams]:
+    return [SamplingParams(1, temperature, top_p)] * n
 
 
 def test_temperature_zero_is_argmax() -> None:
     logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 1.0]])
     gen = torch.Generator().manual_seed(0)
-    tokens = sample_next_tokens(logits, torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]), [gen, gen])
-    assert tokens.tolist() == [1, 0]
-
-
-def test_top_p_keeps_the_smallest_nucleus() -> None:
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    kept = top_p_filter(probs, torch.tensor([0.7]))
-    assert torch.allclose(kept, torch.tensor([[0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]]))
-    assert torch.equal(top_p_filter(probs, torch.tensor([1.0])), probs)
-    # The most likely token survives even a tiny top_p.
-    assert top_p_filter(probs, torch.tensor([0.01])).tolist() == [[1.0, 0.0, 0.0, 0.0]]
-
-
-def test_top_p_per_row() -> None:
-    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]])
-    kept = top_p_filter(probs, torch.tensor([0.5, 1.0]))
-    assert torch.allclose(kept, torch.tensor([[1.0, 0.0], [0.6, 0.4]]))
+    assert next_tokens(logits, params(2, 0.0), [gen, gen]) == [1, 0]
 
 
 def test_sampling_never_leaves_the_nucleus() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(200, 1)
     gen = torch.Generator().manual_seed(1)
-    tokens = sample_next_tokens(logits, torch.ones(200), torch.full((200,), 0.7), [gen] * 200)
-    assert set(tokens.tolist()) == {0, 1}
+    assert set(next_tokens(logits, params(200, 1.0, 0.7), [gen] * 200)) == {0, 1}
+    # The most likely token survives even a tiny top_p.
+    assert set(next_tokens(logits, params(200, 1.0, 0.01), [gen] * 200)) == {0}
+
+
+def test_top_p_and_greedy_per_row() -> None:
+    logits = torch.log(torch.tensor([[0.6, 0.4]])).repeat(400, 1)
+    gen = torch.Generator().manual_seed(5)
+    rows = params(200, 1.0, 0.5) + params(100, 1.0, 1.0) + params(100, 0.0)
+    tokens = next_tokens(logits, rows, [gen] * 400)
+    assert set(tokens[:200]) == {0} and set(tokens[200:300]) == {0, 1} and set(tokens[300:]) == {0}
 
 
 def test_high_temperature_flattens_the_distribution() -> None:
     logits = torch.tensor([[4.0, 0.0]]).repeat(2000, 1)
     gen = torch.Generator().manual_seed(2)
-    cold = sample_next_tokens(logits, torch.full((2000,), 0.5), torch.ones(2000), [gen] * 2000)
-    hot = sample_next_tokens(logits, torch.full((2000,), 5.0), torch.ones(2000), [gen] * 2000)
-    assert (hot == 1).sum() > 10 * max(int((cold == 1).sum()), 1)
+    cold = next_tokens(logits, params(2000, 0.5), [gen] * 2000)
+    hot = next_tokens(logits, params(2000, 5.0), [gen] * 2000)
+    assert hot.count(1) > 10 * max(cold.count(1), 1)
 
 
 def test_seeded_rows_reproduce_whatever_the_batch() -> None:
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(3))
     shared = torch.Generator().manual_seed(4)
-    alone = sample_next_tokens(logits[1:2], torch.ones(1), torch.ones(1), [torch.Generator().manual_seed(9)])
-    batched = sample_next_tokens(
-        logits, torch.ones(3), torch.ones(3), [shared, torch.Generator().manual_seed(9), shared]
-    )
+    alone = next_tokens(logits[1:2], params(1), [torch.Generator().manual_seed(9)])
+    batched = next_tokens(logits, params(3), [shared, torch.Generator().manual_seed(9), shared])
     assert batched[1] == alone[0]
 
 

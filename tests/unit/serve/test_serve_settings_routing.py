@@ -133,8 +133,9 @@ def test_server_deployment_options_map_every_field() -> None:
     assert options["max_queued_requests"] == 3 * options["max_ongoing_requests"]  # what 3 replicas accept
     assert options["ray_actor_options"] == {"num_cpus": 1.5, "memory": float(2**30), "num_gpus": 1}
     assert options["autoscaling_config"]["max_replicas"] == 3
-    batching, generation = parse_model_user_config(options["user_config"])
-    assert batching == spec.batching and generation == spec.generation
+    config = parse_model_user_config(options["user_config"])
+    assert config.adapters == () and config.limits == spec.limits
+    assert config.batching == spec.batching and config.generation == spec.generation
     assert torch_threads(spec) == 1
 
 

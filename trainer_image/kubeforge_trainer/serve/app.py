@@ -11,8 +11,10 @@ The forward passes run in a worker thread, so the replica's event loop keeps tak
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -20,7 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
-from kubeforge.api.modeldeployment import GenerationDefaults
+from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
+from kubeforge.constants import ENV_SERVE_API_KEYS
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,20 +32,25 @@ from .. import storage
 from ..models.export import INFO_FILE
 from .admission import Admission, AdmissionGate
 from .batching import DynamicBatcher
-from .engine import GenerationTask
+from .engine import ContinuousBatcher, GenerationTask
 from .metrics import ModelMetrics, RequestMetrics
 from .protocol import (
+    MAX_BODY_BYTES,
     ApiError,
+    ChatRequest,
     Choice,
     ClassifyRequest,
     ClassifyResult,
     CompletionRequest,
     CompletionResult,
     StreamDelta,
+    chat_body,
+    chat_chunk,
     classify_body,
     completion_body,
     completion_chunk,
     merge_deltas,
+    parse_chat_request,
     parse_classify_request,
     parse_completion_request,
     parse_json_body,
@@ -52,6 +60,8 @@ from .protocol import (
 from .routing import NO_VERSION, ROUTES, UNMATCHED_ROUTE, choose_version, pinned_version, route_label
 from .runner import ModelRunner
 from .settings import (
+    STABLE,
+    AdapterRef,
     AppSettings,
     ModelVersion,
     admission_limits,
@@ -70,7 +80,14 @@ QUEUE_FULL = ApiError(
     503, "the server is overloaded: its request queue is full; retry later", "overloaded_error", "queue_full"
 )
 INTERNAL_ERROR = ApiError(500, "the server failed on this request", "server_error", "internal_error")
+UNAUTHORIZED = ApiError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
+OPEN_ROUTES = frozenset({"/health", "/ready"})  # probes need no key
 _STREAM_DONE = object()
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "/v1/completions": parse_completion_request,
+    "/v1/chat/completions": parse_chat_request,
+    "/v1/classify": parse_classify_request,
+}
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -88,23 +105,35 @@ class VersionServer:
         self.metrics = ModelMetrics(model_name, version.version)
         self.metrics.model_loaded(self.runner.load_seconds)
         self.defaults = GenerationDefaults()
+        self.limits = RequestLimits()
         self._waiting: set[int] = set()
-        # Each version batches only its own requests; limits come from reconfigure().
-        self._generations = DynamicBatcher(self._run_generation_batch, max_size=1, max_wait_s=0.0)
+        # Generation: the version's continuous batch, stepped by its own thread. Classification: dynamic batches.
+        if self.runner.batcher is not None:
+            self.runner.batcher.on_step = self._stepped
+            self.runner.batcher.start()
         self._classifications = DynamicBatcher(self._run_classify_batch, max_size=1, max_wait_s=0.0)
         log.info("loaded %s %s from %s in %.2fs", model_name, version.version, version.uri, self.runner.load_seconds)
 
-    def configure(self, batch_size: int, wait_s: float, defaults: GenerationDefaults) -> None:
-        """Apply batching limits and generation defaults."""
+    def configure(
+        self, batch_size: int, wait_s: float, defaults: GenerationDefaults, limits: RequestLimits | None = None
+    ) -> None:
+        """Apply batching limits, generation defaults and per-request limits."""
         self.defaults = defaults
-        for batcher in (self._generations, self._classifications):
-            batcher.configure(batch_size, wait_s)
+        self.limits = limits or RequestLimits()
+        if self.runner.batcher is not None:
+            self.runner.batcher.max_batch_size = batch_size  # read at each step's admission
+        self._classifications.configure(batch_size, wait_s)
 
-    def prepare_completion(
-        self, request: CompletionRequest, on_delta: Callable[[StreamDelta], None] | None = None
+    def prepare(
+        self, request: CompletionRequest | ChatRequest, on_delta: Callable[[StreamDelta], None] | None = None
     ) -> list[GenerationTask] | ApiError:
-        """Generation tasks for the request, or the model's 4xx verdict on it (task, context length)."""
-        return self.runner.prepare_completion(request, self.defaults, on_delta)
+        """Generation tasks for the request, or the model's 4xx verdict on it (task, chat template, context)."""
+        if isinstance(request, ChatRequest):
+            prompt_ids = self.runner.chat_prompt_ids(list(request.messages))
+            if isinstance(prompt_ids, ApiError):
+                return prompt_ids
+            return self.runner.prepare_chat(request, prompt_ids, self.defaults, on_delta, self.limits)
+        return self.runner.prepare_completion(request, self.defaults, on_delta, self.limits)
 
     async def complete(self, tasks: list[GenerationTask], admission: Admission) -> CompletionResult:
         """Run the tasks through the batch queue to completion."""
@@ -116,13 +145,40 @@ class VersionServer:
         )
 
     async def run(self, tasks: list[GenerationTask], admission: Admission) -> None:
-        """Once admitted, submit every task to the batch queue and wait for all; cancelled tasks stop generating."""
+        """Once admitted, submit every task to the running batch and wait for all; cancelled tasks stop generating."""
         try:
-            await self._queued(tasks, admission, lambda: [self._generations.submit(t) for t in tasks])
+            await self._queued(tasks, admission, lambda: self._submit(tasks))
         except BaseException:
             for task in tasks:
                 task.cancelled = True
             raise
+        for task in tasks:
+            self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times, task.adapter)
+
+    def _submit(self, tasks: list[GenerationTask]) -> list[asyncio.Future[None]]:
+        """Hand a request's tasks to the engine's thread at once (so they join the same step); each future resolves
+        on this loop when its task leaves the batch."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for task in tasks:
+            future: asyncio.Future[None] = loop.create_future()
+
+            def settle(error: BaseException | None, future: asyncio.Future[None] = future) -> None:
+                if not future.done():
+                    future.set_exception(error) if error is not None else future.set_result(None)
+
+            task.on_done = lambda error, settle=settle: loop.call_soon_threadsafe(settle, error)
+            futures.append(future)
+        self._dequeue(tasks)
+        assert self.runner.batcher is not None
+        self.runner.batcher.submit(*tasks)
+        return futures
+
+    def _stepped(self, batcher: ContinuousBatcher) -> None:
+        """After every decode step (engine thread): the running batch, the waiting sequences, the cache held."""
+        self.metrics.batch(len(batcher.active))
+        capacity = batcher.max_batch_size * self.runner.context_length
+        self.metrics.engine(len(batcher.active), batcher.waiting, batcher.cache_tokens / capacity)
 
     async def classify(self, request: ClassifyRequest, admission: Admission) -> ClassifyResult | ApiError:
         """Class probabilities of every input, or the model's 4xx verdict on the request."""
@@ -157,16 +213,6 @@ class VersionServer:
         self._waiting.difference_update(id(item) for item in items)
         self.metrics.queued(len(self._waiting))
 
-    async def _run_generation_batch(self, tasks: list[GenerationTask]) -> list[None]:
-        self._dequeue(tasks)
-        live = [t for t in tasks if not t.cancelled]
-        if live:
-            self.metrics.batch(len(live))
-            await asyncio.to_thread(self.runner.generate, live)
-            for task in live:
-                self.metrics.generation(len(task.prompt_ids), task.created_at, task.token_times)
-        return [None] * len(tasks)
-
     async def _run_classify_batch(self, sequences: list[list[int]]) -> list[list[float]]:
         self._dequeue(sequences)
         self.metrics.batch(len(sequences))
@@ -193,12 +239,18 @@ class InferenceServer:
         self.gate = AdmissionGate(*limits)
         self.metrics = RequestMetrics(name)
         self.random = random.Random()
+        # Empty: no authentication. Set from the Secret named in spec.auth (the RayService's pod env).
+        self.api_keys = [k.strip().encode() for k in os.environ.get(ENV_SERVE_API_KEYS, "").splitlines() if k.strip()]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batching limits and generation defaults from the spec (no replica restart needed)."""
-        batching, defaults = parse_model_user_config(user_config)
+        """Apply batching limits, generation defaults and LoRA adapters from the spec (no replica restart: adapters
+        are loaded into the running base model between two decode steps)."""
+        config = parse_model_user_config(user_config)
         for server in self.servers.values():
-            server.configure(*batch_limits(batching), defaults)
+            server.configure(*batch_limits(config.batching), config.generation, config.limits)
+        changes = self.servers[STABLE].runner.set_adapters(config.adapters)
+        if changes:
+            log.info("adapters of %s: %s", self.name, " ".join(changes))
 
     async def __call__(self, request: Request) -> Response:
         """Answer one HTTP request; every request is counted once (a stream when it ends)."""
@@ -224,34 +276,41 @@ class InferenceServer:
             response = error_response(ApiError(405, message, code="method_not_allowed"))
             response.headers["Allow"] = allowed
             return NO_VERSION, response
+        if self.api_keys and route not in OPEN_ROUTES and not self._authorized(request):
+            response = error_response(UNAUTHORIZED)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return NO_VERSION, response
         if route == "/health":
             return NO_VERSION, JSONResponse({"status": "ok"})
         if route == "/ready":  # a replica only receives traffic once every model it serves is loaded
-            return NO_VERSION, JSONResponse({"status": "ready", "versions": [v.version for v in self.versions]})
+            adapters = [{"name": a.name, "version": a.version} for a in self._adapters().values()]
+            ready = {"status": "ready", "versions": [v.version for v in self.versions], "adapters": adapters}
+            return NO_VERSION, JSONResponse(ready)
         if route == "/v1/models":
             return NO_VERSION, JSONResponse(self._models_body())
-        body = parse_json_body(await request.body())
+        body = await read_json_body(request)
         if isinstance(body, ApiError):
             return NO_VERSION, error_response(body)
-        parse = parse_completion_request if route == "/v1/completions" else parse_classify_request
-        parsed = parse(body)
+        parsed = PARSERS[route](body)
         if isinstance(parsed, ApiError):
             return NO_VERSION, error_response(parsed)
-        chosen = self._pick(parsed.model)
-        if isinstance(chosen, ApiError):
-            return NO_VERSION, error_response(chosen)
+        picked = self._pick(parsed.model)
+        if isinstance(picked, ApiError):
+            return NO_VERSION, error_response(picked)
+        chosen, adapter = picked
         server = self.servers[chosen.role]
         admission = self.gate.try_admit()
         if admission is None:
             return chosen.version, error_response(QUEUE_FULL)
         try:
             if isinstance(parsed, ClassifyRequest):
+                if adapter is not None:
+                    error = ApiError(400, f"{adapter!r} is a LoRA adapter of a language model", param="model")
+                    return chosen.version, error_response(error)
                 return chosen.version, await self._classify(server, parsed, admission)
-            if parsed.stream:
-                # The admission travels with the stream and is released when the stream ends.
-                response, admission = await self._stream(server, parsed, route, started, admission)
-                return chosen.version, response
-            return chosen.version, await self._complete(server, parsed, admission)
+            # A stream's admission travels with it and is released when the stream ends (then None here).
+            response, admission = await self._generate(server, parsed, adapter, route, started, admission)
+            return chosen.version, response
         finally:
             if admission is not None:
                 admission.release()
@@ -269,11 +328,30 @@ class InferenceServer:
             }
             for v in self.versions
         ]
+        data += [
+            {"id": a.name, "object": "model", "owned_by": "kubeforge", "parent": self.name, "version": a.version}
+            for a in self._adapters().values()
+        ]
         return {"object": "list", "data": data}
 
-    def _pick(self, requested_model: str | None) -> ModelVersion | ApiError:
-        pinned = pinned_version(requested_model, self.name, self.versions)
-        return pinned if pinned is not None else choose_version(self.versions, self.random.random())
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        given = key.strip().encode()
+        # Compared in constant time against every key, so timing tells nothing about which prefix matched.
+        matches = [hmac.compare_digest(given, k) for k in self.api_keys]
+        return scheme.lower() == "bearer" and any(matches)
+
+    def _adapters(self) -> dict[str, AdapterRef]:
+        return self.servers[STABLE].runner.adapters
+
+    def _pick(self, requested_model: str | None) -> tuple[ModelVersion, str | None] | ApiError:
+        """(version, adapter or None) the request's model names: an adapter runs on the stable version."""
+        if requested_model is not None and requested_model in self._adapters():
+            return self.servers[STABLE].version, requested_model
+        pinned = pinned_version(requested_model, self.name, self.versions, tuple(self._adapters()))
+        if isinstance(pinned, ApiError):
+            return pinned
+        return (pinned if pinned is not None else choose_version(self.versions, self.random.random())), None
 
     @staticmethod
     def _headers(server: VersionServer, request_id: str | None = None) -> dict[str, str]:
@@ -282,14 +360,35 @@ class InferenceServer:
             headers["x-request-id"] = request_id
         return headers
 
-    async def _complete(self, server: VersionServer, request: CompletionRequest, admission: Admission) -> Response:
-        tasks = server.prepare_completion(request)
+    async def _generate(
+        self,
+        server: VersionServer,
+        request: CompletionRequest | ChatRequest,
+        adapter: str | None,
+        route: str,
+        started: float,
+        admission: Admission,
+    ) -> tuple[Response, Admission | None]:
+        """A completion or chat answer, whole or streamed: (the response, the admission still to release here)."""
+        chat = isinstance(request, ChatRequest)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        on_delta = (lambda delta: loop.call_soon_threadsafe(events.put_nowait, delta)) if request.stream else None
+        tasks = server.prepare(request, on_delta)
         if isinstance(tasks, ApiError):
-            return error_response(tasks)
-        result = await server.complete(tasks, admission)
-        request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        body = completion_body(request_id, created, self.name, server.version.version, result)
-        return JSONResponse(body, headers=self._headers(server, request_id))
+            return error_response(tasks), admission
+        for task in tasks:
+            task.adapter = adapter
+        request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+        if not request.stream:
+            result = await server.complete(tasks, admission)
+            body = (chat_body if chat else completion_body)(
+                request_id, created, self.name, server.version.version, result
+            )
+            return JSONResponse(body, headers=self._headers(server, request_id)), admission
+        chunks = self._sse(server, tasks, events, request, request_id, created, route, started, admission)
+        headers = {**self._headers(server, request_id), "Cache-Control": "no-cache"}
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers), None
 
     async def _classify(self, server: VersionServer, request: ClassifyRequest, admission: Admission) -> Response:
         result = await server.classify(request, admission)
@@ -297,26 +396,12 @@ class InferenceServer:
             return error_response(result)
         return JSONResponse(classify_body(self.name, server.version.version, result), headers=self._headers(server))
 
-    async def _stream(
-        self, server: VersionServer, request: CompletionRequest, route: str, started: float, admission: Admission
-    ) -> tuple[Response, Admission | None]:
-        """(the response, the admission still to release here: None once the stream owns it)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        tasks = server.prepare_completion(request, lambda delta: loop.call_soon_threadsafe(events.put_nowait, delta))
-        if isinstance(tasks, ApiError):
-            return error_response(tasks), admission
-        request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        chunks = self._sse(server, tasks, events, request, request_id, created, route, started, admission)
-        headers = {**self._headers(server, request_id), "Cache-Control": "no-cache"}
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers), None
-
     async def _sse(
         self,
         server: VersionServer,
         tasks: list[GenerationTask],
         events: asyncio.Queue[Any],
-        request: CompletionRequest,
+        request: CompletionRequest | ChatRequest,
         request_id: str,
         created: int,
         route: str,
@@ -325,7 +410,11 @@ class InferenceServer:
     ) -> AsyncIterator[bytes]:
         version = server.version.version
         running: asyncio.Future | None = None
+        chat = isinstance(request, ChatRequest)
+        chunk = chat_chunk if chat else completion_chunk
         try:
+            if chat:  # OpenAI's first chat chunk names the role
+                yield sse_event(chat_chunk(request_id, created, self.name, version, [StreamDelta(0, "")], first=True))
             # Deltas are queued from the generation thread before the run completes, so the sentinel comes last.
             running = asyncio.ensure_future(server.run(tasks, admission))
             running.add_done_callback(lambda _: events.put_nowait(_STREAM_DONE))
@@ -335,11 +424,11 @@ class InferenceServer:
                 done = _STREAM_DONE in pending
                 deltas = [e for e in pending if e is not _STREAM_DONE]
                 if deltas:
-                    yield sse_event(completion_chunk(request_id, created, self.name, version, merge_deltas(deltas)))
+                    yield sse_event(chunk(request_id, created, self.name, version, merge_deltas(deltas)))
             running.result()
             if request.include_usage:
                 totals = usage(sum(len(t.prompt_ids) for t in tasks), sum(len(t.token_ids) for t in tasks))
-                yield sse_event(completion_chunk(request_id, created, self.name, version, [], totals))
+                yield sse_event(chunk(request_id, created, self.name, version, [], totals))
             yield sse_event("[DONE]")
         except Exception:  # headers are sent: the error can only travel inside the stream
             log.exception("completion stream %s failed", request_id)
@@ -351,6 +440,25 @@ class InferenceServer:
                 running.cancel()
             admission.release()
             self.metrics.request(version, route, 200, time.perf_counter() - started)
+
+
+async def read_json_body(request: Request) -> Any:
+    """The decoded JSON body, or an ApiError; a body over MAX_BODY_BYTES is refused from its Content-Length before
+    it is read, and a body without one is read only up to the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return ApiError(400, "Content-Length is not a number", code="invalid_request")
+        if int(declared) > MAX_BODY_BYTES:
+            message = f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}"
+            return ApiError(413, message, code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return ApiError(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return parse_json_body(b"".join(chunks))
 
 
 def _relative_path(request: Request) -> str:
@@ -376,7 +484,7 @@ def build_from_settings(settings: AppSettings) -> serve.Application:
             raise ValueError(f"model directory {version.uri} does not exist")
     spec = settings.spec
     device = "cuda" if spec.resources.gpu else "cpu"
-    return InferenceServer.options(name="server", **server_deployment_options(spec)).bind(
+    return InferenceServer.options(name="server", **server_deployment_options(spec, settings.adapters)).bind(
         settings.name, settings.versions, spec.quantization, torch_threads(spec), device, admission_limits(spec)
     )
 

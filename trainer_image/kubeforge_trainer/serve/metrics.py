@@ -26,6 +26,10 @@ PROMPT_TOKENS = PREFIX + "prompt_tokens"
 BATCH_SIZE = PREFIX + "batch_size"
 QUEUE_DEPTH = PREFIX + "queue_depth"
 MODEL_LOAD_SECONDS = PREFIX + "model_load_seconds"
+# vLLM's gauges of the same meaning are vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc
+REQUESTS_RUNNING = PREFIX + "num_requests_running"
+REQUESTS_WAITING = PREFIX + "num_requests_waiting"
+KV_CACHE_USAGE = PREFIX + "kv_cache_usage_perc"
 
 LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 TOKEN_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
@@ -35,14 +39,34 @@ BATCH_SIZE_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     REQUESTS: ("counter", ("model", "version", "route", "status_code"), "HTTP requests answered."),
     REQUEST_LATENCY: ("histogram", ("model", "version", "route", "status_code"), "Request latency in seconds."),
-    TIME_TO_FIRST_TOKEN: ("histogram", ("model", "version"), "Seconds from arrival at the replica to the first token."),
-    INTER_TOKEN_LATENCY: ("histogram", ("model", "version"), "Seconds between consecutive generated tokens."),
-    TOKENS_GENERATED: ("counter", ("model", "version"), "Tokens generated."),
-    PROMPT_TOKENS: ("counter", ("model", "version"), "Prompt tokens processed."),
-    BATCH_SIZE: ("histogram", ("model", "version"), "Requests (prompts or inputs) per batch."),
+    TIME_TO_FIRST_TOKEN: (
+        "histogram",
+        ("model", "version", "adapter"),
+        "Seconds from arrival at the replica to the first token.",
+    ),
+    INTER_TOKEN_LATENCY: (
+        "histogram",
+        ("model", "version", "adapter"),
+        "Seconds between consecutive generated tokens.",
+    ),
+    TOKENS_GENERATED: ("counter", ("model", "version", "adapter"), "Tokens generated."),
+    PROMPT_TOKENS: ("counter", ("model", "version", "adapter"), "Prompt tokens processed."),
+    BATCH_SIZE: (
+        "histogram",
+        ("model", "version"),
+        "Sequences in the running batch at each decode step (generation), or inputs per batch (classification).",
+    ),
     QUEUE_DEPTH: ("gauge", ("model", "version"), "Prompts or inputs in a replica not yet in a running batch."),
     MODEL_LOAD_SECONDS: ("gauge", ("model", "version"), "Seconds the replica took to fetch and load its model."),
+    REQUESTS_RUNNING: ("gauge", ("model", "version"), "Sequences in the replica's running (continuous) batch."),
+    REQUESTS_WAITING: ("gauge", ("model", "version"), "Sequences submitted to the engine, waiting for a batch row."),
+    KV_CACHE_USAGE: (
+        "gauge",
+        ("model", "version"),
+        "KV cache slots the running batch holds (padding included), as a fraction of maxBatchSize x context.",
+    ),
 }
+NO_ADAPTER = ""  # adapter label of the base model
 
 
 def prometheus_name(name: str) -> str:
@@ -92,7 +116,17 @@ class ModelMetrics:
         self.batch_size = _metric(BATCH_SIZE, BATCH_SIZE_BUCKETS)
         self.queue_depth = _metric(QUEUE_DEPTH)
         self.load_seconds = _metric(MODEL_LOAD_SECONDS)
+        self.running = _metric(REQUESTS_RUNNING)
+        self.waiting = _metric(REQUESTS_WAITING)
+        self.kv_cache = _metric(KV_CACHE_USAGE)
         self.queue_depth.set(0, tags=self.tags)
+        self.engine(0, 0, 0.0)
+
+    def engine(self, running: int, waiting: int, kv_cache_usage: float) -> None:
+        """Record the engine's state after a decode step."""
+        self.running.set(running, tags=self.tags)
+        self.waiting.set(waiting, tags=self.tags)
+        self.kv_cache.set(kv_cache_usage, tags=self.tags)
 
     def model_loaded(self, seconds: float) -> None:
         """Record how long loading took."""
@@ -106,16 +140,19 @@ class ModelMetrics:
         """Record one batch."""
         self.batch_size.observe(size, tags=self.tags)
 
-    def generation(self, prompt_tokens: int, created_at: float, token_times: Sequence[float]) -> None:
+    def generation(
+        self, prompt_tokens: int, created_at: float, token_times: Sequence[float], adapter: str | None = None
+    ) -> None:
         """Record one finished generation: token counts, time to first token, inter-token latencies."""
-        self.prompt_tokens.inc(prompt_tokens, tags=self.tags)
+        tags = {**self.tags, "adapter": adapter or NO_ADAPTER}
+        self.prompt_tokens.inc(prompt_tokens, tags=tags)
         if not token_times:
             return
-        self.tokens.inc(len(token_times), tags=self.tags)
-        self.ttft.observe(token_times[0] - created_at, tags=self.tags)
+        self.tokens.inc(len(token_times), tags=tags)
+        self.ttft.observe(token_times[0] - created_at, tags=tags)
         for earlier, later in itertools.pairwise(token_times):
-            self.itl.observe(later - earlier, tags=self.tags)
+            self.itl.observe(later - earlier, tags=tags)
 
     def classified(self, prompt_tokens: int) -> None:
         """Record the prompt tokens of one classified input."""
-        self.prompt_tokens.inc(prompt_tokens, tags=self.tags)
+        self.prompt_tokens.inc(prompt_tokens, tags={**self.tags, "adapter": NO_ADAPTER})

@@ -23,6 +23,24 @@ COMPLETION_FIELDS = frozenset(
     {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "stream_options", "seed", "user"}
 )
 CLASSIFY_FIELDS = frozenset({"model", "input", "truncate", "user"})
+CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "stream",
+        "stream_options",
+        "seed",
+        "n",
+        "user",
+    }
+)
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant"})
+MAX_MESSAGES = 256
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,21 @@ class CompletionRequest:
 
     prompts: tuple[str, ...]
     prompt_is_list: bool = False
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    stream: bool = False
+    include_usage: bool = False
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated /v1/chat/completions request (n is always 1); None means "use the deployment's default"."""
+
+    messages: tuple[dict[str, str], ...]
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -302,6 +335,73 @@ def parse_completion_request(body: Any) -> CompletionRequest | ApiError:
         return exc.error
 
 
+def _message_content(message: dict[str, Any], where: str) -> str:
+    """A message's text: a string, or an array of {"type": "text", "text": ...} parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _bad(f'\'{where}.content[{i}]\' must be a text part {{"type": "text", "text": ...}}', "messages")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _bad(f"'{where}.content' must be a string or an array of text parts, not {_json_type(content)}", "messages")
+
+
+def _messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
+    value = body.get("messages")
+    if value is None:
+        raise _bad("'messages' is required", param="messages", code="missing_field")
+    if not isinstance(value, list) or not value:
+        raise _bad("'messages' must be a non-empty array of messages", param="messages")
+    if len(value) > MAX_MESSAGES:
+        raise _bad(f"'messages' has {len(value)} entries; at most {MAX_MESSAGES} are allowed", param="messages")
+    messages = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad(f"'{where}' must be an object with 'role' and 'content'", param="messages")
+        unknown = sorted(set(message) - {"role", "content", "name"})
+        if unknown:
+            raise _bad(f"'{where}' has unsupported field(s) {', '.join(unknown)}", param="messages")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise _bad(f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}, not {role!r}", "messages")
+        messages.append({"role": str(role), "content": _message_content(message, where)})
+    return tuple(messages)
+
+
+def parse_chat_request(body: Any) -> ChatRequest | ApiError:
+    """Validate a decoded /v1/chat/completions body into a ChatRequest, or a 400 ApiError naming the field."""
+    try:
+        obj = _require_object(body, CHAT_FIELDS)
+        messages = _messages(obj)
+        n = _optional_int(obj, "n", 1, MAX_PROMPTS)
+        if n not in (None, 1):
+            raise _bad(f"'n' must be 1 (one choice per request), got {n}", param="n", code="unsupported_value")
+        max_tokens = _optional_int(obj, "max_tokens", 1, MAX_TOKENS_LIMIT)
+        max_completion = _optional_int(obj, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
+        if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
+            raise _bad("set one of 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
+        stream = bool(_optional_bool(obj, "stream"))
+        _optional_str(obj, "user")
+        return ChatRequest(
+            messages=messages,
+            model=_optional_str(obj, "model"),
+            max_tokens=max_completion if max_completion is not None else max_tokens,
+            temperature=_optional_number(obj, "temperature", 0.0, MAX_TEMPERATURE),
+            top_p=_optional_number(obj, "top_p", 0.0, 1.0, low_inclusive=False),
+            stop=_stop(obj),
+            stream=stream,
+            include_usage=_include_usage(obj, stream),
+            seed=_optional_int(obj, "seed", 0, MAX_SEED),
+        )
+    except _Invalid as exc:
+        return exc.error
+
+
 def parse_classify_request(body: Any) -> ClassifyRequest | ApiError:
     """Validate a decoded /v1/classify body into a ClassifyRequest, or a 400 ApiError naming the field."""
     try:
@@ -369,6 +469,56 @@ def completion_chunk(
         "model": model,
         "version": version,
         "choices": [{"index": d.index, "text": d.text, "finish_reason": d.finish_reason} for d in deltas],
+    }
+    if usage_object is not None:
+        chunk["usage"] = usage_object
+    return chunk
+
+
+def chat_body(request_id: str, created: int, model: str, version: str, result: CompletionResult) -> dict[str, Any]:
+    """The JSON body of a non-streaming chat completion (OpenAI chat.completion)."""
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "version": version,
+        "choices": [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
+            for c in result.choices
+        ],
+        "usage": usage(result.prompt_tokens, result.completion_tokens),
+    }
+
+
+def chat_chunk(
+    request_id: str,
+    created: int,
+    model: str,
+    version: str,
+    deltas: list[StreamDelta],
+    usage_object: dict[str, int] | None = None,
+    first: bool = False,
+) -> dict[str, Any]:
+    """One streamed chat chunk (OpenAI chat.completion.chunk); the first carries the assistant role."""
+    choices = []
+    for d in deltas:
+        delta: dict[str, str] = {"role": "assistant"} if first else {}
+        if d.text or first:
+            delta["content"] = d.text
+        choices.append({"index": d.index, "delta": delta, "finish_reason": d.finish_reason, "logprobs": None})
+    chunk: dict[str, Any] = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "version": version,
+        "choices": choices,
     }
     if usage_object is not None:
         chunk["usage"] = usage_object

@@ -9,16 +9,29 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .engine import classify
 
 
+def _conv1d_as_linear(model: nn.Module) -> None:
+    """Replace transformers' Conv1D layers (GPT-2's (in, out) linears) by equal nn.Linear ones, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                linear.weight.data.copy_(child.weight.data.t())
+                linear.bias.data.copy_(child.bias.data)
+                setattr(parent, name, linear)
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """The model with every nn.Linear replaced by a dynamically quantised int8 linear (weights int8, CPU only).
+    """The model with every linear layer replaced by a dynamically quantised int8 linear (weights int8, CPU only).
 
     Embeddings, LayerNorms and attention arithmetic stay fp32; activations are quantised per batch at run time.
     The tied output head becomes its own int8 copy; the input embedding keeps the fp32 weights.
     """
+    _conv1d_as_linear(model)
     with warnings.catch_warnings():
         # torch deprecates the quantised tensor types in favour of torchao; the fbgemm/x86 kernels still ship.
         warnings.simplefilter("ignore", UserWarning)
@@ -31,7 +44,8 @@ def perplexity(model: nn.Module, sequences: Sequence[Sequence[int]], batch_size:
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(sequences), batch_size):
         batch = torch.tensor([list(s) for s in sequences[start : start + batch_size]], dtype=torch.long)
-        logits, _ = model(batch[:, :-1])
+        out = model(batch[:, :-1])
+        logits = out.logits if hasattr(out, "logits") else out[0]  # a transformers model, or the legacy classifier
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
         total_nll += float(nll)
         total_tokens += batch[:, 1:].numel()

@@ -9,6 +9,7 @@ from .settings import ModelVersion
 
 ROUTES: dict[str, frozenset[str]] = {
     "/v1/completions": frozenset({"POST"}),
+    "/v1/chat/completions": frozenset({"POST"}),
     "/v1/classify": frozenset({"POST"}),
     "/v1/models": frozenset({"GET"}),
     "/health": frozenset({"GET"}),
@@ -36,7 +37,7 @@ def choose_version(versions: Sequence[ModelVersion], draw: float) -> ModelVersio
 
 
 def pinned_version(
-    requested: str | None, name: str, versions: Sequence[ModelVersion]
+    requested: str | None, name: str, versions: Sequence[ModelVersion], adapters: Sequence[str] = ()
 ) -> ModelVersion | ApiError | None:
     """The version a request's "model" field pins, None to follow the traffic split, or a 404 when unknown.
 
@@ -47,5 +48,5 @@ def pinned_version(
     for version in versions:
         if requested in (f"{name}:{version.version}", version.version):
             return version
-    known = ", ".join([name] + [f"{name}:{v.version}" for v in versions])
+    known = ", ".join([name] + [f"{name}:{v.version}" for v in versions] + list(adapters))
     return ApiError(404, f"model {requested!r} is not served here; use one of: {known}", code="model_not_found")

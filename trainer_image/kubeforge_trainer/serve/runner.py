@@ -6,25 +6,31 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from kubeforge.api.modeldeployment import GenerationDefaults
-from tokenizers import Tokenizer
+from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
 from torch import nn
 
 from .. import storage
-from ..models import ModelConfig, load_model_dir, read_model_info
+from ..models import read_model_info
 from ..models.export import INFO_FILE
 from . import engine
-from .engine import GenerationTask, SamplingParams
-from .protocol import ApiError, Classification, ClassifyRequest, CompletionRequest, StreamDelta, context_error
+from .engine import ContinuousBatcher, GenerationTask, SamplingParams
+from .loading import CLASSIFICATION, LANGUAGE_MODELING, LoadedModel, load_for_serving
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    Classification,
+    ClassifyRequest,
+    CompletionRequest,
+    StreamDelta,
+    context_error,
+)
 from .quantize import quantize_int8
-
-LANGUAGE_MODELING = "languageModeling"
-CLASSIFICATION = "classification"
+from .settings import AdapterRef
 
 
 def wrong_task(task: str, route: str) -> ApiError:
@@ -34,11 +40,12 @@ def wrong_task(task: str, route: str) -> ApiError:
 
 
 def resolve_sampling(
-    request: CompletionRequest,
+    request: CompletionRequest | ChatRequest,
     defaults: GenerationDefaults,
     prompt_tokens: int,
     context_length: int,
     index: int | None,
+    limits: RequestLimits | None = None,
 ) -> SamplingParams | ApiError:
     """The request's sampling parameters over the deployment defaults, checked against the context window.
 
@@ -48,9 +55,30 @@ def resolve_sampling(
     if prompt_tokens == 0:
         which = f"prompt[{index}]" if index is not None else "prompt"
         return ApiError(422, f"'{which}' encodes to no tokens", code="empty_prompt", param="prompt")
+    limits = limits or RequestLimits()
+    param = "messages" if isinstance(request, ChatRequest) else "prompt"
+    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        which = f"{param}[{index}]" if index is not None else param
+        return ApiError(
+            400,
+            f"'{which}' has {prompt_tokens} tokens; this deployment's limit (spec.limits.maxPromptTokens) is "
+            f"{limits.max_prompt_tokens}",
+            code="prompt_too_long",
+            param=param,
+        )
+    if limits.max_tokens is not None and request.max_tokens is not None and request.max_tokens > limits.max_tokens:
+        return ApiError(
+            400,
+            f"max_tokens is {request.max_tokens}; "
+            f"this deployment's limit (spec.limits.maxTokens) is {limits.max_tokens}",
+            code="max_tokens_too_large",
+            param="max_tokens",
+        )
     if prompt_tokens >= context_length:
-        return context_error(prompt_tokens, context_length, index, "prompt")
+        return context_error(prompt_tokens, context_length, index, param)
     room = context_length - prompt_tokens
+    if limits.max_tokens is not None:
+        room = min(room, limits.max_tokens)
     if request.max_tokens is not None and request.max_tokens > room:
         return ApiError(
             422,
@@ -82,11 +110,40 @@ def check_classify_lengths(
     return None
 
 
-def _load_local(directory: Path, device: str) -> tuple[nn.Module, ModelConfig, Tokenizer, str]:
-    """(model, config, tokenizer, version recorded in kubeforge.json) of a local model directory."""
-    model, config, tokenizer = load_model_dir(directory, device=device)
-    info = read_model_info(directory) if (directory / INFO_FILE).is_file() else {}
-    return model, config, tokenizer, str(info.get("version", ""))
+def _recorded_version(directory: Path) -> str:
+    """The version in the directory's kubeforge.json ("" when it has none)."""
+    return str(read_model_info(directory).get("version", "")) if (directory / INFO_FILE).is_file() else ""
+
+
+def _fetch(uri: str, local: Path) -> Path:
+    """A local directory with the files at uri (downloaded into local when remote)."""
+    if storage.is_remote(uri):
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"adapter directory {uri} does not exist")
+        return Path(storage.download_dir(uri, str(local)))
+    path = Path(storage.local_path(uri))
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{uri} is not a peft adapter directory: adapter_config.json is missing")
+    return path
+
+
+def _apply_adapters(model: nn.Module, drop: Sequence[str], load: dict[str, Path]) -> nn.Module:
+    """The model with adapters dropped and loaded (a PeftModel once it has any; the plain base again with none)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and set(drop) >= set(model.peft_config):
+        # None of the loaded adapters stays (peft cannot delete its last one): back to the plain base model, its
+        # LoRA layers removed and nothing merged; new ones load from scratch.
+        model, drop = model.unload(), []
+    for name in drop:
+        model.delete_adapter(name)
+    for name, directory in load.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(directory), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(directory), adapter_name=name)
+        model.eval()
+    return model
 
 
 def _unseeded_generator(device: str) -> torch.Generator:
@@ -97,16 +154,16 @@ def _unseeded_generator(device: str) -> torch.Generator:
 
 @dataclass(eq=False)
 class ModelRunner:
-    """A model version ready to serve."""
+    """A model version ready to serve: the loaded model, its tokenizer, and (for language models) its running batch."""
 
-    model: nn.Module
-    config: ModelConfig
-    tokenizer: Tokenizer
+    loaded: LoadedModel
     uri: str
     version: str
     quantization: str
     load_seconds: float
     generator: torch.Generator
+    batcher: ContinuousBatcher | None = None
+    adapters: dict[str, AdapterRef] = field(default_factory=dict)  # loaded LoRA adapters by name
 
     @classmethod
     def load(cls, uri: str, version: str, quantization: str = "none", device: str = "cpu") -> ModelRunner:
@@ -118,54 +175,106 @@ class ModelRunner:
             # Each replica downloads into its own directory (so replicas on a node never race on the same files)
             # and deletes it once the weights and tokenizer are in memory.
             with tempfile.TemporaryDirectory(prefix="kubeforge-model-") as tmp:
-                model, config, tokenizer, recorded = _load_local(storage.download_dir(uri, tmp), device)
+                directory = storage.download_dir(uri, tmp)
+                loaded, recorded = load_for_serving(directory, device), _recorded_version(directory)
         else:
-            model, config, tokenizer, recorded = _load_local(Path(storage.local_path(uri)), device)
+            directory = Path(storage.local_path(uri))
+            loaded, recorded = load_for_serving(directory, device), _recorded_version(directory)
         if quantization == "int8":
-            model = quantize_int8(model)
-        return cls(
-            model=model,
-            config=config,
-            tokenizer=tokenizer,
+            loaded.model = quantize_int8(loaded.model)
+        runner = cls(
+            loaded=loaded,
             uri=uri,
             version=version or recorded,
             quantization=quantization,
             load_seconds=time.perf_counter() - started,
             generator=_unseeded_generator(device),
         )
+        if loaded.task == LANGUAGE_MODELING:
+            runner.batcher = ContinuousBatcher(
+                loaded.model, loaded.eos_token_ids, loaded.pad_token_id, runner.decode, runner.generator
+            )
+        return runner
+
+    @property
+    def model(self) -> nn.Module:
+        """The network."""
+        return self.loaded.model
 
     @property
     def task(self) -> str:
         """languageModeling or classification."""
-        return self.config.task
+        return self.loaded.task
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens (prompt plus generated) one sequence may hold."""
+        return self.loaded.context_length
 
     def info(self) -> dict[str, Any]:
-        """What /v1/models tells about this version."""
+        """What /v1/models tells about this version (never where it is stored)."""
         return {
             "version": self.version,
-            "uri": self.uri,
             "task": self.task,
-            "contextLength": self.config.context_length,
-            "vocabSize": self.config.vocab_size,
-            "labels": list(self.config.labels),
-            "parameters": self.config.num_parameters(),
+            "format": self.loaded.format,
+            "contextLength": self.context_length,
+            "vocabSize": len(self.loaded.tokenizer),
+            "labels": list(self.loaded.labels) if self.task == CLASSIFICATION else [],
+            "parameters": self.loaded.num_parameters,
             "quantization": self.quantization,
+            "chatTemplate": self.loaded.chat_template is not None,
             "loadSeconds": round(self.load_seconds, 3),
         }
 
     def encode(self, text: str, special_tokens: bool) -> list[int]:
         """Token ids of text."""
-        return self.tokenizer.encode(text, add_special_tokens=special_tokens).ids
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=special_tokens))
 
     def decode(self, ids: list[int]) -> str:
         """Text of token ids, special tokens left out."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def set_adapters(self, wanted: Sequence[AdapterRef]) -> list[str]:
+        """Load, replace or drop LoRA adapters so exactly `wanted` are loaded, between two decode steps of the
+        running batch (the base model stays loaded); returns what changed, for the log."""
+        if self.batcher is None:
+            if wanted:
+                raise ValueError("LoRA adapters need a language model; this one is a classifier")
+            return []
+        wanted_by_name = {a.name: a for a in wanted}
+        drop = [n for n, a in self.adapters.items() if wanted_by_name.get(n) != a]
+        load = [a for a in wanted if self.adapters.get(a.name) != a]
+        with tempfile.TemporaryDirectory(prefix="kubeforge-adapter-") as tmp:
+            # Fetched and read outside the model lock; only the swap waits for the running step.
+            fetched = {a.name: _fetch(a.uri, Path(tmp) / a.name) for a in load}
+            self.batcher.change_model(lambda model: _apply_adapters(model, drop, fetched))
+        for name in drop:
+            del self.adapters[name]
+        for adapter in load:
+            self.adapters[adapter.name] = adapter
+        return [f"-{n}" for n in drop if n not in wanted_by_name] + [f"+{a.name}@{a.version or '?'}" for a in load]
+
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int] | ApiError:
+        """Token ids of the chat rendered with the model's chat template (generation prompt appended)."""
+        if self.task != LANGUAGE_MODELING:
+            return wrong_task(self.task, "/v1/chat/completions")
+        if self.loaded.chat_template is None:
+            return ApiError(
+                400, "this model has no chat template; use /v1/completions with a plain prompt", code="no_chat_template"
+            )
+        try:
+            text = self.loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template may raise on messages it does not accept (e.g. roles out of order)
+            return ApiError(400, f"the model's chat template rejected the messages: {exc}", param="messages")
+        # The template writes the special tokens itself (BOS, role markers): none are added around it.
+        return self.encode(text, special_tokens=False)
 
     def prepare_completion(
         self,
         request: CompletionRequest,
         defaults: GenerationDefaults,
         on_delta: Callable[[StreamDelta], None] | None = None,
+        limits: RequestLimits | None = None,
     ) -> list[GenerationTask] | ApiError:
         """One generation task per prompt, or the 4xx error of the first prompt the model cannot take."""
         if self.task != LANGUAGE_MODELING:
@@ -175,17 +284,31 @@ class ModelRunner:
             # Prompts are continued, so no special tokens (BOS/EOS post-processing) are added around them.
             ids = self.encode(prompt, special_tokens=False)
             index = i if request.prompt_is_list else None
-            params = resolve_sampling(request, defaults, len(ids), self.config.context_length, index)
+            params = resolve_sampling(request, defaults, len(ids), self.context_length, index, limits)
             if isinstance(params, ApiError):
                 return params
             tasks.append(GenerationTask(index=i, prompt_ids=ids, params=params, on_delta=on_delta))
         return tasks
 
+    def prepare_chat(
+        self,
+        request: ChatRequest,
+        prompt_ids: list[int],
+        defaults: GenerationDefaults,
+        on_delta: Callable[[StreamDelta], None] | None = None,
+        limits: RequestLimits | None = None,
+    ) -> list[GenerationTask] | ApiError:
+        """The generation task of a chat whose messages are already rendered, or its 4xx error."""
+        params = resolve_sampling(request, defaults, len(prompt_ids), self.context_length, None, limits)
+        if isinstance(params, ApiError):
+            return params
+        return [GenerationTask(index=0, prompt_ids=prompt_ids, params=params, on_delta=on_delta)]
+
     def generate(self, tasks: Sequence[GenerationTask]) -> None:
-        """Run one batch of generation tasks to completion (blocking; the server calls it from a worker thread)."""
-        engine.generate(
-            self.model, tasks, self.config.eos_token_id, self.config.pad_token_id, self.decode, self.generator
-        )
+        """Run generation tasks to completion on this thread (tests, benchmarks; the server uses the batcher's own
+        thread instead)."""
+        assert self.batcher is not None, "not a language model"
+        engine.generate(self.batcher, tasks)
 
     def prepare_classify(self, request: ClassifyRequest) -> list[list[int]] | ApiError:
         """Token ids of each input (truncated to the context when asked), or a 4xx error."""
@@ -194,19 +317,19 @@ class ModelRunner:
         # Documents are encoded as the data step encodes them: with the tokenizer's own post-processing.
         encoded = [self.encode(text, special_tokens=True) for text in request.inputs]
         error = check_classify_lengths(
-            [len(ids) for ids in encoded], self.config.context_length, request.truncate, request.input_is_list
+            [len(ids) for ids in encoded], self.context_length, request.truncate, request.input_is_list
         )
         if error is not None:
             return error
-        return [ids[: self.config.context_length] for ids in encoded]
+        return [ids[: self.context_length] for ids in encoded]
 
     def classify(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities of each token sequence (blocking; call from a worker thread)."""
-        return engine.classify(self.model, sequences, self.config.pad_token_id).tolist()
+        return engine.classify(self.model, sequences, self.loaded.pad_token_id).tolist()
 
     def label_names(self) -> list[str]:
         """Names of the classes, by index."""
-        return list(self.config.labels) or [str(i) for i in range(self.config.num_labels)]
+        return list(self.loaded.labels)
 
     def to_classification(self, index: int, probabilities: Sequence[float]) -> Classification:
         """The Classification of one input from its class probabilities."""

@@ -17,8 +17,9 @@ from kubeforge.api.modeldeployment import (
     GenerationDefaults,
     ModelDeployment,
     ModelDeploymentSpec,
-    ReplicaSpec,
+    RequestLimits,
 )
+from kubeforge.builders.rayservice import ResolvedAdapter, scaling_options, serve_user_config
 
 STABLE, CANARY = "stable", "canary"
 REPLICA_HEADROOM = 32  # requests a replica takes beyond its admission limits: health checks, /v1/models, errors
@@ -35,6 +36,19 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter to serve over the base model: its name (the request's model), directory and version."""
+
+    name: str
+    uri: str
+    version: str = ""
+
+    def to_wire(self) -> dict[str, str]:
+        """The user_config form."""
+        return {"name": self.name, "uri": self.uri, "version": self.version}
+
+
+@dataclass(frozen=True)
 class AppSettings:
     """Everything build_app needs, checked."""
 
@@ -42,6 +56,7 @@ class AppSettings:
     namespace: str | None
     spec: ModelDeploymentSpec
     versions: tuple[ModelVersion, ...]
+    adapters: tuple[AdapterRef, ...] = ()
 
     def version(self, role: str) -> ModelVersion:
         """The version with this role."""
@@ -74,23 +89,35 @@ def parse_app_args(args: dict[str, Any], read_version: Callable[[str], str]) -> 
             raise ValueError(f"the canary and the stable model are both version {canary_version!r}")
     elif args.get("canaryModelUri"):
         raise ValueError("args['canaryModelUri'] is set but spec.canary is not: set spec.canary.trafficPercent")
+    if spec.engine != "transformers":
+        raise ValueError(f"spec.engine {spec.engine} is served by Ray Serve LLM, not by kubeforge_trainer.serve")
     if spec.quantization == "int8" and spec.resources.gpu > 0:
         raise ValueError("quantization int8 is dynamic CPU quantisation; it cannot be used with resources.gpu > 0")
-    return AppSettings(resource.metadata.name, resource.metadata.namespace, spec, tuple(versions))
+    adapters = parse_adapters(args, spec, resource.metadata.name, versions)
+    return AppSettings(resource.metadata.name, resource.metadata.namespace, spec, tuple(versions), adapters)
 
 
-def scaling_options(replicas: ReplicaSpec) -> dict[str, Any]:
-    """num_replicas when min == max, else a Ray Serve autoscaling_config (min 0 allows scale to zero)."""
-    if replicas.min == replicas.max:
-        return {"num_replicas": replicas.min}
-    return {
-        "autoscaling_config": {
-            "min_replicas": replicas.min,
-            "max_replicas": replicas.max,
-            "initial_replicas": max(replicas.min, 1),
-            "target_ongoing_requests": replicas.target_ongoing_requests,
-        }
-    }
+def parse_adapters(
+    args: dict[str, Any], spec: ModelDeploymentSpec, name: str, versions: list[ModelVersion]
+) -> tuple[AdapterRef, ...]:
+    """The adapters to serve: args['adapters'] ([{name, uri, version}], modelRefs resolved by the operator), else
+    spec.adapters given by uri."""
+    if "adapters" in args:
+        adapters = tuple(AdapterRef(a["name"], a["uri"], str(a.get("version") or "")) for a in args["adapters"] or [])
+    else:
+        unresolved = [a.name for a in spec.adapters if a.uri is None]
+        if unresolved:
+            raise ValueError(
+                f"spec.adapters {', '.join(unresolved)}: modelRef: pass args['adapters'] (the operator resolves it)"
+            )
+        adapters = tuple(AdapterRef(a.name, a.uri or "") for a in spec.adapters)
+    taken = {name} | {v.version for v in versions} | {f"{name}:{v.version}" for v in versions}
+    clash = [a.name for a in adapters if a.name in taken]
+    if clash:
+        raise ValueError(f"spec.adapters: {', '.join(clash)} is already the deployment's or a version's name")
+    if adapters and spec.quantization == "int8":
+        raise ValueError("spec.adapters cannot be used with quantization int8 (LoRA needs the float linear layers)")
+    return adapters
 
 
 def torch_threads(spec: ModelDeploymentSpec) -> int:
@@ -98,14 +125,31 @@ def torch_threads(spec: ModelDeploymentSpec) -> int:
     return max(1, math.floor(parse_quantity(spec.resources.cpu)))
 
 
-def model_user_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """What a model replica can change without a restart (Serve user_config -> reconfigure)."""
-    return {"batching": spec.batching.to_wire(), "generation": spec.generation.to_wire()}
+def model_user_config(spec: ModelDeploymentSpec, adapters: tuple[AdapterRef, ...] = ()) -> dict[str, Any]:
+    """What a model replica can change without a restart (Serve user_config -> reconfigure); the operator's
+    serveConfigV2 carries the same mapping as the deployment's user_config override."""
+    return serve_user_config(spec, [ResolvedAdapter(a.name, a.uri, a.version) for a in adapters])
 
 
-def parse_model_user_config(config: dict[str, Any]) -> tuple[BatchingSpec, GenerationDefaults]:
+@dataclass(frozen=True)
+class UserConfig:
+    """What reconfigure() applies: batching, generation defaults, per-request limits, adapters."""
+
+    batching: BatchingSpec
+    generation: GenerationDefaults
+    limits: RequestLimits
+    adapters: tuple[AdapterRef, ...]
+
+
+def parse_model_user_config(config: dict[str, Any]) -> UserConfig:
     """The inverse of model_user_config."""
-    return BatchingSpec.model_validate(config["batching"]), GenerationDefaults.model_validate(config["generation"])
+    adapters = tuple(AdapterRef(a["name"], a["uri"], a.get("version", "")) for a in config.get("adapters", []))
+    return UserConfig(
+        BatchingSpec.model_validate(config["batching"]),
+        GenerationDefaults.model_validate(config["generation"]),
+        RequestLimits.model_validate(config.get("limits") or {}),
+        adapters,
+    )
 
 
 def batch_limits(batching: BatchingSpec) -> tuple[int, float]:
@@ -120,7 +164,7 @@ def admission_limits(spec: ModelDeploymentSpec) -> tuple[int, int]:
     return spec.replicas.max_ongoing_requests, spec.replicas.max_queued_requests
 
 
-def server_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
+def server_deployment_options(spec: ModelDeploymentSpec, adapters: tuple[AdapterRef, ...] = ()) -> dict[str, Any]:
     """Ray Serve options of the app's deployment: replicas, autoscaling, request limits, resources, user_config.
 
     The replica enforces maxOngoingRequests and maxQueuedRequests itself (AdmissionGate), so overload is answered
@@ -142,7 +186,7 @@ def server_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
         "max_ongoing_requests": per_replica,
         "max_queued_requests": per_replica * spec.replicas.max,
         "ray_actor_options": actor_options,
-        "user_config": model_user_config(spec),
+        "user_config": model_user_config(spec, adapters),
         # A model that cannot load (bad URI, corrupt weights) fails the deployment after a few tries, not twenty.
         "max_constructor_retry_count": 3,
         # Direct ingress: a replica listens on the node's serve port itself, so a node holds one of them.

@@ -249,3 +249,38 @@ def build_tiny_classifier(
     loss = _train(model, batches, steps, 2e-3, loss_of)
     path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
     return TinyModel(path, config, [ids for ids, _ in test], [label for _, label in test], loss)
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}" + EOS + "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_chat_model(directory: str | Path, seed: int = 0, vocab_size: int = 512, layers: int = 2) -> Path:
+    """A Hugging Face directory (save_pretrained) of a tiny random-weight Llama and a byte-level BPE tokenizer with a
+    chat template; no training, no download. Returns the directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = train_tokenizer(docstring_lines(CORPUS_MODULES[:8]), vocab_size, out / "bpe.json")
+    (out / "bpe.json").unlink()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=EOS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(out))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    return out
