@@ -26,6 +26,12 @@ MAX_BATCH = 65_536
 # The trainer's own message for more than one GPU per worker (kubeforge_trainer.train.driver raises it too).
 GPUS_PER_WORKER_MESSAGE = "each worker process drives one GPU; set workers.count to the number of GPUs instead"
 
+# Objectives (SFT, DPO): the objective names and the DPO validation metrics; DpoSpec is above TrainingJobSpec.
+Objective = Literal["languageModeling", "sft", "dpo", "classification"]
+DPO_METRIC_NAMES = Literal[
+    "rewardAccuracy", "rewardMargin", "chosenReward", "rejectedReward", "chosenLogps", "rejectedLogps"
+]
+
 
 class DataRef(ApiModel):
     """The data to train on: a DataPipeline, or the URI of a dataset manifest."""
@@ -270,9 +276,11 @@ class EvaluationSpec(ApiModel):
 
     interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
     max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
-    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1"]] = Field(
-        default_factory=lambda: ["loss", "perplexity"],
-        description="Metrics to compute.",
+    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] | None = (
+        Field(
+            default=None,
+            description="Metrics to compute; unset: every metric of the objective (see the objective).",
+        )
     )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping; off when unset.")
     best_metric: str = Field(default="loss", description="Metric that picks the best checkpoint.")
@@ -340,8 +348,96 @@ class FailurePolicy(ApiModel):
     )
 
 
+# ---------------------------------------------------------------- training objective (SFT, DPO)
+
+OBJECTIVE_RULES = (
+    cel("!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')", "dpo is only for objective dpo"),
+    cel(
+        "!has(self.objective) || (self.objective == 'classification') == "
+        "(has(self.model) && has(self.model.task) && self.model.task == 'classification')",
+        "objective classification needs model.task classification; languageModeling, sft and dpo need "
+        "model.task languageModeling",
+    ),
+    cel(
+        "!has(self.dpo) || !has(self.dpo.reference) || self.dpo.reference != 'adaptersDisabled' || "
+        "(has(self.model) && has(self.model.lora))",
+        "dpo.reference adaptersDisabled needs model.lora",
+    ),
+)
+
+
+# The DataPipeline tokenizer.task (a dataset manifest's `task`) each objective trains on.
+OBJECTIVE_DATA_TASK = {
+    "languageModeling": "languageModeling",
+    "classification": "classification",
+    "sft": "chat",
+    "dpo": "preference",
+}
+
+
+# The validation/test metrics of each objective (all of them when evaluation.metrics is unset).
+OBJECTIVE_METRICS = {
+    "languageModeling": ("loss", "perplexity"),
+    "classification": ("loss", "accuracy", "precision", "recall", "f1"),
+    "sft": ("loss", "perplexity"),  # on assistant tokens
+    "dpo": (
+        "loss",
+        "rewardAccuracy",
+        "rewardMargin",
+        "chosenReward",
+        "rejectedReward",
+        "chosenLogps",
+        "rejectedLogps",
+    ),
+}
+
+
+def evaluation_metrics(spec: TrainingJobSpec) -> list[str]:
+    """The metrics a run computes: spec.evaluation.metrics as written, or every metric of the objective."""
+    if spec.evaluation.metrics is not None:
+        return list(dict.fromkeys(spec.evaluation.metrics))
+    return list(OBJECTIVE_METRICS[objective_of(spec)])
+
+
+def objective_of(spec: TrainingJobSpec) -> str:
+    """The run's objective: spec.objective, or model.task when it is unset."""
+    return spec.objective or spec.model.task
+
+
+class DpoSpec(ApiModel):
+    """Direct preference optimisation: the loss variant and the reference model."""
+
+    model_config = cel_rules(
+        cel("self.lossType == 'robust' || self.labelSmoothing == 0.0", "labelSmoothing needs lossType robust"),
+    )
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=1000,
+        description="How far the policy may move from the reference (DPO's beta; IPO's tau).",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        default="sigmoid",
+        description="sigmoid (DPO), ipo (token-averaged log-ratios), hinge (SLiC) or robust (noisy labels).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="lossType robust: the probability that a preference label is flipped.",
+    )
+    reference: Literal["base", "adaptersDisabled"] | None = Field(
+        default=None,
+        description="base: a frozen copy of the starting weights; adaptersDisabled: the LoRA model with its adapters "
+        "off (no second copy). Unset: adaptersDisabled with model.lora, base otherwise.",
+    )
+
+
 class TrainingJobSpec(CommonSpec):
     """Desired state of a TrainingJob."""
+
+    model_config = cel_rules(*OBJECTIVE_RULES)
 
     data_ref: DataRef = Field(description="Training data.")
     model: ModelSpec = Field(
@@ -355,6 +451,12 @@ class TrainingJobSpec(CommonSpec):
     output: OutputModelSpec = Field(default_factory=OutputModelSpec, description="Exported model.")
     workers: TrainingWorkers = Field(default_factory=TrainingWorkers, description="Ray Train workers.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries.")
+    objective: Objective | None = Field(
+        default=None,
+        description="What the model learns: languageModeling (next token), sft (assistant tokens of chat data), dpo "
+        "(preference pairs) or classification; unset: model.task.",
+    )
+    dpo: DpoSpec | None = Field(default=None, description="DPO settings (objective dpo; the defaults when unset).")
 
 
 class TrainingJobStatus(CommonStatus):
@@ -370,6 +472,10 @@ class TrainingJobStatus(CommonStatus):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to finish.")
     progress: str | None = Field(default=None, description="Short progress text, e.g. '120/1000'.")
     eval_metrics: dict[str, float] = Field(default_factory=dict, description="Latest validation metrics.")
+    train_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Objective metrics of the latest training log window (dpo: reward accuracy, margin, log-probs).",
+    )
     best_metrics: dict[str, float] = Field(
         default_factory=dict, description="Validation metrics of the best checkpoint."
     )

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from kubeforge.api import TrainingJob
+from kubeforge_trainer.models.build import build_config, build_model
 from kubeforge_trainer.progress import FileStatusReporter, read_status_file
 from kubeforge_trainer.train.synthetic import write_dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -150,6 +153,20 @@ def classification_dataset(tmp_path_factory: pytest.TempPathFactory, corpus: lis
         pad_token_id=0,
         eos_token_id=1,
     )
+
+
+@pytest.fixture
+def hf_llama_dir(tmp_path: Path, tokenizer_file: Path) -> Path:
+    """A tiny randomly initialised LlamaForCausalLM saved with save_pretrained, sharing our tokenizer."""
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    config = build_config(
+        "llama", vocab_size=vocab, hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=32
+    )
+    torch.manual_seed(1)
+    directory = tmp_path / "hf-llama"
+    build_model(config).save_pretrained(directory)
+    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
+    return directory
 
 
 @pytest.fixture(scope="module")

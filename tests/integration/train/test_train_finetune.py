@@ -5,32 +5,14 @@ follow the logged validation curve, and the export's untouched weights are exact
 
 from __future__ import annotations
 
-import shutil
-
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from kubeforge_trainer.models.build import build_config, build_model
 from kubeforge_trainer.train import run_trainingjob
 from kubeforge_trainer.train.evaluation import is_improvement
-from tokenizers import Tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def hf_llama_dir(tmp_path, tokenizer_file):
-    """A tiny randomly initialised LlamaForCausalLM saved with save_pretrained, sharing our tokenizer."""
-    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
-    config = build_config(
-        "llama", vocab_size=vocab, hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=32
-    )
-    torch.manual_seed(1)
-    directory = tmp_path / "hf-llama"
-    build_model(config).save_pretrained(directory)
-    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
-    return directory
 
 
 def recompute_metrics(model_dir, dataset, split: str) -> dict[str, float]:

@@ -112,7 +112,8 @@ def resolve_model(
     """The network to train: the spec's architecture and sizes, or the pretrained config (explicit architecture
     fields beside pretrained are an error), grown to the dataset's vocabulary; labels and special tokens from the
     dataset. Raises SpecError naming the field."""
-    needed = dataset.sequence_length - 1 if model.task == LANGUAGE_MODELING else dataset.sequence_length
+    # Packed language-model rows feed sequenceLength - 1 tokens; chat and preference rows all of theirs.
+    needed = dataset.sequence_length - 1 if dataset.task == LANGUAGE_MODELING else dataset.sequence_length
     labels = _label_fields(model, dataset)
     base_vocab = None
     if pretrained_config is None:

@@ -49,7 +49,8 @@ from .modeling import (
     pretrained_local_dir,
     save_checkpoint_model,
 )
-from .plan import CLASSIFICATION, TrainPlan, data_position
+from .objectives import needs_frozen_base, objective_step
+from .plan import CLASSIFICATION, DPO, DPO_METRICS, TrainPlan, data_position
 from .schedule import lr_lambda
 from .throughput import estimate_mfu, eta_seconds, peak_flops, progress_text, tokens_per_second
 
@@ -151,6 +152,18 @@ class WorkerRun:
             use_gpu=self.settings.use_gpu,
             pretrained_dir=self.pretrained_dir,
         )
+        self._build_objective()
+
+    def _build_objective(self) -> None:
+        """The sft/dpo step (train/objectives.py); None keeps the language-model and classification path."""
+        spec, frozen_base = self.spec, None
+        if needs_frozen_base(spec):
+            torch.manual_seed(spec.training.seed)  # from scratch: the policy's initial weights
+            base = spec.model.model_copy(update={"lora": None, "gradient_checkpointing": False})
+            frozen_base = build_network(self.model_config, base, pretrained_dir=self.pretrained_dir, for_training=False)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)  # the engine's
+        self.objective = objective_step(spec, self.model_config.pad_token_id, self.engine, frozen_base, dtype)
+        self.objective_window: torch.Tensor | None = None
 
     def _lineage(self) -> dict[str, Any]:
         """Where the model came from: the dataset (and its manifest's hash), the base model and its job."""
@@ -207,6 +220,8 @@ class WorkerRun:
         shard = ray.train.get_dataset_shard(split)
         cap = self.spec.evaluation.max_batches
         per_worker_cap = math.ceil(cap / self.world) if cap else None
+        if self.objective is not None:
+            return self._evaluate_objective(shard, per_worker_cap)
         n = self.model_config.num_labels
         confusion = torch.zeros(n, n, dtype=torch.float64) if n else None
         loss_sum, count = 0.0, 0
@@ -233,6 +248,27 @@ class WorkerRun:
             return language_model_metrics(total[0], int(total[1]), wanted)
         matrix = [total[2 + r * n : 2 + (r + 1) * n] for r in range(n)]
         return classification_metrics(matrix, total[0], wanted)
+
+    def _evaluate_objective(self, shard: Any, per_worker_cap: int | None) -> dict[str, float]:
+        """evaluate() of an sft or dpo run: the objective's sums over the shard, all-reduced, as its metrics."""
+        sums = torch.zeros(self.objective.sums_width, dtype=torch.float64, device=self.engine.device)
+        self.engine.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(shard.iter_batches(batch_size=self.plan.micro_batch_size, batch_format="numpy")):
+                if per_worker_cap is not None and i >= per_worker_cap:
+                    break
+                sums += self.objective.forward(self.engine, batch, self.engine.device)[2]
+        self.engine.train()
+        return self.objective.metrics(self._all_sum(sums.tolist()), list(self.plan.eval_metrics))
+
+    def _train_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """(mean loss, tokens) of one training micro-batch; an objective's sums add up for the log window."""
+        if self.objective is None:
+            loss, _, tokens = forward_batch(self.engine, batch, self.model_config, "mean")
+            return loss, tokens
+        loss, tokens, sums = self.objective.forward(self.engine, batch, self.engine.device)
+        self.objective_window = sums if self.objective_window is None else self.objective_window + sums
+        return loss, tokens
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -417,7 +453,7 @@ class WorkerRun:
                 consumed += 1
                 if consumed <= skip:
                     continue  # already trained on before the checkpoint this run resumed from
-                loss, _, tokens = forward_batch(self.engine, batch, self.model_config, "mean")
+                loss, tokens = self._train_forward(batch)
                 self.engine.backward(loss)
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
@@ -454,6 +490,7 @@ class WorkerRun:
     def _log_step(self, epoch_fraction: float) -> None:
         window = self.window
         loss_sum, micro, tokens = self._all_sum([float(window["loss"]), window["micro"], window["tokens"]])
+        train_metrics = self._window_objective_metrics()
         now = time.monotonic()
         tps = tokens_per_second(tokens, now - window["start"])
         peak = peak_flops(torch.cuda.get_device_name() if self.settings.use_gpu else None, self.settings.precision)
@@ -499,7 +536,19 @@ class WorkerRun:
         }
         if math.isfinite(loss):
             fields["loss"] = loss
+        if train_metrics:
+            fields["trainMetrics"] = train_metrics
+            log.info("step %d train %s", step, _fmt(train_metrics))
         self._report(**fields)
+
+    def _window_objective_metrics(self) -> dict[str, float]:
+        """DPO's reward metrics over the log window, all workers (a collective; empty for other objectives)."""
+        if self.objective is None or self.objective.objective != DPO:
+            return {}
+        window = self.objective_window
+        local = window.tolist() if window is not None else [0.0] * self.objective.sums_width
+        self.objective_window = None
+        return self.objective.metrics(self._all_sum(local), DPO_METRICS[1:])  # the loss is reported already
 
     def _validate(self) -> bool:
         """Evaluate on validation; update best and early stopping; returns whether this is the new best."""
