@@ -15,7 +15,6 @@ from kubeforge.builders.rayservice import ResolvedAdapter, ResolvedModel, build_
 from kubeforge.config import OperatorConfig
 from kubeforge_trainer.serve import serve_locally
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,12 +23,6 @@ MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "Return the value of the path"},
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face save_pretrained directory: tiny random Llama, BPE tokenizer, chat template."""
-    return build_tiny_chat_model(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="module")
