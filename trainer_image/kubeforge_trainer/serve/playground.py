@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
+from kubeforge.constants import SERVE_PLAYGROUND_PATH as PATH
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PATH = "/playground"
 MAX_TOKENS_SLIDER = 1024  # the slider's top when spec.limits.maxTokens does not set one
 TEMPERATURE_SLIDER = 2.0
 # System fonts: the page must not fetch Google's fonts (clusters and CI often have no internet).
