@@ -116,3 +116,22 @@ def test_playground_streams_the_engines_answer_into_the_page(base_url: str, brow
 def words(choice: dict) -> str:
     """A chat answer's text with whitespace runs as single spaces (as the page's rendering shows it)."""
     return " ".join(choice["message"]["content"].split())
+
+
+def test_with_api_keys_the_page_asks_for_a_key_as_its_password() -> None:
+    """spec.auth: the page (mounted as the app mounts it) opens only after a login whose password is an API key."""
+    from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
+    from kubeforge_trainer.serve.playground import PATH, build_blocks, mount
+    from starlette.testclient import TestClient
+
+    async def answer(body: dict) -> None:
+        raise AssertionError("no chat is sent before the login")
+
+    blocks = build_blocks(NAME, lambda: [NAME], answer, GenerationDefaults(), RequestLimits())
+    with TestClient(mount(blocks, [b"key-one", b"key-two"])) as page:
+        assert page.get(f"{PATH}/config").status_code == 401
+        assert page.post(f"{PATH}/login", data={"username": "me", "password": "wrong"}).status_code == 400
+        assert page.get(f"{PATH}/config").status_code == 401
+        assert page.post(f"{PATH}/login", data={"username": "me", "password": "key-two"}).status_code == 200
+        config = page.get(f"{PATH}/config")
+        assert config.status_code == 200 and config.json()["mode"] == "blocks"

@@ -147,8 +147,7 @@ def build_blocks(
         choices = models()
         return gr.Dropdown(choices=choices, value=choices[0])
 
-    theme = gr.themes.Default(font=list(FONTS), font_mono=list(MONO_FONTS))
-    with gr.Blocks(title=f"{name} playground", theme=theme) as blocks:
+    with gr.Blocks(title=f"{name} playground") as blocks:
         gr.Markdown(f"## {name}\nChat with ModelDeployment `{name}`; answers stream from its engine.")
         with gr.Row():
             initial = models()
@@ -187,7 +186,8 @@ def mount(blocks: Any, api_keys: Sequence[bytes]) -> Any:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     auth = (lambda _user, password: key_matches(password, api_keys)) if api_keys else None
     message = "Log in with any user name and one of the deployment's API keys as the password." if api_keys else None
-    return gr.mount_gradio_app(app, blocks, path=PATH, auth=auth, auth_message=message, ssr_mode=False)
+    theme = gr.themes.Default(font=list(FONTS), font_mono=list(MONO_FONTS))
+    return gr.mount_gradio_app(app, blocks, path=PATH, auth=auth, auth_message=message, ssr_mode=False, theme=theme)
 
 
 class Playground:
