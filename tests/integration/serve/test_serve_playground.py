@@ -98,11 +98,16 @@ def test_playground_streams_the_engines_answer_into_the_page(base_url: str, brow
 
     seen: list[str] = []  # every distinct text of the assistant's bubble, in order
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
-    while time.monotonic() < deadline and (not seen or seen[-1] != expected):
+    busy = False  # the message box is disabled while an answer streams: enabled again after that, it is done
+    while time.monotonic() < deadline:
+        enabled = box.is_enabled()
+        finished, busy = busy and enabled, busy or not enabled
         bubbles = browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot")
         text = " ".join(bubbles[-1].text.split()) if bubbles else ""
         if text and (not seen or text != seen[-1]):
             seen.append(text)
+        if finished:
+            break
         time.sleep(0.02)
     screenshot = save_screenshot(browser, tmp_path, "playground.png")
     assert seen, f"no assistant answer appeared in {ANSWER_TIMEOUT_S}s (screenshot: {screenshot})"
