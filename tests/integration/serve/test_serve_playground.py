@@ -19,21 +19,25 @@ import requests
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = "play"
+ADAPTER = "terse"
 MAX_TOKENS = 48
 PAGE_TIMEOUT_S = 60
 ANSWER_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def base_url(local_ray, chat_dir: Path, deployment_resource) -> str:
-    """The chat model served with its playground; greedy by default so the page's answer is reproducible."""
+def base_url(local_ray, chat_dir: Path, deployment_resource, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The chat model and a LoRA adapter served with the playground; greedy by default, so answers are reproducible."""
     from kubeforge_trainer.serve import serve_locally
+    from kubeforge_trainer.serve.tiny_model import build_tiny_lora_adapter
 
+    adapter = build_tiny_lora_adapter(chat_dir, tmp_path_factory.mktemp(ADAPTER), seed=1)
     resource = deployment_resource(
         NAME,
         modelUri=str(chat_dir),
         resources={"cpu": "500m", "memory": "512Mi"},
         generation={"maxTokens": MAX_TOKENS, "temperature": 0},
+        adapters=[{"name": ADAPTER, "uri": str(adapter)}],
         playground=True,
     )
     return serve_locally({"resource": resource, "modelVersion": "v1"}, http_port=local_ray.http_port, route_prefix="/p")
@@ -73,54 +77,82 @@ def save_screenshot(driver, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_playground_streams_the_engines_answer_into_the_page(base_url: str, browser, tmp_path: Path) -> None:
-    from kubeforge_trainer.serve.playground import CHAT_ID, MESSAGE_ID, MODEL_ID
+def test_playground_streams_the_engines_answers_into_the_page(base_url: str, browser, tmp_path: Path) -> None:
+    from kubeforge_trainer.serve.playground import MESSAGE_ID, MODEL_ID
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
-
-    message = "Return the value of the path"
-    # Greedy on both sides: the page must show the engine's own answer to the same chat.
-    body = {"model": NAME, "messages": [{"role": "user", "content": message}], "max_tokens": MAX_TOKENS}
-    expected = words(requests.post(base_url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0])
-    assert expected
 
     browser.get(base_url + "/playground/")
     box = WebDriverWait(browser, PAGE_TIMEOUT_S).until(
         ec.element_to_be_clickable((By.CSS_SELECTOR, f"#{MESSAGE_ID} textarea"))
     )
-    # The model picker offers what /v1/models serves (the base model here).
     picker = browser.find_element(By.CSS_SELECTOR, f"#{MODEL_ID} input")
     WebDriverWait(browser, PAGE_TIMEOUT_S).until(lambda _: picker.get_attribute("value") == NAME)
+
+    # Greedy on both sides: the page must show the engine's own answer to the same chat.
+    first = [{"role": "user", "content": "Return the value of the path"}]
+    expected = api_answer(base_url, NAME, first)
+    seen = send(browser, box, first[-1]["content"])
+    save_screenshot(browser, tmp_path, "playground.png")
+    assert seen, f"no assistant answer appeared in {ANSWER_TIMEOUT_S}s (screenshot in {tmp_path})"
+    assert seen[-1] == words(expected), f"the page shows {seen[-1]!r}, the API answered {expected!r}"
+    # Gradio shows a placeholder ("Loading content") until the first token; from then on the bubble only grows.
+    answer = seen[next(i for i, text in enumerate(seen) if words(expected).startswith(text)) :]
+    assert len(answer) >= 2, f"the answer arrived in one piece, not streamed: {seen}"
+    assert all(b.startswith(a) for a, b in itertools.pairwise(answer)), seen
+
+    # The picker offers the adapter (as /v1/models does); the next turn goes to it, with the conversation so far.
+    picker.click()
+    option = WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, f"#{MODEL_ID} li[role='option'][aria-label='{ADAPTER}']"))
+    )
+    option.click()
+    WebDriverWait(browser, PAGE_TIMEOUT_S).until(lambda _: picker.get_attribute("value") == ADAPTER)
+    second = [*first, {"role": "assistant", "content": expected}, {"role": "user", "content": "Open the file"}]
+    adapted = api_answer(base_url, ADAPTER, second)
+    assert adapted != api_answer(base_url, NAME, second)  # the adapter changes the answer, so the pick is visible
+    seen = send(browser, box, second[-1]["content"])
+    save_screenshot(browser, tmp_path, "playground-adapter.png")
+    assert seen and seen[-1] == words(adapted), f"the page shows {seen[-1:]!r}, {ADAPTER} answered {adapted!r}"
+
+
+def api_answer(base_url: str, model: str, messages: list[dict[str, str]]) -> str:
+    """The app's own greedy /v1/chat/completions answer."""
+    body = {"model": model, "messages": messages, "max_tokens": MAX_TOKENS}
+    reply = requests.post(base_url + "/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def send(browser, box, message: str) -> list[str]:
+    """Send a message on the page; every distinct text of the newest assistant bubble until the answer ends."""
+    from kubeforge_trainer.serve.playground import CHAT_ID
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    before = len(browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot"))
     box.send_keys(message)
     box.send_keys(Keys.ENTER)
-
-    seen: list[str] = []  # every distinct text of the assistant's bubble, in order
+    seen: list[str] = []
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
     busy = False  # the message box is disabled while an answer streams: enabled again after that, it is done
     while time.monotonic() < deadline:
         enabled = box.is_enabled()
         finished, busy = busy and enabled, busy or not enabled
-        bubbles = browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot")
-        text = " ".join(bubbles[-1].text.split()) if bubbles else ""
+        bubbles = browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot")[before:]
+        text = words(bubbles[-1].text) if bubbles else ""
         if text and (not seen or text != seen[-1]):
             seen.append(text)
         if finished:
             break
         time.sleep(0.02)
-    screenshot = save_screenshot(browser, tmp_path, "playground.png")
-    assert seen, f"no assistant answer appeared in {ANSWER_TIMEOUT_S}s (screenshot: {screenshot})"
-    assert seen[-1] == expected, f"the page shows {seen[-1]!r}, the API answered {expected!r}"
-    # Gradio shows a placeholder ("Loading content") until the first token; from then on the bubble only grows.
-    answer = seen[next(i for i, text in enumerate(seen) if expected.startswith(text)) :]
-    assert len(answer) >= 2, f"the answer arrived in one piece, not streamed: {seen}"
-    assert all(b.startswith(a) for a, b in itertools.pairwise(answer)), seen
+    return seen
 
 
-def words(choice: dict) -> str:
-    """A chat answer's text with whitespace runs as single spaces (as the page's rendering shows it)."""
-    return " ".join(choice["message"]["content"].split())
+def words(text: str) -> str:
+    """Text with whitespace runs as single spaces (as the page's rendering shows it)."""
+    return " ".join(text.split())
 
 
 def test_with_api_keys_the_page_asks_for_a_key_as_its_password() -> None:
