@@ -77,6 +77,27 @@ def test_stream_text_grows_with_each_delta_and_closes_the_stream() -> None:
     assert closed == [True]
 
 
+def test_a_page_that_stops_reading_closes_the_apps_stream() -> None:
+    """Gradio closes the answer's generator when the user stops it or leaves: the app's stream must close too (its
+    cleanup cancels the sequence in the running batch)."""
+    closed = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield chunk("x")
+        finally:
+            closed.append(True)
+
+    async def read_two() -> tuple[list[str], list[bool]]:
+        texts = stream_text(StreamingResponse(endless()))
+        got = [await anext(texts), await anext(texts)]
+        await texts.aclose()
+        return got, list(closed)  # closed at once, not when the loop finalises leftover generators
+
+    assert asyncio.run(read_two()) == (["x", "xx"], [True])
+
+
 def test_stream_text_raises_the_apis_error_message() -> None:
     refused = JSONResponse(ApiError(400, "max_tokens is over the limit of 8", param="max_tokens").body(), 400)
     with pytest.raises(PlaygroundError, match="max_tokens is over the limit of 8"):
