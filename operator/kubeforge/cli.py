@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,12 +104,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return print_status(Path(args.state_dir), args.names, args.output)
 
 
+def _selected(verb: str, text: str) -> tuple[str, str] | None:
+    """(Kind, name) of a KIND/NAME argument, or None after printing a one-line error."""
+    from .constants import KINDS
+    from .local.status_command import parse_selector
+
+    parsed = parse_selector(text)
+    if parsed is None or parsed[0] is None:
+        print(f"kubeforge {verb}: {text}: expected KIND/NAME with KIND one of {', '.join(KINDS)}", file=sys.stderr)
+        return None
+    return parsed[0], parsed[1]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the log of a resource's newest local run (-f: follow it while the step runs)."""
+    from .local.manage import print_logs
+
+    selected = _selected("logs", args.resource)
+    return 1 if selected is None else print_logs(Path(args.state_dir), *selected, follow=args.follow)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete a resource's local state, logs and the outputs it owns (asks first unless --yes)."""
+    from .local.manage import delete_resource
+
+    selected = _selected("delete", args.resource)
+    return 1 if selected is None else delete_resource(Path(args.state_dir), *selected, yes=args.yes)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the kopf operator in this process (settings from the KUBEFORGE_* environment) until stopped."""
     from .config import OperatorConfig
 
+    if args.all_namespaces and args.namespace:
+        print("kubeforge operator: --namespace and --all-namespaces exclude each other", file=sys.stderr)
+        return 2
     try:
-        config = OperatorConfig.from_env()
+        config = OperatorConfig.from_env().with_namespaces(args.namespace, args.all_namespaces)
         from .controller import run
     except ValueError as exc:
         print(f"kubeforge operator: {exc}", file=sys.stderr)
@@ -163,7 +195,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="manifest files or directories (searched recursively)")
     p.add_argument("--serve", action="store_true", help="keep the ModelDeployments serving until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (default 8080)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus metrics port of Ray (default: a free one)"
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of the sample request to the served model")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="status, logs and reports (default .kubeforge)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -179,8 +213,38 @@ def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
 
 
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_STATE_DIR
+
+    p.add_argument("resource", help="KIND/NAME, e.g. trainingjob/gpt or tj/gpt")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the step stops running")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
+
+
+def _delete_args(p: argparse.ArgumentParser) -> None:
+    from .local import DEFAULT_STATE_DIR
+
+    p.add_argument("resource", help="KIND/NAME, e.g. trainingjob/gpt or tj/gpt")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where `kubeforge run` keeps state")
+
+
 def _operator_args(p: argparse.ArgumentParser) -> None:
-    p.epilog = "Settings come from KUBEFORGE_* environment variables (see kubeforge.config)."
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeatable; a kopf glob such as team-* also works); "
+        "overrides KUBEFORGE_WATCH_NAMESPACES",
+    )
+    p.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch the whole cluster, whatever KUBEFORGE_WATCH_NAMESPACES says",
+    )
+    p.epilog = "Other settings come from KUBEFORGE_* environment variables (see kubeforge.config)."
 
 
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -196,6 +260,8 @@ COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None
     ),
     "run": (cmd_run, "run manifests end to end on this machine, on a local Ray", _run_args),
     "status": (cmd_status, "show the status of resources run locally", _status_args),
+    "logs": (cmd_logs, "show the log of a resource run locally (-f follows it)", _logs_args),
+    "delete": (cmd_delete, "delete a locally run resource: state, logs, outputs and checkpoints", _delete_args),
     "operator": (cmd_operator, "run the Kubernetes operator (kopf) in this process", _operator_args),
 }
 
@@ -208,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`kubeforge status -o json | head`): it has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def owner_label(kind: str) -> str:
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 ANNOTATION_ATTEMPT = f"{GROUP}/attempt"
 FINALIZER = f"{GROUP}/finalizer"
+ANNOTATION_LOCAL_SOURCE = f"{GROUP}/local-source"  # `kubeforge run`: the manifest file a stored resource came from
 
 # Environment variables through which a workload learns which resource it reports progress to.
 ENV_RESOURCE_KIND = "KUBEFORGE_RESOURCE_KIND"

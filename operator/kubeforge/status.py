@@ -27,6 +27,7 @@ from .conditions import (
     now_rfc3339,
     set_condition,
 )
+from .failures import cause_line, is_permanent_text
 
 JOB_KINDS = frozenset({"DataPipeline", "TrainingJob"})
 TERMINAL_JOB_PHASES = frozenset({"Succeeded", "Failed"})
@@ -92,7 +93,9 @@ def rayjob_state(rayjob: Mapping[str, Any]) -> ChildState:
     if job == "SUCCEEDED" or (deployment == "Complete" and not job):
         return ChildState("Succeeded", "JobSucceeded", f"RayJob {name} succeeded", **times)
     if job == "FAILED":
-        return ChildState("Failed", "JobFailed", _join(f"Ray job of RayJob {name} failed", detail), **times)
+        # failurePolicy retries only what may heal; the workload's own last line names a permanent cause.
+        message = _join(f"Ray job of RayJob {name} failed", cause_line(detail))
+        return ChildState("Failed", "JobFailed", message, retryable=not is_permanent_text(detail), **times)
     if job == "STOPPED":
         message = _join(f"Ray job of RayJob {name} was stopped", detail)
         return ChildState("Failed", "JobStopped", message, retryable=False, **times)

@@ -93,16 +93,18 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
 
         # Status written as the operator would, and `kubeforge status` shows it.
         data = status_of(workdir, "DataPipeline", "quickstart-corpus")
-        assert data["phase"] == "Succeeded" and condition(data, "DataReady")["status"] == "True"
+        assert data["phase"] == "Succeeded" and condition(data, "Ready")["status"] == "True"
         dedup = {op["name"]: op for op in data["operations"]}["exactDedup"]
         assert dedup["rowsOut"] < dedup["rowsIn"], "the system docs hold real exact duplicates"
         assert (Path(data["outputUri"]) / "_manifest.json").is_file()
         assert job["phase"] == "Succeeded" and job["step"] == job["totalSteps"] == 20
-        assert condition(job, "ModelReady")["status"] == "True"
+        # The operator's conditions (one status machine): DataReady on the TrainingJob, ModelReady on the deployment.
+        assert condition(job, "DataReady")["status"] == "True" and condition(job, "Ready")["status"] == "True"
         assert set(job["testMetrics"]) >= {"loss", "perplexity"}
         assert (Path(job["modelUri"]) / "model.safetensors").is_file()
         serving = status_of(workdir, "ModelDeployment", "quickstart-gpt")
         assert serving["phase"] == "Ready" and serving["url"] == base and serving["readyReplicas"] == 1
+        assert condition(serving, "ModelReady")["status"] == "True"
         table = subprocess.run(
             [sys.executable, "-m", "kubeforge.cli", "status"], cwd=workdir, capture_output=True, text=True, timeout=60
         )

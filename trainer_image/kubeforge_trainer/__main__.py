@@ -11,6 +11,7 @@ import os
 import sys
 
 from kubeforge.api import DataPipeline, TrainingJob
+from kubeforge.failures import PERMANENT_MARKER, TRAINER_PREFIX, exit_message
 from pydantic import ValidationError
 
 from .progress import reporter_from_env
@@ -23,7 +24,7 @@ def _load(model: type, raw: str) -> object:
     try:
         return model.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:
-        sys.exit(f"kubeforge_trainer: {ENV_RESOURCE} does not hold a valid {model.__name__}: {exc}")
+        sys.exit(f"{TRAINER_PREFIX}{PERMANENT_MARKER}{ENV_RESOURCE} does not hold a valid {model.__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,20 +44,20 @@ def main(argv: list[str] | None = None) -> int:
             run_datapipeline(resource, reporter)
         except DataPipelineError as exc:  # bad input or spec: one line naming the resource and the field
             reporter.close()
-            sys.exit(f"kubeforge_trainer: {exc}")
+            sys.exit(exit_message(exc))  # marked permanent: failurePolicy does not retry it
     else:
         from .train import SpecError, TrainingFailed, run_trainingjob
 
         resource = _load(TrainingJob, raw)
         data_uri = os.environ.get(ENV_DATA_URI) or resource.spec.data_ref.uri
         if not data_uri:
-            sys.exit(f"kubeforge_trainer: no data location: set spec.dataRef.uri or ${ENV_DATA_URI}")
+            sys.exit(f"{TRAINER_PREFIX}{PERMANENT_MARKER}no data location: set spec.dataRef.uri or ${ENV_DATA_URI}")
         reporter = reporter_from_env("TrainingJob", resource.metadata.name)
         try:
             run_trainingjob(resource, data_uri, reporter)
         except (SpecError, TrainingFailed) as exc:  # one line naming the resource (workers' tracebacks are above)
             reporter.close()
-            sys.exit(f"kubeforge_trainer: {exc}")
+            sys.exit(exit_message(exc))  # marked permanent when no retry can heal it
     reporter.close()
     return 0
 

@@ -202,7 +202,16 @@ class CheckpointSpec(ApiModel):
     uri: str = Field(description="Checkpoint directory: local path, file://, s3:// or gs:// URI.")
     interval_steps: int = Field(default=500, ge=1, le=MAX_STEPS, description="Steps between checkpoints.")
     keep_last: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept besides the best one.")
-    resume: bool = Field(default=True, description="Resume from the latest checkpoint when one exists.")
+    resume: bool = Field(
+        default=True,
+        description="Resume from the latest checkpoint when one exists and belongs to this run (same training-"
+        "relevant spec and data); false deletes the checkpoints under uri and starts at step 0.",
+    )
+    extend: bool = Field(
+        default=False,
+        description="Continue the checkpoints of the same run to a longer training.maxSteps/epochs (the "
+        "learning-rate schedule is stretched to the new length); without it a changed length is refused.",
+    )
 
 
 class OutputModelSpec(ApiModel):
@@ -285,6 +294,9 @@ class TrainingJobStatus(CommonStatus):
     model_uri: str | None = Field(default=None, description="URI of the exported inference-ready model.")
     model_version: str | None = Field(default=None, description="Version id of the exported model.")
     stopped_early: bool | None = Field(default=None, description="Whether early stopping ended training.")
+    resumed_from_step: int | None = Field(
+        default=None, description="Step of the checkpoint this run resumed from (0: started fresh)."
+    )
 
 
 class TrainingJob(ApiModel):

@@ -16,17 +16,21 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from .. import conditions
+from ..constants import ANNOTATION_LOCAL_SOURCE
+from ..failures import is_permanent
 from ..validate import Problem, validate_paths
 from . import DEFAULT_PROMPT, DEFAULT_STATE_DIR
 from . import status as st
 from .display import Renderer, make_renderer, watching
+from .manage import owned_outputs, step_log_path
 from .plan import Step, capacity_problems, plan_run
 from .resources import ResourceStore, typed, with_absolute_locations
 from .serving import answer_text, curl_commands, playground_url, post_json, sample_request
@@ -46,8 +50,8 @@ class RunOptions:
     paths: Sequence[str]
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     serve: bool = False
-    port: int = 8000
-    metrics_port: int = 8080
+    port: int = 8000  # the endpoint's, when the run serves
+    metrics_port: int | None = None  # None: Ray picks a free one (and kubeforge one for the printed URL when serving)
     prompt: str = DEFAULT_PROMPT
     plain: bool = False
     verbose: bool = False
@@ -109,11 +113,6 @@ def one_line(exc: BaseException) -> str:
     return first or type(exc).__name__
 
 
-def is_configuration_error(exc: BaseException) -> bool:
-    """Bad input (the workloads raise ValueError subclasses naming the field): retrying cannot help."""
-    return isinstance(root_cause(exc), ValueError)
-
-
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether nothing listens on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -123,6 +122,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def manifest_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -210,6 +216,11 @@ class LocalRun:
             self._err(f"kubeforge run: {port_problem}")
             return 1
 
+        conflict = self._state_conflict(steps)
+        if conflict:
+            self._err(f"kubeforge run: {conflict}")
+            return 1
+
         self._setup_logging()
         self._apply(steps)
         self._direct_ingress = any(
@@ -240,11 +251,35 @@ class LocalRun:
         finally:
             self._shutdown()
 
+    def _state_conflict(self, steps: list[Step]) -> str:
+        """Why this run would take over another resource's state: one of the same kind and name, applied from
+        another manifest file, that writes elsewhere (a copied manifest directory run from the same place). A copy
+        that writes to the same outputs shares the state, as it shares the outputs."""
+        for step in steps:
+            stored = self.resources.get(step.kind, step.name)
+            if stored is None:
+                continue
+            source = _source_file(step)
+            stored_source = (stored["metadata"].get("annotations") or {}).get(ANNOTATION_LOCAL_SOURCE)
+            wire = with_absolute_locations(step.kind, step.manifest.resource.to_wire(), self.options.workdir)
+            if stored_source in (None, source) or owned_outputs(stored) == owned_outputs(wire):
+                continue
+            return (
+                f"{step.label} from {step.manifest.source} writes to {', '.join(owned_outputs(wire))}, but "
+                f"{self._show(self.state_dir)} holds {step.label} from {stored_source} writing to "
+                f"{', '.join(owned_outputs(stored))}: run the copy from its own directory or with --state-dir, "
+                f"rename it, or `kubeforge delete {step.kind.lower()}/{step.name}` first"
+            )
+        return ""
+
     def _apply(self, steps: list[Step]) -> None:
         """Store each resource as `kubectl apply` would; a changed spec gets a new generation and a fresh status."""
         now = now_rfc3339()
         for step in steps:
             wire = with_absolute_locations(step.kind, step.manifest.resource.to_wire(), self.options.workdir)
+            source = _source_file(step)
+            annotations = {**(wire["metadata"].get("annotations") or {}), ANNOTATION_LOCAL_SOURCE: source}
+            wire["metadata"] = {**wire["metadata"], "annotations": annotations}
             previous = self.resources.get(step.kind, step.name)
             obj = self.resources.apply(wire, now)
             if previous is not None and previous["metadata"]["generation"] != obj["metadata"]["generation"]:
@@ -342,7 +377,7 @@ class LocalRun:
         def work(reporter: Any) -> dict[str, Any]:
             from kubeforge_trainer.train import run_trainingjob
 
-            result = run_trainingjob(resource, data_uri, reporter)
+            result = run_trainingjob(resource, data_uri, reporter, notify=self._notice)
             fields = {"modelUri": result["modelUri"], "modelVersion": str(result["modelVersion"])}
             if result.get("testMetrics"):
                 fields["testMetrics"] = result["testMetrics"]
@@ -369,7 +404,7 @@ class LocalRun:
         while True:
             reporter = FileStatusReporter(step.kind, step.name, self.statuses.directory)
             try:
-                with watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
+                with self._step_log(step), watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
                     try:
                         fields = work(reporter)
                     finally:
@@ -379,7 +414,7 @@ class LocalRun:
             except Exception as exc:
                 message = self._log_failure(step, exc)
                 status = self.statuses.get(step.kind, step.name)
-                if attempt < retries and not is_configuration_error(exc):
+                if attempt < retries and not is_permanent(exc):
                     attempt += 1
                     retry_note = f"retry {attempt}/{retries} after: {message}"
                     self.renderer.line(f"    ! {retry_note}", "yellow")
@@ -387,6 +422,8 @@ class LocalRun:
                     status["retries"] = status.get("retries", 0) + 1
                     self._put(step, status)
                     continue
+                if attempt < retries:
+                    message += "; not retried: a retry cannot fix this"
                 self._put(step, st.failed(status, step.kind, generation, now_rfc3339(), message))
                 return StepOutcome(step.kind, step.name, "Failed", time.monotonic() - started, message=message)
             status = self.statuses.get(step.kind, step.name)
@@ -443,7 +480,7 @@ class LocalRun:
         status = self._put(step, st.started(status, step.kind, generation, now_rfc3339(), "deploying"))
         try:
             self.start_ray()
-            with watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
+            with self._step_log(step), watching(step.kind, self.statuses.path(step.kind, step.name), self.renderer):
                 url = self._deploy(step, args)
                 fields = self._deployment_fields(step.name, url, args)
                 self._put(step, fields)
@@ -652,13 +689,22 @@ class LocalRun:
     # ---- helpers ----
 
     def _check_ports(self, steps: list[Step]) -> str:
-        if not any(s.kind == "ModelDeployment" for s in steps):
-            return ""
-        if not port_is_free(self.options.port):
+        """A fixed port this run needs that is taken, in one line (before Ray starts and fails less clearly)."""
+        if any(s.kind == "ModelDeployment" for s in steps) and not port_is_free(self.options.port):
             return f"port {self.options.port} is in use; pass --port to serve on another one"
-        if not port_is_free(self.options.metrics_port):
-            return f"port {self.options.metrics_port} is in use; pass --metrics-port to export metrics on another one"
+        metrics_port = self.options.metrics_port
+        if metrics_port is not None and not port_is_free(metrics_port):
+            return f"port {metrics_port} (--metrics-port) is in use; name another one, or leave it out for a free one"
         return ""
+
+    def _metrics_port(self) -> int | None:
+        """The metrics port to give Ray: the one named; a free one when the run serves (its URL is printed with
+        the curl commands); else None, and Ray picks its own, so runs side by side never collide."""
+        if self.options.metrics_port is not None:
+            return self.options.metrics_port
+        if any(kind == "ModelDeployment" for kind, _ in self.objects):
+            return free_port()
+        return None
 
     def start_ray(self) -> None:
         """Start the run's one local Ray (all steps share it); the entry points see it initialised and reuse it."""
@@ -674,6 +720,7 @@ class LocalRun:
             enable_direct_ingress(self.options.port)  # Serve's processes read it when they start
         cpus = self.cpus
         self.renderer.line(f"    starting a local Ray ({cpus} CPUs) ...", "dim")
+        metrics_port = self._metrics_port()
         for attempt in range(1, RAY_START_ATTEMPTS + 1):
             try:
                 ray.init(
@@ -684,7 +731,7 @@ class LocalRun:
                     # session logs, so the terminal shows the bars; --verbose shows both as Ray normally does.
                     configure_logging=self.options.verbose,
                     log_to_driver=self.options.verbose,
-                    _metrics_export_port=self.options.metrics_port,
+                    _metrics_export_port=metrics_port,
                 )
                 break
             except Exception as exc:
@@ -695,9 +742,15 @@ class LocalRun:
                 log.warning("starting Ray failed (%s); trying again", one_line(exc))
         self._ray_started = True
         self._route_ray_logs()
-        self.metrics_url = f"http://127.0.0.1:{self.options.metrics_port}/metrics"
+        if metrics_port is not None:
+            self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         # ray.init installs its own SIGTERM handler; a terminated run stops like Ctrl-C (status written, Ray down).
         self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    def _notice(self, text: str) -> None:
+        """A workload's one-line notice (e.g. "resuming from <uri> (step N)"): on screen and in run.log."""
+        log.info("%s", text)
+        self.renderer.line(f"    {text}", "cyan")
 
     def _put(self, step: Step, fields: dict[str, Any]) -> st.Status:
         return self._put_kind(step.kind, step.name, fields)
@@ -705,10 +758,26 @@ class LocalRun:
     def _put_kind(self, kind: str, name: str, fields: dict[str, Any]) -> st.Status:
         return self.statuses.put(kind, name, fields)
 
+    @contextmanager
+    def _step_log(self, step: Step) -> Iterator[None]:
+        """While a step runs, everything logged (its step lines included) also goes to its own log file, which
+        `kubeforge logs KIND/NAME [-f]` shows."""
+        path = step_log_path(self.log_dir, step.kind, step.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
     def _log_failure(self, step: Step, exc: BaseException) -> str:
         """Write the traceback to the step's log file; returns the one line shown to the user."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        path = self.log_dir / f"{step.kind}-{step.name}.log"
+        path = step_log_path(self.log_dir, step.kind, step.name)
         with path.open("a") as f:
             f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         message = one_line(root_cause(exc)) if not isinstance(exc, StepFailed) else str(exc)
@@ -753,6 +822,11 @@ class LocalRun:
             return str(Path(path).relative_to(self.options.workdir.resolve()))
         except ValueError:
             return str(path)
+
+
+def _source_file(step: Step) -> str:
+    """The absolute path of the file a step's manifest came from (validate labels documents `file#N`)."""
+    return str(Path(step.manifest.source.rsplit("#", 1)[0]).resolve())
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -13,99 +13,87 @@ from kubeforge_trainer.progress import read_status_file, write_status_file
 
 from .. import conditions as c
 from ..constants import KINDS
+from ..status import ChildState, Dependency, Observation, derive_status
 
 Status = dict[str, Any]
 
-# Reasons the local runner sets (CamelCase, as in metav1.Condition).
-REASON_WAITING_FOR_DATA = "WaitingForDataPipeline"
-REASON_WAITING_FOR_MODEL = "WaitingForModel"
-REASON_DEPENDENCY_FAILED = "DependencyFailed"
-REASON_RUNNING = "Running"
-REASON_DEPLOYING = "Deploying"
-REASON_SUCCEEDED = "Succeeded"
-REASON_SERVING = "Serving"
-REASON_WORKLOAD_FAILED = "WorkloadFailed"
+# What a resource waits for, and the operator's reasons for it (handlers/trainingjob.py, handlers/modeldeployment.py):
+# kind -> (dependency kind, not ready, failed, ready).
+DEPENDENCY_REASONS = {
+    "TrainingJob": ("DataPipeline", "DataPipelineNotReady", "DataPipelineFailed", "DataPipelineSucceeded"),
+    "ModelDeployment": ("TrainingJob", "TrainingJobNotReady", "TrainingJobFailed", "ModelExported"),
+}
+
+# Local-only states, layered on the operator's Suspended: a cluster has no Ctrl-C, and its endpoints outlive a run.
 REASON_INTERRUPTED = "Interrupted"
 REASON_STOPPED = "LocalRunEnded"
-REASON_DATA_WRITTEN = "DatasetWritten"
-REASON_MODEL_EXPORTED = "ModelExported"
-REASON_MODEL_AVAILABLE = "ModelAvailable"
-
-# The condition that says a kind's output (or input, for a ModelDeployment) is there.
-OUTPUT_CONDITION = {"DataPipeline": c.DATA_READY, "TrainingJob": c.MODEL_READY}
-INPUT_CONDITION = {"TrainingJob": c.DATA_READY, "ModelDeployment": c.MODEL_READY}
 
 
-def _with(status: Status, generation: int, now: str, phase: str, message: str, updates: list[tuple]) -> Status:
-    conds = list(status.get("conditions", []))
-    for type_, value, reason in updates:
-        conds = c.set_condition(conds, type_, value, reason, message, generation=generation, now=now)
-    return {**status, "phase": phase, "observedGeneration": generation, "conditions": conds, "message": message}
+def _derive(
+    status: Status,
+    kind: str,
+    generation: int,
+    now: str,
+    child: ChildState | None = None,
+    dependency: Dependency | None = None,
+) -> Status:
+    """status with the operator-owned fields derived by the operator's own derive_status (one status machine: a
+    local run and a cluster write the same phases, reasons and conditions for the same child states)."""
+    observation = Observation(child=child, dependency=dependency, retries=int(status.get("retries") or 0))
+    derived = derive_status(kind, status, generation, observation, now)
+    if derived.get("childName") is None:
+        derived.pop("childName")  # no child object locally
+    return {**status, **derived}
 
 
 def waiting(status: Status, kind: str, generation: int, now: str, message: str, failed_dependency: bool) -> Status:
     """Pending: the resource waits for (or cannot run because of) the resource it references."""
-    reason = (
-        REASON_DEPENDENCY_FAILED
-        if failed_dependency
-        else (REASON_WAITING_FOR_DATA if kind == "TrainingJob" else REASON_WAITING_FOR_MODEL)
-    )
-    updates = [(c.PROGRESSING, False, reason), (c.READY, False, reason)]
-    if kind in INPUT_CONDITION:
-        updates.append((INPUT_CONDITION[kind], False, reason))
-    return _with(status, generation, now, "Pending", message, updates)
+    _, not_ready, failed_reason, _ = DEPENDENCY_REASONS[kind]
+    dependency = Dependency(False, failed_reason if failed_dependency else not_ready, message)
+    return _derive(status, kind, generation, now, dependency=dependency)
 
 
 def started(status: Status, kind: str, generation: int, now: str, message: str) -> Status:
-    """Running (a ModelDeployment: Deploying): the workload has been started."""
-    serving = kind == "ModelDeployment"
-    reason = REASON_DEPLOYING if serving else REASON_RUNNING
-    updates = [(c.PROGRESSING, True, reason), (c.READY, False, reason), (c.FAILED, False, reason)]
-    if kind in INPUT_CONDITION:
-        updates.append((INPUT_CONDITION[kind], True, REASON_MODEL_AVAILABLE if serving else REASON_DATA_WRITTEN))
-    if status.get("phase") == "Suspended":
-        updates.append((c.SUSPENDED, False, "Resumed"))
-    out = _with(status, generation, now, "Deploying" if serving else "Running", message, updates)
-    out["startTime"] = now
-    out["completionTime"] = None
-    return out
+    """Running (a ModelDeployment: Deploying): the workload has been started (again: a new start time)."""
+    fresh = {k: v for k, v in status.items() if k not in ("startTime", "completionTime")}
+    if kind == "ModelDeployment":
+        child = ChildState("Deploying", "Deploying", message, progressing=True, start_time=now)
+    else:
+        child = ChildState("Running", "JobRunning", message, progressing=True, start_time=now)
+    dependency = None
+    if kind in DEPENDENCY_REASONS:
+        needed, _, _, ready = DEPENDENCY_REASONS[kind]
+        dependency = Dependency(True, ready, f"{needed} ready")
+    return _derive(fresh, kind, generation, now, child, dependency)
 
 
 def succeeded(status: Status, kind: str, generation: int, now: str, message: str) -> Status:
     """Succeeded (a ModelDeployment: Ready, serving): the workload's output is there."""
     serving = kind == "ModelDeployment"
-    reason = REASON_SERVING if serving else REASON_SUCCEEDED
-    updates = [(c.PROGRESSING, False, reason), (c.READY, True, reason), (c.FAILED, False, reason)]
-    if kind in OUTPUT_CONDITION:
-        output_reason = REASON_DATA_WRITTEN if kind == "DataPipeline" else REASON_MODEL_EXPORTED
-        updates.append((OUTPUT_CONDITION[kind], True, output_reason))
-    out = _with(status, generation, now, "Ready" if serving else "Succeeded", message, updates)
-    if not serving:
-        out["completionTime"] = now
-    return out
+    child = ChildState("Ready", "Serving", message) if serving else ChildState("Succeeded", "JobSucceeded", message)
+    return _derive(status, kind, generation, now, child)
 
 
 def failed(status: Status, kind: str, generation: int, now: str, message: str) -> Status:
-    """Failed: the workload raised and has no retries left."""
-    updates = [(c.PROGRESSING, False, REASON_WORKLOAD_FAILED), (c.READY, False, REASON_WORKLOAD_FAILED)]
-    updates.append((c.FAILED, True, REASON_WORKLOAD_FAILED))
-    return _with(status, generation, now, "Failed", message, updates)
+    """Failed: the workload raised and has no retries left (or no retry can fix it)."""
+    return _derive(status, kind, generation, now, ChildState("Failed", "JobFailed", message))
+
+
+def _suspended(status: Status, kind: str, generation: int, now: str, reason: str, message: str) -> Status:
+    out = _derive(status, kind, generation, now, ChildState("Suspended", reason, message))
+    # The derivation words Suspended for spec.suspend; say why the local run suspended it instead.
+    out["conditions"] = c.set_condition(out["conditions"], c.SUSPENDED, True, reason, message, generation, now)
+    return out
 
 
 def interrupted(status: Status, kind: str, generation: int, now: str, message: str) -> Status:
     """Suspended: the user stopped the run (Ctrl-C); the next run resumes it."""
-    updates = [
-        (c.PROGRESSING, False, REASON_INTERRUPTED),
-        (c.READY, False, REASON_INTERRUPTED),
-        (c.SUSPENDED, True, REASON_INTERRUPTED),
-    ]
-    return _with(status, generation, now, "Suspended", message, updates)
+    return _suspended(status, kind, generation, now, REASON_INTERRUPTED, message)
 
 
 def stopped(status: Status, generation: int, now: str, message: str) -> Status:
     """Suspended: a ModelDeployment whose local endpoint went away with the run that served it."""
-    updates = [(c.READY, False, REASON_STOPPED), (c.SUSPENDED, True, REASON_STOPPED)]
-    out = _with(status, generation, now, "Suspended", message, updates)
+    out = _suspended(status, "ModelDeployment", generation, now, REASON_STOPPED, message)
     out["readyReplicas"] = 0
     return out
 

@@ -73,7 +73,7 @@ def test_a_step_that_cannot_start_fails_in_one_line_and_blocks_its_dependents(
     assert c.is_true(job_status["conditions"], c.FAILED)
     md_status = store.get("ModelDeployment", "md")
     assert md_status["phase"] == "Pending"
-    assert c.get_condition(md_status["conditions"], c.MODEL_READY)["reason"] == "DependencyFailed"
+    assert c.get_condition(md_status["conditions"], c.MODEL_READY)["reason"] == "TrainingJobFailed"
 
     reports = list((tmp_path / ".kubeforge" / "report").glob("*/report.md"))
     assert len(reports) == 1
@@ -142,9 +142,9 @@ def test_new_resources_are_pending_on_what_they_reference_until_they_run(
     assert store.get("DataPipeline", "corpus") == {}, "nothing to wait for"
     job = store.get("TrainingJob", "gpt")
     assert job["phase"] == "Pending" and job["message"] == "waits for DataPipeline/corpus"
-    assert c.get_condition(job["conditions"], c.DATA_READY)["reason"] == "WaitingForDataPipeline"
+    assert c.get_condition(job["conditions"], c.DATA_READY)["reason"] == "DataPipelineNotReady"
     md = store.get("ModelDeployment", "md")
-    assert c.get_condition(md["conditions"], c.MODEL_READY)["reason"] == "WaitingForModel"
+    assert c.get_condition(md["conditions"], c.MODEL_READY)["reason"] == "TrainingJobNotReady"
     store.put("TrainingJob", "gpt", {"phase": "Succeeded"})
     run._apply(steps)
     assert store.get("TrainingJob", "gpt")["phase"] == "Succeeded", "an existing status is left alone"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from kubeforge import conditions as c
 from kubeforge.api import DataPipelineStatus, ModelDeploymentStatus, TrainingJobStatus
 from kubeforge.local import status as st
+from kubeforge.status import Dependency, Observation, derive_status, rayjob_state, rayservice_state
 from kubeforge_trainer.progress import FileStatusReporter
 
 T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-01-01T00:01:00Z", "2025-01-01T00:02:00Z"
@@ -40,7 +42,7 @@ def test_job_runs_then_succeeds():
     assert done["completionTime"] == T1
     assert done["rowsIn"] == 10, "progress fields the workload wrote are kept"
     assert cond(done, c.READY)["status"] == "True"
-    assert cond(done, c.DATA_READY)["status"] == "True"
+    assert c.get_condition(done["conditions"], c.DATA_READY) is None, "DataReady belongs to the TrainingJob"
     assert cond(done, c.PROGRESSING)["status"] == "False"
     assert cond(done, c.PROGRESSING)["lastTransitionTime"] == T1
     assert cond(done, c.FAILED)["status"] == "False"
@@ -50,12 +52,13 @@ def test_job_runs_then_succeeds():
     assert not st.is_up_to_date(running, 3)
 
 
-def test_trainingjob_sets_data_ready_when_started_and_model_ready_when_done():
+def test_trainingjob_sets_data_ready_when_started():
     running = valid("TrainingJob", st.started({}, "TrainingJob", 1, T0, "started"))
     assert cond(running, c.DATA_READY)["status"] == "True"
+    assert cond(running, c.DATA_READY)["reason"] == "DataPipelineSucceeded"
     done = valid("TrainingJob", st.succeeded(running, "TrainingJob", 1, T1, "completed"))
-    assert cond(done, c.MODEL_READY)["status"] == "True"
-    assert cond(done, c.MODEL_READY)["reason"] == st.REASON_MODEL_EXPORTED
+    assert cond(done, c.READY)["reason"] == "JobSucceeded"
+    assert c.get_condition(done["conditions"], c.MODEL_READY) is None, "ModelReady belongs to the ModelDeployment"
 
 
 def test_deployment_deploys_then_is_ready_then_stops_with_the_run():
@@ -65,12 +68,13 @@ def test_deployment_deploys_then_is_ready_then_stops_with_the_run():
     ready = valid("ModelDeployment", st.succeeded(deploying, "ModelDeployment", 1, T1, "serving"))
     assert ready["phase"] == "Ready"
     assert "completionTime" not in ready or ready["completionTime"] is None, "a service does not complete"
-    assert cond(ready, c.READY)["reason"] == st.REASON_SERVING
+    assert cond(ready, c.READY)["reason"] == "Serving"
     gone = valid("ModelDeployment", st.stopped({**ready, "readyReplicas": 1}, 1, T2, "stopped"))
     assert gone["phase"] == "Suspended"
     assert gone["readyReplicas"] == 0
     assert cond(gone, c.READY)["status"] == "False"
     assert cond(gone, c.SUSPENDED)["reason"] == st.REASON_STOPPED
+    assert cond(gone, c.MODEL_READY)["status"] == "True", "the model is still there"
 
 
 def test_failure_and_interruption():
@@ -93,9 +97,64 @@ def test_waiting_for_a_failed_dependency():
     waiting = valid("TrainingJob", st.waiting({}, "TrainingJob", 1, T0, "waits for DataPipeline/x", True))
     assert waiting["phase"] == "Pending"
     assert cond(waiting, c.DATA_READY)["status"] == "False"
-    assert cond(waiting, c.DATA_READY)["reason"] == st.REASON_DEPENDENCY_FAILED
+    assert cond(waiting, c.DATA_READY)["reason"] == "DataPipelineFailed"
     md = valid("ModelDeployment", st.waiting({}, "ModelDeployment", 1, T0, "waits", False))
-    assert cond(md, c.MODEL_READY)["reason"] == st.REASON_WAITING_FOR_MODEL
+    assert cond(md, c.MODEL_READY)["reason"] == "TrainingJobNotReady"
+
+
+@pytest.mark.parametrize("kind", ["TrainingJob", "ModelDeployment"])
+def test_the_local_runner_and_the_operator_write_the_same_status_for_the_same_child_states(kind):
+    """One status machine: a dependency that is not ready, then ready with the workload running, then failed, then
+    retried and succeeded — through the local transitions and through the operator's derivation from its children
+    (rayjob_state / rayservice_state, as the handlers build their Observations)."""
+    dep, not_ready_reason, _, ready_reason = st.DEPENDENCY_REASONS[kind]
+    waiting_message = f"waiting for {dep} x (Running)"
+    if kind == "TrainingJob":
+        running_child = rayjob_state(rayjob("Running", "RUNNING", T1))
+        failed_child = rayjob_state(rayjob("Complete", "FAILED", T1, message="worker OOM"))
+        done_child = rayjob_state(rayjob("Complete", "SUCCEEDED", T1))
+        local_done = "RayJob x succeeded"
+    else:
+        running_child = rayservice_state({"metadata": {"name": "x"}, "status": {}})
+        failed_child = None  # a RayService does not fail and retry as a job does
+        done_child = rayservice_state({"metadata": {"name": "x"}, "status": {"serviceStatus": "Running"}})
+        local_done = "RayService x is serving"
+
+    ready = Dependency(True, ready_reason, f"{dep} ready")
+    operator: list[dict] = []
+    current: dict = {}
+    sequence = [(Dependency(False, not_ready_reason, waiting_message), None, T0), (ready, running_child, T1)]
+    if failed_child is not None:
+        sequence.append((ready, failed_child, T2))
+    sequence.append((ready, done_child, T2))
+    for dependency, child, now in sequence:
+        current = {**current, **derive_status(kind, current, 1, Observation(child=child, dependency=dependency), now)}
+        operator.append(current)
+
+    local = [st.waiting({}, kind, 1, T0, waiting_message, failed_dependency=False)]
+    local.append(st.started(local[-1], kind, 1, T1, running_child.message))
+    if failed_child is not None:
+        local.append(st.failed(local[-1], kind, 1, T2, failed_child.message))
+    local.append(st.succeeded(local[-1], kind, 1, T2, local_done))
+
+    def comparable(status: dict) -> dict:
+        # childName and the times of the children exist only in a cluster; phases, reasons, messages, the
+        # conditions and the generation are what must agree.
+        return {
+            "phase": status["phase"],
+            "message": status["message"],
+            "observedGeneration": status["observedGeneration"],
+            "conditions": sorted(
+                (x["type"], x["status"], x["reason"], x["lastTransitionTime"]) for x in status["conditions"]
+            ),
+        }
+
+    assert [comparable(s) for s in local] == [comparable(s) for s in operator]
+
+
+def rayjob(deployment: str, job: str, start: str, message: str = "") -> dict:
+    status = {"jobDeploymentStatus": deployment, "jobStatus": job, "startTime": start, "message": message}
+    return {"metadata": {"name": "x"}, "status": status}
 
 
 def test_store_shares_the_file_with_the_workload_reporter(tmp_path):

@@ -384,10 +384,10 @@ class InferenceServer:
 
     @staticmethod
     def _headers(server: VersionServer, request_id: str | None = None) -> dict[str, str]:
-        headers = {VERSION_HEADER: server.version.version}
-        if request_id:
-            headers["x-request-id"] = request_id
-        return headers
+        # No x-request-id here: Ray Serve's RequestIdMiddleware adds one to every response, and a second header
+        # with another value confuses clients and proxies; the completion's own id is the body's "id".
+        del request_id
+        return {VERSION_HEADER: server.version.version}
 
     async def _generate(
         self,

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeforge.wording import plural
+
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more text than any context window holds
 MAX_PROMPTS = 64  # prompts (or classify inputs) in one request
 MAX_STOP_STRINGS = 16
@@ -423,7 +425,8 @@ def context_error(prompt_tokens: int, context_length: int, index: int | None, pa
     which = f"{param}[{index}]" if index is not None else param
     return ApiError(
         413,
-        f"'{which}' has {prompt_tokens} tokens; the model's context length is {context_length} tokens",
+        f"'{which}' has {plural(prompt_tokens, 'token')}; the model's context length is "
+        f"{plural(context_length, 'token')}",
         code="context_length_exceeded",
         param=param,
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from kubeforge.api.modeldeployment import GenerationDefaults, RequestLimits
+from kubeforge.wording import plural
 from torch import nn
 
 from .. import storage
@@ -82,8 +83,9 @@ def resolve_sampling(
     if request.max_tokens is not None and request.max_tokens > room:
         return ApiError(
             422,
-            f"prompt ({prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) exceeds the model's context "
-            f"length of {context_length} tokens; at most {room} new tokens fit",
+            f"prompt ({plural(prompt_tokens, 'token')}) plus max_tokens ({request.max_tokens}) exceeds the model's "
+            f"context length of {plural(context_length, 'token')}; at most {plural(room, 'new token')} "
+            f"{'fits' if room == 1 else 'fit'}",
             code="context_length_exceeded",
             param="max_tokens",
         )

@@ -6,20 +6,24 @@ The same function runs in the operator's RayJob (`python -m kubeforge_trainer tr
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from kubeforge.api import TrainingJob
 from kubeforge.api.trainingjob import GPUS_PER_WORKER_MESSAGE
+from kubeforge.wording import plural
 
 from .. import storage
 from . import checkpointing as ckpt
-from .dataset import read_dataset_info, split_datasets
+from .dataset import MANIFEST_FILE, read_dataset_info, split_datasets
 from .dsconfig import build_deepspeed_config, effective_precision
 from .modeling import (
     check_lora_targets,
@@ -97,9 +101,11 @@ def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str,
         pretrained = _check_pretrained(job, storage.join(data_uri, dataset.tokenizer), Path(cache))
     model_config = resolve_model_config(name, spec.model, dataset, pretrained)
     check_lora_targets(name, model_config, spec.model.lora)
+    wire = spec.model_dump(by_alias=True, mode="json")
+    manifest = json.loads(storage.read_text(storage.join(data_uri, MANIFEST_FILE)))
     settings = RunSettings(
         resource_name=name,
-        spec=spec.model_dump(by_alias=True, mode="json"),
+        spec=wire,
         plan=plan.to_dict(),
         model_config=model_config.to_dict(),
         deepspeed_config=ds_config,
@@ -110,27 +116,56 @@ def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str,
         run_id=uuid.uuid4().hex[:8],
         use_gpu=use_gpu,
         precision=effective_precision(spec.training.precision, use_gpu),
+        identity=ckpt.run_identity(wire, ckpt.dataset_hash(manifest)),
     )
     return settings, {"dataset": dataset, "plan": plan}
 
 
-def _choose_run_id(job: TrainingJob, settings: RunSettings) -> RunSettings:
-    """Continue the run id of the checkpoint to resume from; without resume, clear old checkpoints first."""
-    root = job.spec.checkpoint.uri
-    if not job.spec.checkpoint.resume:
-        removed = ckpt.clear_checkpoints(root)
+def choose_resume(job: TrainingJob, settings: RunSettings, total_steps: int) -> tuple[RunSettings, ckpt.ResumeDecision]:
+    """The checkpoint to resume from (only one of this run: ckpt.decide_resume) and the run id to continue;
+    without resume, old checkpoints are cleared first. Raises SpecError when the checkpoints belong elsewhere."""
+    checkpoint, name = job.spec.checkpoint, job.metadata.name
+    if not checkpoint.resume:
+        removed = ckpt.clear_checkpoints(checkpoint.uri)
         if removed:
-            log.warning("checkpoint.resume is false: removed %d old checkpoint(s) from %s", len(removed), root)
-        return settings
-    latest = ckpt.latest_checkpoint(root)
-    if latest is None:
-        return settings
-    state = ckpt.read_trainer_state(latest)
-    log.info("resuming from %s (step %d)", latest, state.step)
-    return RunSettings(**{**settings.to_dict(), "run_id": state.run_id})
+            log.warning(
+                "checkpoint.resume is false: removed %d old checkpoint(s) from %s", len(removed), checkpoint.uri
+            )
+        return settings, ckpt.ResumeDecision()
+    latest = ckpt.latest_checkpoint(checkpoint.uri)
+    state = ckpt.read_trainer_state(latest) if latest is not None else None
+    length_field = "spec.training.maxSteps" if job.spec.training.max_steps is not None else "spec.training.epochs"
+    decision = ckpt.decide_resume(
+        name, latest, state, settings.identity, total_steps, length_field, extend=checkpoint.extend
+    )
+    if state is None or decision.checkpoint is None:
+        return settings, decision
+    return replace(settings, run_id=state.run_id), decision
+
+
+def _announce(text: str) -> None:
+    """Default notice sink: the driver's stdout (the RayJob's log) and the logger."""
+    print(f"kubeforge_trainer: {text}", flush=True)
+    log.info("%s", text)
+
+
+def step_line(fields: dict[str, Any]) -> str:
+    """The log line of one reported training step: `step 120/300 loss 2.3456 lr 3.00e-04 tokens/s 1234 eta 42s`."""
+    parts = [f"step {fields['step']}/{fields.get('totalSteps', '?')}"]
+    if fields.get("loss") is not None:
+        parts.append(f"loss {fields['loss']:.4f}")
+    if fields.get("learningRate") is not None:
+        parts.append(f"lr {fields['learningRate']:.2e}")
+    if fields.get("tokensPerSecond") is not None:
+        parts.append(f"tokens/s {fields['tokensPerSecond']:.0f}")
+    eta = fields.get("etaSeconds")
+    parts.append(f"eta {eta:.0f}s" if eta is not None else "eta -")
+    return " ".join(parts)
 
 
 def _forward_progress(message: dict[str, Any], reporter: Any, result: dict[str, Any]) -> None:
+    if "status" in message and "loss" in message["status"] and "step" in message["status"]:
+        log.info("%s", step_line(message["status"]))  # the step's log (`kubeforge logs`), one line per log interval
     if "status" in message:
         try:
             reporter.report(**message["status"])
@@ -140,9 +175,12 @@ def _forward_progress(message: dict[str, Any], reporter: Any, result: dict[str, 
         result.update(message["result"])
 
 
-def run_trainingjob(resource: TrainingJob, data_uri: str, reporter: Any) -> dict[str, Any]:
+def run_trainingjob(
+    resource: TrainingJob, data_uri: str, reporter: Any, notify: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Train, evaluate, checkpoint and export the model of a TrainingJob on Ray; returns the result
-    (modelUri, modelVersion, metrics, steps, stoppedEarly, ...)."""
+    (modelUri, modelVersion, metrics, steps, stoppedEarly, ...). notify shows one-line notices to the user
+    ("resuming from <uri> (step N)"); by default they go to stdout and the log."""
     import ray
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -150,7 +188,16 @@ def run_trainingjob(resource: TrainingJob, data_uri: str, reporter: Any) -> dict
 
     settings, resolved = prepare_run(resource, data_uri)
     plan, dataset = resolved["plan"], resolved["dataset"]
-    settings = _choose_run_id(resource, settings)
+    settings, decision = choose_resume(resource, settings, plan.total_steps)
+    notify = notify or _announce
+    if decision.checkpoint is not None:
+        extended = (
+            f"; extending the run from {decision.extended_from} to {plural(plan.total_steps, 'step')} "
+            "(checkpoint.extend)"
+            if decision.extended_from is not None
+            else ""
+        )
+        notify(f"resuming from {decision.checkpoint} (step {decision.step}){extended}")
     spec = resource.spec
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -189,7 +236,12 @@ def run_trainingjob(resource: TrainingJob, data_uri: str, reporter: Any) -> dict
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
     )
-    reporter.report(totalSteps=plan.total_steps, progress=f"0/{plan.total_steps} (starting)")
+    reporter.report(
+        totalSteps=plan.total_steps,
+        step=decision.step,
+        resumedFromStep=decision.step,
+        progress=f"{decision.step}/{plan.total_steps} (starting)",
+    )
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -228,6 +280,7 @@ def run_trainingjob(resource: TrainingJob, data_uri: str, reporter: Any) -> dict
             bestMetrics=result["bestMetrics"],
             testMetrics=result["testMetrics"],
             stoppedEarly=result["stoppedEarly"],
+            resumedFromStep=result["resumedFromStep"],
             etaSeconds=0.0,
         )
         reporter.flush()

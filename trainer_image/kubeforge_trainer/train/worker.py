@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class RunSettings:
     run_id: str
     use_gpu: bool
     precision: str  # effective precision
+    identity: dict[str, Any] = field(default_factory=dict)  # checkpointing.run_identity of the spec and data
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -339,6 +340,8 @@ class WorkerRun:
                 time.monotonic() - building,
             )
         self.restore()
+        # Checkpoints of this run carry its identity and planned length (what the driver's resume check reads).
+        self.state.identity, self.state.planned_steps = self.settings.identity, self.plan.total_steps
         self.resumed_from = self.state.step
         evaluation = self.spec.evaluation
         self.best = self.state.best_tracker(evaluation.best_metric, evaluation.best_mode)
