@@ -18,8 +18,8 @@ REDUCED: dict[str, dict[tuple[str, ...], object]] = {
         ("spec", "tokenizer", "sequenceLength"): 64,
     },
     "TrainingJob": {
-        ("spec", "model", "nLayers"): 1,
-        ("spec", "model", "dModel"): 64,
+        ("spec", "model", "layers"): 1,
+        ("spec", "model", "hiddenSize"): 64,
         ("spec", "model", "contextLength"): 64,
         ("spec", "training", "maxSteps"): 20,
         ("spec", "training", "microBatchSize"): 8,
