@@ -229,7 +229,7 @@ def test_the_driver_resumes_its_own_run_and_refuses_an_edited_one(tmp_path: Path
     def job(**edits: object) -> TrainingJob:
         spec = {
             "dataRef": {"uri": str(data)},
-            "model": {"nLayers": 1, "nHeads": 2, "dModel": 8, "contextLength": 8},
+            "model": {"layers": 1, "heads": 2, "hiddenSize": 8, "contextLength": 8},
             "training": {"maxSteps": 4, "microBatchSize": 2},
             "checkpoint": {"uri": str(root)},
         }
@@ -251,8 +251,8 @@ def test_the_driver_resumes_its_own_run_and_refuses_an_edited_one(tmp_path: Path
 
     settings, decision = start(job(checkpoint_intervalSteps=1))  # a field outside the identity
     assert (decision.checkpoint, decision.step, settings.run_id) == (str(finished), 4, "r1")
-    with pytest.raises(SpecError, match=r"spec.model.dModel 8 -> 16"):
-        start(job(model_dModel=16))
+    with pytest.raises(SpecError, match=r"spec.model.hiddenSize 8 -> 16"):
+        start(job(model_hiddenSize=16))
     with pytest.raises(SpecError, match=r"^TrainingJob/tj: spec.training.maxSteps: .*checkpoint.extend: true"):
         start(job(training_maxSteps=6))
     assert start(job(training_maxSteps=6, checkpoint_extend=True))[1].extended_from == 4
