@@ -132,15 +132,15 @@ def test_instruction_records_ask_about_each_function_up_to_the_limit():
     ]
 
 
-def test_preference_records_reject_another_functions_different_docstring():
+def test_preference_records_reject_a_different_docstring_half_the_list_away():
     rows = list(builtin.preference_records(FUNCTIONS, 10))
     assert rows == [
-        {"prompt": "What does `m.a` do?", "chosen": "Does A.", "rejected": "Does C."},  # m.b's text is the same
-        {"prompt": "What does `m.b` do?", "chosen": "Does A.", "rejected": "Does C."},
-        {"prompt": "What does `m.c` do?", "chosen": "Does C.", "rejected": "Does D."},
-        {"prompt": "What does `m.d` do?", "chosen": "Does D.", "rejected": "Does A."},  # wraps to the first
+        {"prompt": "What does `m.a` do?", "chosen": "Does A.", "rejected": "Does C."},
+        {"prompt": "What does `m.b` do?", "chosen": "Does A.", "rejected": "Does D."},
+        {"prompt": "What does `m.c` do?", "chosen": "Does C.", "rejected": "Does A."},  # wraps to the first
+        {"prompt": "What does `m.d` do?", "chosen": "Does D.", "rejected": "Does A."},
     ]
-    assert all(row["chosen"] != row["rejected"] for row in rows)
+    assert list(builtin.preference_records(FUNCTIONS, 1)) == []  # one function has no other docstring
 
 
 def test_derived_records_come_from_the_stdlib_without_importing(tmp_path):

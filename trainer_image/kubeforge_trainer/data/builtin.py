@@ -186,10 +186,13 @@ def instruction_records(functions: Iterable[tuple[str, str]], limit: int) -> Ite
 
 def preference_records(functions: Iterable[tuple[str, str]], limit: int) -> Iterator[dict[str, str]]:
     """Up to limit {prompt, chosen, rejected} rows: the question about each function, its docstring chosen and the
-    nearest following function's different docstring rejected (the last functions pair with the first ones)."""
+    different docstring of the function half the list further on (wrapping) rejected: in name order that is another
+    module's, so the question's module name tells the answers apart, which a small model can learn."""
     items = list(islice(functions, limit))
+    half = len(items) // 2
     for i, (name, answer) in enumerate(items):
-        rejected = next((a for _, a in items[i + 1 :] + items[:i] if a != answer), None)
+        others = items[i + half :] + items[: i + half]
+        rejected = next((a for n, a in others if a != answer and n != name), None)
         if rejected is not None:
             yield {"prompt": DERIVED_QUESTION.format(name=name), "chosen": answer, "rejected": rejected}
 
