@@ -174,7 +174,7 @@ def test_a_changed_architecture_is_refused_naming_the_field_and_the_ways_out() -
     message = str(raised.value)
     assert message.startswith("TrainingJob/gpt: spec.checkpoint.uri: /runs/gpt/checkpoints holds checkpoints of")
     assert "spec.model.dModel 128 -> 192" in message
-    assert "spec.checkpoint.resume: false" in message and f"spec.model.pretrained.path: {LATEST}" in message
+    assert "spec.checkpoint.resume: false" in message and f"spec.model.pretrained.uri: {LATEST}" in message
     assert "\n" not in message
 
 
