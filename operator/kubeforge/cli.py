@@ -136,8 +136,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
     """Run the kopf operator in this process (settings from the KUBEFORGE_* environment) until stopped."""
     from .config import OperatorConfig
 
+    if args.all_namespaces and args.namespace:
+        print("kubeforge operator: --namespace and --all-namespaces exclude each other", file=sys.stderr)
+        return 2
     try:
-        config = OperatorConfig.from_env()
+        config = OperatorConfig.from_env().with_namespaces(args.namespace, args.all_namespaces)
         from .controller import run
     except ValueError as exc:
         print(f"kubeforge operator: {exc}", file=sys.stderr)
@@ -227,7 +230,21 @@ def _delete_args(p: argparse.ArgumentParser) -> None:
 
 
 def _operator_args(p: argparse.ArgumentParser) -> None:
-    p.epilog = "Settings come from KUBEFORGE_* environment variables (see kubeforge.config)."
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeatable; a kopf glob such as team-* also works); "
+        "overrides KUBEFORGE_WATCH_NAMESPACES",
+    )
+    p.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch the whole cluster, whatever KUBEFORGE_WATCH_NAMESPACES says",
+    )
+    p.epilog = "Other settings come from KUBEFORGE_* environment variables (see kubeforge.config)."
 
 
 COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -17,7 +18,7 @@ ENV_VARS = {
     "KUBEFORGE_METRICS_PORT": "port of the operator's Prometheus /metrics",
     "KUBEFORGE_HEALTH_PORT": "port of kopf's liveness endpoint /healthz",
     "KUBEFORGE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
-    "KUBEFORGE_REQUEUE_SECONDS": "seconds between status re-checks of running workloads",
+    "KUBEFORGE_REQUEUE_SECONDS": "seconds between safety-net re-checks of unfinished resources (events drive the rest)",
     "KUBEFORGE_SERVE_PORT": "HTTP port of Ray Serve in RayService pods",
     "KUBEFORGE_HEAD_CPU": "CPU request and limit of the Ray head pod (it runs the driver, no tasks)",
     "KUBEFORGE_HEAD_MEMORY": "memory request and limit of the Ray head pod",
@@ -35,7 +36,8 @@ class OperatorConfig:
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
-    requeue_seconds: float = 10.0
+    # Only a safety net: watch events of the resources, their children and their dependencies drive reconciles.
+    requeue_seconds: float = 600.0
     serve_port: int = 8000
     head_cpu: str = "1"
     head_memory: str = "2Gi"
@@ -68,3 +70,17 @@ class OperatorConfig:
             )
         except ValueError as exc:
             raise ValueError(f"invalid operator setting: {exc}") from None
+
+    def with_namespaces(self, namespaces: Sequence[str] | None, all_namespaces: bool) -> OperatorConfig:
+        """The config with the command line's --namespace / --all-namespaces, which win over the environment."""
+        if all_namespaces:
+            return dataclasses.replace(self, watch_namespaces=())
+        if namespaces:
+            unique = tuple(dict.fromkeys(ns.strip() for ns in namespaces if ns.strip()))
+            return dataclasses.replace(self, watch_namespaces=unique)
+        return self
+
+
+def is_namespace_pattern(namespace: str) -> bool:
+    """Whether a --namespace value is a kopf glob pattern (``team-*``, ``!kube-system``) rather than a name."""
+    return any(char in namespace for char in "*?!,")

@@ -6,6 +6,8 @@ Run it with `kubeforge operator` (settings from the KUBEFORGE_* environment, see
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Callable
@@ -15,16 +17,17 @@ from typing import Any
 import kopf
 
 from .builders.validation import warm_up
-from .config import OperatorConfig
+from .config import OperatorConfig, is_namespace_pattern
 from .constants import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, RAY_GROUP
-from .handlers import register_all
-from .handlers.common import OperatorContext
+from .handlers import RECONCILERS, register_all
+from .handlers.common import OperatorContext, resync_loop
 from .handlers.kube import KubeApi, connection_info, load_configuration
 from .metrics import PHASE_TRACKER, start_metrics_server
 
 log = logging.getLogger(__name__)
 
 PEERING_NAME = "kubeforge"
+LIST_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,30 @@ class Setup:
     adjust_settings: Callable[[kopf.OperatorSettings], None] | None = None
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's "last handled" state serves change handlers alone, and we have none, yet kopf builds it (a deep copy
+    of the whole body, managedFields included) for every watch event: here it is empty, stored nowhere."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """Nothing to compare: no handler looks at a diff."""
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """Never stored."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to store (so no annotation write either)."""
+
+
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
-    """kopf settings for production: our finalizer and annotation prefix, peering, server-side label filters."""
+    """kopf settings for production: namespace scanning, peering, server-side label filters, Event posting."""
+    # Our handlers are watch-event handlers only, so kopf writes neither a finalizer nor progress or diff-base
+    # annotations. Should a handler that needs them ever be added, they are ours by name, and in annotations:
+    # status belongs to our CRDs' schema (a real API server prunes unknown status fields).
     settings.persistence.finalizer = FINALIZER
-    # Handler progress and the last handled spec live in annotations: status belongs to our CRDs' schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.reporting_component = "kubeforge-operator"
     # Our own Events tell every phase transition; kopf's INFO chatter ("Handler ... succeeded") would cost two more
     # API writes per handled change. Its warnings and errors still become Events.
@@ -54,10 +73,17 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.peering.mandatory = False
     settings.peering.clusterwide = not config.watch_namespaces
     settings.peering.stealth = True
+    # Namespaced mode with exact names: kopf watches exactly those and never lists namespaces (which needs a
+    # cluster-wide permission; without it kopf retries for about a minute at every start). A glob pattern needs
+    # the namespace list to expand, so the chart then grants list/watch on namespaces (docs/install.md).
+    if config.watch_namespaces and not any(is_namespace_pattern(ns) for ns in config.watch_namespaces):
+        settings.scanning.disabled = True
     # Only our children are watched (server-side filter): not every RayJob and RayService in the cluster.
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
     settings.watching.label_selectors[RAY_GROUP, "rayjobs"] = selector
     settings.watching.label_selectors[RAY_GROUP, "rayservices"] = selector
+    # List in pages at start-up: with 10,000 resources one unpaged list is tens of MB of JSON parsed at once.
+    settings.watching.chunk_size = LIST_CHUNK
     # Reconnect watches regularly so a silently dropped connection is noticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -74,7 +100,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, param: Se
     logging.getLogger("kubeforge").setLevel(config.log_level)
     warm_up()
     api = KubeApi(load_configuration(param.server))
-    memo["kubeforge"] = OperatorContext(config=config, api=api, phases=PHASE_TRACKER)
+    ctx = OperatorContext(config=config, api=api, phases=PHASE_TRACKER, reconcilers=dict(RECONCILERS))
+    memo["kubeforge"] = ctx
+    # One task re-checks unfinished resources when due (safety net, retries); no per-resource timers.
+    memo["kubeforge_resync"] = asyncio.create_task(resync_loop(ctx), name="kubeforge resync")
     start_metrics_server(config.metrics_port)
     log.info("kubeforge operator started (namespaces: %s)", ", ".join(config.watch_namespaces) or "all")
 
@@ -85,7 +114,12 @@ def operator_login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 
 async def operator_cleanup(memo: Any, **_: Any) -> None:
-    """Close the API client."""
+    """Stop the resync task, close the API client."""
+    task = memo.get("kubeforge_resync")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     ctx = memo.get("kubeforge")
     if ctx is not None:
         ctx.api.close()

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .conditions import DATA_READY, MODEL_READY, SPEC_LOCKED, get_condition
+from .conditions import SPEC_LOCKED, get_condition
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,21 @@ class Event:
 
 
 def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
-    """The Events for going from status old to status new: phase changes, a new child, retries, a waiting reason,
-    an ignored spec change. Nothing when nothing changed."""
+    """The Events for going from status old to status new: one per phase transition (a retry, which starts a new
+    attempt, is one too), and a Warning when a spec change is ignored. Nothing else: every Event is an API write,
+    and the status carries the rest (a waiting reason, the child's name)."""
     events: list[Event] = []
     merged = {**old, **new}
     old_conditions = old.get("conditions") or []
     new_conditions = merged.get("conditions") or []
-    if merged.get("childName") and merged.get("childName") != old.get("childName"):
-        events.append(Event(NORMAL, "Created", f"created {merged['childName']}"))
-    if (merged.get("retries") or 0) > (old.get("retries") or 0):
+    retried = (merged.get("retries") or 0) > (old.get("retries") or 0)
+    if retried:
         events.append(Event(WARNING, "Retrying", f"retry {merged['retries']}: {old.get('message') or 'job failed'}"))
-    for type_ in (DATA_READY, MODEL_READY):
-        before, after = get_condition(old_conditions, type_), get_condition(new_conditions, type_)
-        if after and after.get("status") == "False" and (before or {}).get("reason") != after.get("reason"):
-            events.append(Event(NORMAL, "Waiting", after.get("message") or after.get("reason", "")))
     before, after = get_condition(old_conditions, SPEC_LOCKED), get_condition(new_conditions, SPEC_LOCKED)
     if after and after.get("status") == "True" and (before or {}).get("status") != "True":
         events.append(Event(WARNING, "SpecChangeIgnored", after.get("message", "")))
     phase = merged.get("phase")
-    if phase and phase != old.get("phase"):
+    if phase and phase != old.get("phase") and not retried:
         event_type = WARNING if phase in WARNING_PHASES else NORMAL
         events.append(Event(event_type, PHASE_REASONS.get(phase, phase), merged.get("message") or phase))
     return events

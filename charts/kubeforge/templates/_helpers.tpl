@@ -84,7 +84,8 @@ Rules the operator needs in every namespace it watches (cluster mode: everywhere
 operator; docs/install.md explains why.
 */}}
 {{- define "kubeforge.operatorNamespacedRules" -}}
-# The three kinds: kopf watches them and patches finalizers and its own annotations.
+# The three kinds: the operator watches them (watch-event handlers only, so kopf adds no finalizer or annotations);
+# patch only removes the finalizer that earlier operator versions put on them, so it never blocks a deletion.
 - apiGroups: ["kubeforge.dev"]
   resources: ["datapipelines", "trainingjobs", "modeldeployments"]
   verbs: ["get", "list", "watch", "patch"]
@@ -92,10 +93,11 @@ operator; docs/install.md explains why.
 - apiGroups: ["kubeforge.dev"]
   resources: ["datapipelines/status", "trainingjobs/status", "modeldeployments/status"]
   verbs: ["get", "patch"]
-# The children the operator creates, reads and removes.
+# The children the operator creates, reads and updates (suspend, roll-out). No delete: they carry owner references,
+# and the garbage collector removes them with their resource.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Kubernetes events on the resources: kopf posts (creates) core v1 Events, and never patches them.
 - apiGroups: [""]
   resources: ["events"]
@@ -124,8 +126,9 @@ operator; docs/install.md explains why.
   verbs: ["get", "list", "watch"]
 {{- if not .Values.watchNamespaces }}
 {{- /*
-No access to namespaces: kopf lists them only in namespaced mode (to match namespace patterns), and falls back to the
-exact names given when it may not; cluster-wide it serves all namespaces without listing them.
+No access to namespaces: watchNamespaces takes exact names (values.schema.json), which the operator gives kopf with
+namespace scanning off, so kopf never lists namespaces; cluster-wide it serves all namespaces without listing them.
+Only glob patterns (`kubeforge operator --namespace 'team-*'`) need list/watch on namespaces: grant it yourself then.
 */}}
 # kopf peering across the cluster: watch the peering kind, heartbeat into our object only.
 - apiGroups: ["kopf.dev"]

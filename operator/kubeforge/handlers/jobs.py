@@ -16,7 +16,7 @@ from ..builders import build_rayjob, child_name, parse_resource, spec_hash
 from ..builders.rayjob import build_retry
 from ..constants import ANNOTATION_SPEC_HASH
 from ..status import ChildState, Dependency, Observation, is_settled, rayjob_state
-from .common import MISSING, OperatorContext, Outcome, context, identity, make_outcome, reconcile_in_handler
+from .common import MISSING, OperatorContext, Outcome, identity, make_outcome, spec_changed
 from .kube import RAYJOBS, Conflict, TransientError
 from .kube import Resource as ApiResource
 
@@ -64,6 +64,20 @@ def name_conflict(kind: str, child: str, child_kind: str = "RayJob") -> ChildSta
     """The state of a resource whose child's name is taken by an object it does not own."""
     message = f"{child_kind} {child} exists and is not owned by this {kind}: rename one of them"
     return ChildState("Pending", "NameConflict", message)
+
+
+async def pass_suspend_on(ctx: OperatorContext, body: Mapping[str, Any], child: Mapping[str, Any]) -> None:
+    """Pass spec.suspend to the RayJob when the user changed the spec since the status was last derived (Kueue may
+    toggle the RayJob's suspend too, so this is never a periodic correction). Level-based: the status's
+    observedGeneration is the record, so a change made while the operator was down is passed on at its start."""
+    suspend = bool((body.get("spec") or {}).get("suspend"))
+    if (
+        spec_changed(body)
+        and (body.get("status") or {}).get("phase")
+        and bool((child.get("spec") or {}).get("suspend")) != suspend
+    ):
+        namespace, _ = identity(body)
+        await ctx.api.patch(RAYJOBS, namespace, child["metadata"]["name"], {"spec": {"suspend": suspend}})
 
 
 async def manifest_from_spec(
@@ -123,6 +137,7 @@ async def reconcile_job(
         state = rayjob_state(child) if child is not None else name_conflict(kind, expected)
     else:
         state = rayjob_state(child)
+        await pass_suspend_on(ctx, body, child)
 
     retried = False
     if state.phase == "Failed" and state.retryable and attempt < max_retries(body):
@@ -151,47 +166,3 @@ async def reconcile_job(
         extra=extra(body, state) if extra is not None else {},
     )
     return make_outcome(kind, body, observation, retried=retried, child=child)
-
-
-async def propagate_suspend(ctx: OperatorContext, kind: str, body: Mapping[str, Any], suspend: bool) -> None:
-    """Pass a changed spec.suspend to the RayJob of the current attempt (Kueue may toggle it too, so this
-    happens only when the user changes it, never as a periodic correction)."""
-    namespace, name = identity(body)
-    attempt = int((body.get("status") or {}).get("retries") or 0)
-    child = await ctx.api.get(RAYJOBS, namespace, child_name(kind, name, attempt))
-    if child is not None and bool((child.get("spec") or {}).get("suspend")) != suspend:
-        await ctx.api.patch(RAYJOBS, namespace, child["metadata"]["name"], {"spec": {"suspend": suspend}})
-
-
-async def delete_attempts(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
-    """Delete the RayJobs of every attempt (garbage collection would too; this makes it immediate)."""
-    namespace, name = identity(body)
-    attempts = int((body.get("status") or {}).get("retries") or 0)
-    for attempt in range(attempts + 1):
-        await ctx.api.delete(RAYJOBS, namespace, child_name(kind, name, attempt))
-
-
-async def update_job(
-    kind: str,
-    body: Mapping[str, Any],
-    patch: Any,
-    memo: Any,
-    old: Any,
-    new: Any,
-    reconcile: Callable[..., Awaitable[Outcome]],
-) -> None:
-    """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
-    old_suspend, new_suspend = bool((old or {}).get("suspend")), bool((new or {}).get("suspend"))
-    if old_suspend != new_suspend:
-        await propagate_suspend(context(memo), kind, body, new_suspend)
-    await reconcile_in_handler(kind, body, patch, memo, reconcile)
-
-
-def has_succeeded(status: Any, **_: Any) -> bool:
-    """kopf `when` filter: the resource has succeeded (a terminal phase)."""
-    return (status or {}).get("phase") == "Succeeded"
-
-
-def is_active(status: Mapping[str, Any], **_: Any) -> bool:
-    """kopf `when` filter: the job has not finished (a finished job is never touched again)."""
-    return status.get("phase") not in ("Succeeded", "Failed")

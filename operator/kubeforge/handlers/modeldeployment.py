@@ -13,8 +13,7 @@ from ..api.modeldeployment import ModelRef
 from ..builders import ResolvedModel, build_monitor, build_rayservice, child_name, parse_resource, serve_url
 from ..builders.monitoring import MONITOR_PLURALS, MONITORING_GROUP, MONITORING_VERSION, monitor_name
 from ..builders.rayservice import ResolvedAdapter
-from ..config import OperatorConfig
-from ..constants import ANNOTATION_SPEC_HASH, GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..constants import ANNOTATION_SPEC_HASH, owner_label
 from ..events import WARNING, Event, post_events
 from ..status import Dependency, Observation, rayservice_state
 from .common import (
@@ -23,18 +22,27 @@ from .common import (
     Outcome,
     context,
     follow_child,
-    forget,
     identity,
     make_outcome,
-    reconcile_in_handler,
-    reconcile_via_api,
-    resync,
+    on_resource_event,
+    spec_changed,
+    wake_dependents,
 )
-from .jobs import create_child, has_succeeded, name_conflict
+from .jobs import create_child, name_conflict
 from .kube import RAYSERVICES, ApiRejected, NotFound, Resource, kubeforge_resource
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
+
+
+def exported_model(job: Mapping[str, Any]) -> str | None:
+    """Where a TrainingJob exports its model: spec.output.uri, else <spec.checkpoint.uri>/model (where the trainer
+    writes it). Never status.modelUri: workloads can write status, and the operator acts only on specs."""
+    spec = job.get("spec") or {}
+    exported = (spec.get("output") or {}).get("uri")
+    if not exported and (spec.get("checkpoint") or {}).get("uri"):
+        exported = spec["checkpoint"]["uri"].rstrip("/") + "/model"  # TrainingJob's documented default
+    return exported
 
 
 async def resolve_model(
@@ -57,10 +65,7 @@ async def resolve_model(
     if phase != "Succeeded":
         message = f"{role}: waiting for TrainingJob {ref.name} ({phase})"
         return Dependency(False, "TrainingJobNotReady", message), None
-    spec = job.get("spec") or {}
-    exported = status.get("modelUri") or (spec.get("output") or {}).get("uri")
-    if not exported and (spec.get("checkpoint") or {}).get("uri"):
-        exported = spec["checkpoint"]["uri"].rstrip("/") + "/model"  # TrainingJob's documented default
+    exported = exported_model(job)
     if not exported:
         return Dependency(False, "ModelNotExported", f"{role}: TrainingJob {ref.name} exported no model"), None
     version = status.get("modelVersion") or ""
@@ -134,10 +139,13 @@ async def roll_out(
 
 
 async def sync_monitor(ctx: OperatorContext, body: Mapping[str, Any], deployment: ModelDeployment) -> None:
-    """Create or update the PodMonitor / ServiceMonitor when spec.monitoring is enabled, delete it otherwise.
-    Without the Prometheus Operator's CRDs this is a Warning Event, not a failure."""
+    """Create or update the PodMonitor / ServiceMonitor when spec.monitoring is enabled, delete it otherwise (a
+    new resource has none to delete). Without the Prometheus Operator's CRDs this is a Warning Event, not a
+    failure."""
     namespace, name = identity(body)
     monitoring = deployment.spec.monitoring
+    if not monitoring.enabled and "observedGeneration" not in (body.get("status") or {}):
+        return
     try:
         for kind, plural in MONITOR_PLURALS.items():
             resource = Resource(MONITORING_GROUP, MONITORING_VERSION, plural)
@@ -154,9 +162,7 @@ async def sync_monitor(ctx: OperatorContext, body: Mapping[str, Any], deployment
             post_events(body, [Event(WARNING, "MonitoringUnavailable", message)])
 
 
-async def reconcile_modeldeployment(
-    ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING, *, monitoring: bool = False
-) -> Outcome:
+async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING) -> Outcome:
     """Create or roll out the RayService once the model is ready, and derive the status."""
     namespace, name = identity(body)
     service_name = child_name(KIND, name)
@@ -184,7 +190,7 @@ async def reconcile_modeldeployment(
         elif (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != wanted:
             child = await roll_out(ctx, body, child, manifest)
             rolling_out = True
-        if monitoring:
+        if spec_changed(body):  # the monitor follows the spec alone
             await sync_monitor(ctx, body, deployment)
         extra = {
             "url": serve_url(service_name, namespace, ctx.config.serve_port),
@@ -209,28 +215,10 @@ async def reconcile_modeldeployment(
     return make_outcome(KIND, body, observation, "ok" if dependency.ready else "waiting", child=child)
 
 
-async def _reconcile_with_monitoring(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
-    return await reconcile_modeldeployment(ctx, body, monitoring=True)
-
-
-async def modeldeployment_create(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """A new ModelDeployment: validate it, then serve its model or wait for it."""
-    await reconcile_in_handler(KIND, body, patch, memo, _reconcile_with_monitoring)
-
-
-async def modeldeployment_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """The operator (re)started: bring the RayService in line with the spec."""
-    await reconcile_in_handler(KIND, body, patch, memo, _reconcile_with_monitoring)
-
-
-async def modeldeployment_update(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """The spec changed: roll it out through the RayService."""
-    await reconcile_in_handler(KIND, body, patch, memo, _reconcile_with_monitoring)
-
-
-async def modeldeployment_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Periodic re-check of the model and the RayService, in case an event was missed."""
-    await resync(context(memo), KIND, body, reconcile_modeldeployment)
+async def modeldeployment_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A ModelDeployment was created, changed, listed or deleted: reconcile it if the event tells something new
+    (a spec change rolls out through the RayService)."""
+    await on_resource_event(context(memo), KIND, body, type, reconcile_modeldeployment)
 
 
 async def modeldeployment_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
@@ -246,40 +234,15 @@ def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -
     return {(namespace, ref): name for ref in refs if ref}
 
 
-async def modeldeployment_model_ready(
-    namespace: str, name: str, memo: Any, modeldeployment_model_refs: kopf.Index, **_: Any
+async def modeldeployment_model_changed(
+    type: str | None,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: Any,
+    modeldeployment_model_refs: kopf.Index,
+    **_: Any,
 ) -> None:
-    """A TrainingJob succeeded: serve its model in the ModelDeployments waiting for it now."""
-    ctx = context(memo)
-    for deployment in list(modeldeployment_model_refs.get((namespace, name), [])):
-        await reconcile_via_api(ctx, KIND, namespace, deployment, reconcile_modeldeployment)
-
-
-async def modeldeployment_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """The ModelDeployment is being deleted: delete its RayService and monitor now, forget it in the metrics."""
-    ctx = context(memo)
-    namespace, name = identity(body)
-    await ctx.api.delete(RAYSERVICES, namespace, child_name(KIND, name))
-    for plural in MONITOR_PLURALS.values():
-        try:
-            await ctx.api.delete(Resource(MONITORING_GROUP, MONITORING_VERSION, plural), namespace, monitor_name(name))
-        except ApiRejected:
-            pass  # no Prometheus Operator, or no permission: nothing of ours can be there
-    forget(ctx, KIND, body)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the ModelDeployment handlers."""
-    resource = (GROUP, VERSION, PLURAL)
-    kopf.on.create(*resource, registry=registry)(modeldeployment_create)
-    kopf.on.resume(*resource, registry=registry)(modeldeployment_resume)
-    kopf.on.update(*resource, field="spec", registry=registry)(modeldeployment_update)
-    kopf.on.delete(*resource, registry=registry)(modeldeployment_delete)
-    kopf.timer(*resource, interval=config.requeue_seconds, initial_delay=config.requeue_seconds, registry=registry)(
-        modeldeployment_resync
-    )
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayservices", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
-        modeldeployment_child_status
-    )
-    kopf.index(*resource, registry=registry)(modeldeployment_model_refs)
-    kopf.on.event(GROUP, VERSION, "trainingjobs", when=has_succeeded, registry=registry)(modeldeployment_model_ready)
+    """A TrainingJob changed: when its phase changed, reconcile the ModelDeployments that serve its model now."""
+    deployments = list(modeldeployment_model_refs.get((namespace, name), []))
+    await wake_dependents(context(memo), "TrainingJob", body, type, deployments, KIND, reconcile_modeldeployment)

@@ -8,22 +8,11 @@ from typing import Any
 import kopf
 
 from ..api import TrainingJob
-from ..config import OperatorConfig
-from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
+from ..constants import owner_label
 from ..status import Dependency
-from .common import (
-    MISSING,
-    OperatorContext,
-    Outcome,
-    context,
-    follow_child,
-    forget,
-    reconcile_in_handler,
-    reconcile_via_api,
-    resync,
-)
+from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event, wake_dependents
 from .datapipeline import pipeline_output
-from .jobs import delete_attempts, has_succeeded, is_active, reconcile_job, update_job
+from .jobs import reconcile_job
 from .kube import kubeforge_resource
 
 KIND = "TrainingJob"
@@ -60,24 +49,9 @@ async def reconcile_trainingjob(ctx: OperatorContext, body: Mapping[str, Any], c
     return await reconcile_job(KIND, ctx, body, child=child, resolve=resolve_data)
 
 
-async def trainingjob_create(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """A new TrainingJob: validate it, then start it or wait for its data."""
-    await reconcile_in_handler(KIND, body, patch, memo, reconcile_trainingjob)
-
-
-async def trainingjob_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """The operator (re)started: pick the TrainingJob up where it is; a finished one is left alone."""
-    await reconcile_in_handler(KIND, body, patch, memo, reconcile_trainingjob)
-
-
-async def trainingjob_update(body: kopf.Body, patch: kopf.Patch, memo: Any, old: Any, new: Any, **_: Any) -> None:
-    """The spec changed: pass spec.suspend on; any other change after the start only sets SpecLocked."""
-    await update_job(KIND, body, patch, memo, old, new, reconcile_trainingjob)
-
-
-async def trainingjob_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Periodic re-check of an unfinished TrainingJob (its data, its RayJob), in case an event was missed."""
-    await resync(context(memo), KIND, body, reconcile_trainingjob)
+async def trainingjob_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A TrainingJob was created, changed, listed or deleted: reconcile it if the event tells something new."""
+    await on_resource_event(context(memo), KIND, body, type, reconcile_trainingjob)
 
 
 async def trainingjob_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
@@ -93,7 +67,7 @@ def trainingjob_data_refs(spec: Any, status: Any, namespace: str, name: str, **_
     return {}
 
 
-async def trainingjob_data_ready(
+async def trainingjob_data_changed(
     namespace: str,
     name: str,
     type: str | None,
@@ -102,42 +76,12 @@ async def trainingjob_data_ready(
     trainingjob_data_refs: kopf.Index,
     **_: Any,
 ) -> None:
-    """A DataPipeline succeeded: remember its output and start the TrainingJobs waiting for it now rather than at
-    the next resync (a deleted one is forgotten)."""
+    """A DataPipeline changed: remember a success's output, and when its phase changed reconcile the TrainingJobs
+    waiting for it now (start them, or say why they still wait) rather than at the next resync."""
     ctx = context(memo)
     if type == "DELETED":
         ctx.data_outputs.pop((namespace, name), None)
-        return
-    uri = pipeline_output(body)
-    if uri:
+    elif (body.get("status") or {}).get("phase") == "Succeeded" and (uri := pipeline_output(body)):
         ctx.data_outputs[(namespace, name)] = uri
-    for job in list(trainingjob_data_refs.get((namespace, name), [])):
-        await reconcile_via_api(ctx, KIND, namespace, job, reconcile_trainingjob)
-
-
-async def trainingjob_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """The TrainingJob is being deleted: delete the RayJobs of all attempts now and forget it in the metrics."""
-    ctx = context(memo)
-    await delete_attempts(ctx, KIND, body)
-    forget(ctx, KIND, body)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the TrainingJob handlers."""
-    resource = (GROUP, VERSION, PLURAL)
-    kopf.on.create(*resource, registry=registry)(trainingjob_create)
-    kopf.on.resume(*resource, registry=registry)(trainingjob_resume)
-    kopf.on.update(*resource, field="spec", registry=registry)(trainingjob_update)
-    kopf.on.delete(*resource, registry=registry)(trainingjob_delete)
-    kopf.timer(
-        *resource,
-        interval=config.requeue_seconds,
-        initial_delay=config.requeue_seconds,
-        when=is_active,
-        registry=registry,
-    )(trainingjob_resync)
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={owner_label(KIND): kopf.PRESENT}, registry=registry)(
-        trainingjob_child_status
-    )
-    kopf.index(*resource, registry=registry)(trainingjob_data_refs)
-    kopf.on.event(GROUP, VERSION, "datapipelines", when=has_succeeded, registry=registry)(trainingjob_data_ready)
+    waiting = list(trainingjob_data_refs.get((namespace, name), []))
+    await wake_dependents(ctx, "DataPipeline", body, type, waiting, KIND, reconcile_trainingjob)

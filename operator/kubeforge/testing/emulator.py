@@ -13,16 +13,21 @@ the requested resourceVersion, and does not isolate the status subresource. This
   patch whose `test` fails gets 422;
 * lists report the current resourceVersion and watches replay only objects newer than the requested one.
 
-It is still not a cluster: no garbage collection, label selectors are ignored, no admission or schema checks.
+* garbage collection: when an object is gone (deleted, or its last finalizer removed), the objects whose
+  ownerReferences name its uid are deleted too (background propagation), as the Kubernetes garbage collector does.
+
+It is still not a cluster: label selectors are ignored, no admission or schema checks.
 Events (core/v1) are stored like any object, so the operator's Events can be listed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -65,6 +70,12 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
     # such as `emulator["post", path][:2] << 503` and for assertions on the requests.
     keep_request_log: bool = True
     _evolved: dict[int, rendering.Request] = attrs.field(factory=dict, init=False)
+    # Requests answered, by (client, HTTP method) where client is the User-Agent's product ("kubeforge-operator",
+    # "kopf", ...): the benchmark's API requests per resource, with the request log off.
+    request_counts: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # Give every stored object a managedFields entry per writer, the size a real API server's server-side field
+    # tracking adds (a skeleton of every field the writer set), so bodies on the wire are as large as on a cluster.
+    managed_fields: bool = False
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -83,6 +94,8 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
         return resource is not None and resource in self.resources and "status" in self.resources[resource].subresources
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        agent = request.headers.get("User-Agent", "").split("/", 1)[0]
+        self.request_counts[(agent, str(getattr(request.method, "value", request.method)).upper())] += 1
         try:
             return await self._handle_logged(request)
         finally:
@@ -114,7 +127,38 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
                     self._prepare_delete(request)
             except kmock.KubernetesError as exc:
                 return await self._render_error(exc)
-            return await super()._handle(request)
+            key = (request.resource, request.namespace, request.name)
+            uid = ((self._current(request) or {}).get("metadata") or {}).get("uid")
+            response = await super()._handle(request)
+            if uid and request.action != enums.action.CREATE and self._current(request) is None:
+                await self._collect_garbage({uid}, skip=key)
+            return response
+
+    async def _collect_garbage(self, owners: set[str], skip: Any) -> None:
+        """Delete the dependents of the deleted owners (uids), and theirs in turn; a dependent with finalizers
+        is only marked for deletion, as on a real API server."""
+        while owners:
+            gone: set[str] = set()
+            async with self._lock:
+                for key, obj in list(self.objects.items()):
+                    if key == skip or obj.deleted:
+                        continue
+                    meta = obj.raw.get("metadata") or {}
+                    if not any(ref.get("uid") in owners for ref in meta.get("ownerReferences") or []):
+                        continue
+                    resource = key[0]
+                    if meta.get("finalizers"):
+                        if not meta.get("deletionTimestamp"):
+                            marked = {"deletionTimestamp": _now(), "resourceVersion": self._next_version()}
+                            obj.patch({"metadata": marked})
+                            await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+                        continue
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+                    if meta.get("uid"):
+                        gone.add(meta["uid"])
+            owners = gone
 
     def _replace(self, old: rendering.Request, data: Any) -> rendering.Request:
         """The request with a new body, also in kmock's request log (its views match requests by identity)."""
@@ -144,6 +188,9 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
         if request.resource is not None:
             key = (str(request.resource.plural), meta.get("namespace") or "", meta.get("name") or "")
             self.created_at.setdefault(key, time.monotonic())
+        if self.managed_fields:
+            tracked = {k: v for k, v in data.items() if k != "status"}
+            meta["managedFields"] = [_managed_entry(request, tracked, None)]
         return data
 
     def _current(self, request: rendering.Request) -> dict[str, Any] | None:
@@ -187,6 +234,11 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
                 body.pop("status", None)
             patched = dict(patch_dict(current, body))
             data = body
+            if self.managed_fields:
+                entries = [e for e in meta.get("managedFields") or [] if e.get("subresource") != request.subresource]
+                changed = {"status": patched.get("status")} if status_only else {"spec": patched.get("spec")}
+                entries.append(_managed_entry(request, changed, request.subresource))
+                data.setdefault("metadata", {})["managedFields"] = entries
         version = self._next_version()
         generation = meta.get("generation") or 1
         if not status_only and patched.get("spec") != current.get("spec"):
@@ -264,6 +316,30 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
                     yield event
         finally:
             await bus.unmark(mark)
+
+
+def _fields(value: Any) -> Any:
+    """The FieldsV1 skeleton of a value: every key of every map, as the API server's field manager records it."""
+    if isinstance(value, Mapping):
+        return {f"f:{key}": _fields(item) for key, item in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], Mapping):
+        return {f"k:{json.dumps({'name': item.get('name', index)})}": _fields(item) for index, item in enumerate(value)}
+    return {}
+
+
+def _managed_entry(request: rendering.Request, tracked: Mapping[str, Any], subresource: str | None) -> dict[str, Any]:
+    """One metadata.managedFields entry for a write of the tracked fields."""
+    entry = {
+        "manager": request.headers.get("User-Agent", "unknown").split("/", 1)[0],
+        "operation": "Update",
+        "apiVersion": "/".join(str(request.url.path).strip("/").split("/")[1:3]),
+        "time": _now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": _fields(tracked),
+    }
+    if subresource:
+        entry["subresource"] = subresource
+    return entry
 
 
 def _now() -> str:

@@ -32,8 +32,9 @@ START_TIMEOUT = 30.0
 class EmulatorServer:
     """The emulator served over HTTP on 127.0.0.1 (a random port) from a background thread."""
 
-    def __init__(self, keep_request_log: bool = True) -> None:
+    def __init__(self, keep_request_log: bool = True, managed_fields: bool = False) -> None:
         self.keep_request_log = keep_request_log
+        self.managed_fields = managed_fields
         self.emulator: KubeforgeEmulator | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +75,7 @@ class EmulatorServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        handler = KubeforgeEmulator(keep_request_log=self.keep_request_log)
+        handler = KubeforgeEmulator(keep_request_log=self.keep_request_log, managed_fields=self.managed_fields)
         async with handler as emulator, kmock.Server(emulator) as server:
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
@@ -180,7 +181,13 @@ def free_port() -> int:
 class OperatorProcess:
     """`kubeforge operator` as a separate process (its own memory, signals, kubeconfig), the way it runs in a pod."""
 
-    def __init__(self, kubeconfig: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.env = {
@@ -191,13 +198,17 @@ class OperatorProcess:
             **(env or {}),
         }
         self.log_path = log_path
+        self.args = list(args or [])  # extra `kubeforge operator` arguments (--namespace ...)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         """Start the process; returns when its liveness endpoint answers."""
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kubeforge.cli", "operator"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "kubeforge.cli", "operator", *self.args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT * 2
         while time.monotonic() < deadline:

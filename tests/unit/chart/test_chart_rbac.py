@@ -24,7 +24,8 @@ def triples(groups: list[str], resources: list[str], verbs: list[str], names: tu
 OPERATOR_NAMESPACED = (
     triples(["kubeforge.dev"], list(KINDS), ["get", "list", "watch", "patch"])
     | triples(["kubeforge.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
-    | triples(["ray.io"], ["rayjobs", "rayservices"], ["get", "list", "watch", "create", "patch", "delete"])
+    # No delete: the children go with their resource by owner-reference garbage collection (docs/operator.md).
+    | triples(["ray.io"], ["rayjobs", "rayservices"], ["get", "list", "watch", "create", "patch"])
     # kopf posts core v1 Events (kopf/_cogs/clients/events.py: a POST, never a patch, never events.k8s.io).
     | triples([""], ["events"], ["create"])
     | triples(["monitoring.coreos.com"], ["podmonitors", "servicemonitors"], ["get", "create", "patch", "delete"])
@@ -185,3 +186,12 @@ def test_permission_check_detects_extra_rules(render) -> None:
     for rule in role["rules"]:
         rule.pop("resourceNames", None)
     assert permissions(docs, OPERATOR_SA, NAMESPACE) != {CLUSTER: CLUSTER_MODE}
+
+
+def test_a_namespaced_operator_gets_no_access_to_namespaces(render) -> None:
+    """Exact watchNamespaces are served without listing namespaces (kopf's scanning is off), so nothing grants it."""
+    docs = render(TOGGLES["namespaced"])
+    for doc in docs:
+        if doc["kind"] in ROLE_KINDS:
+            for rule in doc.get("rules") or []:
+                assert "namespaces" not in rule["resources"], (doc["metadata"]["name"], rule)

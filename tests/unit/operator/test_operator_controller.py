@@ -9,7 +9,7 @@ from kubeforge.cli import COMMANDS, build_parser
 from kubeforge.config import OperatorConfig
 from kubeforge.constants import FINALIZER
 from kubeforge.controller import configure_settings, register
-from kubeforge.handlers.common import ChildVersions
+from kubeforge.handlers.common import ChildVersions, Schedule
 from kubeforge.handlers.kube import connection_info
 from kubernetes import client
 
@@ -23,6 +23,8 @@ def handler_ids(registry: kopf.OperatorRegistry) -> set[str]:
 def test_settings_use_our_finalizer_annotations_and_server_side_child_filters() -> None:
     settings = kopf.OperatorSettings()
     configure_settings(settings, OperatorConfig(watch_namespaces=("team-a",)))
+    # Exact namespace names: kopf serves them without listing namespaces (no cluster-wide permission needed).
+    assert settings.scanning.disabled is True
     assert settings.persistence.finalizer == FINALIZER
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "kubeforge.dev"
@@ -33,16 +35,23 @@ def test_settings_use_our_finalizer_annotations_and_server_side_child_filters() 
     assert settings.posting.enabled and settings.posting.level == logging.WARNING
 
 
-def test_every_kind_has_its_handlers_named_kind_event() -> None:
+def test_namespace_patterns_and_cluster_mode_keep_kopfs_namespace_scanning() -> None:
+    for namespaces in (("team-*",), ("team-a", "!kube-system"), ()):
+        settings = kopf.OperatorSettings()
+        configure_settings(settings, OperatorConfig(watch_namespaces=namespaces))
+        assert settings.scanning.disabled is False, namespaces
+
+
+def test_every_kind_has_watch_event_handlers_only_so_kopf_needs_no_finalizer() -> None:
     registry = kopf.OperatorRegistry()
     register(registry, OperatorConfig())
     ids = handler_ids(registry)
-    for kind in ("datapipeline", "trainingjob", "modeldeployment"):
-        for event in ("create", "resume", "update", "delete", "resync", "child_status"):
-            assert f"{kind}_{event}" in " ".join(ids), f"{kind}_{event}"
+    # One handler per watched resource type (kopf's cost is per handler invocation), and the two indices.
+    watched = {"datapipelines_watch", "trainingjobs_watch", "modeldeployment_event", "rayjobs_watch"}
+    assert watched | {"modeldeployment_child_status", "trainingjob_data_refs", "modeldeployment_model_refs"} <= ids
     assert {"operator_startup", "operator_login", "operator_cleanup"} <= ids
-    assert any(i.startswith("trainingjob_data_ready") for i in ids)
-    assert any(i.startswith("modeldeployment_model_ready") for i in ids)
+    # No change handlers, timers or daemons: kopf adds its finalizer and annotations for those alone.
+    assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
 
 
 def test_kopf_gets_the_same_server_and_token_as_the_operators_client() -> None:
@@ -61,6 +70,41 @@ def test_kubeforge_operator_is_a_cli_command() -> None:
     assert "operator" in COMMANDS
     args = build_parser(COMMANDS).parse_args(["operator"])
     assert args.func is COMMANDS["operator"][0]
+
+
+def test_namespace_flags_win_over_the_environment_like_kopf_run() -> None:
+    parser = build_parser(COMMANDS)
+    env = OperatorConfig.from_env({"KUBEFORGE_WATCH_NAMESPACES": "from-env"})
+    args = parser.parse_args(["operator", "--namespace", "team-a", "-n", "team-b", "--namespace", "team-a"])
+    assert env.with_namespaces(args.namespace, args.all_namespaces).watch_namespaces == ("team-a", "team-b")
+    args = parser.parse_args(["operator", "-A"])
+    assert env.with_namespaces(args.namespace, args.all_namespaces).watch_namespaces == ()
+    args = parser.parse_args(["operator"])
+    assert env.with_namespaces(args.namespace, args.all_namespaces).watch_namespaces == ("from-env",)
+
+
+def test_namespace_and_all_namespaces_together_are_one_clear_error(capsys) -> None:
+    from kubeforge.cli import main
+
+    assert main(["operator", "-n", "team-a", "--all-namespaces"]) == 2
+    assert capsys.readouterr().err.strip() == "kubeforge operator: --namespace and --all-namespaces exclude each other"
+
+
+def test_the_schedule_hands_out_due_resources_once_and_backs_off_failures() -> None:
+    schedule = Schedule()
+    a, b = ("TrainingJob", "ml", "a"), ("TrainingJob", "ml", "b")
+    schedule.at(a, 10.0)
+    schedule.at(b, 5.0)
+    schedule.at(a, 20.0)  # rescheduled: the entry at 10 is stale
+    assert schedule.pop_due(9.0) == [b]
+    assert schedule.pop_due(15.0) == []
+    assert schedule.pop_due(25.0) == [a] and len(schedule) == 0
+    delays = [schedule.failed(a, resync=60.0) for _ in range(6)]
+    assert delays == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0] and schedule.failing(a)
+    schedule.succeeded(a, resync=60.0)
+    assert not schedule.failing(a)
+    schedule.drop(a)
+    assert schedule.pop_due(float("inf")) == []
 
 
 def test_the_resync_skips_only_resources_whose_status_reflects_the_child_as_last_seen() -> None:

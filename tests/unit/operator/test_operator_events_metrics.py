@@ -31,17 +31,26 @@ def test_each_phase_change_is_one_event_and_failures_are_warnings() -> None:
     assert transition_events({"phase": "Ready", "message": "m"}, {"phase": "Ready", "message": "m"}) == []
 
 
-def test_new_child_retry_waiting_and_spec_lock_have_their_own_events() -> None:
+def test_a_retry_is_one_warning_and_nothing_but_phases_and_ignored_specs_post_events() -> None:
     old = {"phase": "Running", "retries": 0, "childName": "gpt-train", "message": "Ray job failed: OOM"}
     new = {"phase": "Pending", "retries": 1, "childName": "gpt-train-r1", "message": "RayJob gpt-train-r1: created"}
-    reasons = [e.reason for e in transition_events(old, new)]
-    assert reasons == ["Created", "Retrying", "Pending"]
-    retry = next(e for e in transition_events(old, new) if e.reason == "Retrying")
-    assert retry.type == "Warning" and "OOM" in retry.message
+    [retry] = transition_events(old, new)  # the retry is the transition: no separate Pending or Created Event
+    assert (retry.type, retry.reason) == ("Warning", "Retrying") and "OOM" in retry.message
 
-    waiting = {"conditions": with_condition("DataReady", False, "DataPipelineNotFound", "DataPipeline d not found")}
-    assert transition_events({}, waiting) == [Event("Normal", "Waiting", "DataPipeline d not found")]
-    assert transition_events(waiting, waiting) == []
+    # A new waiting reason, a new child name, a new message within one phase: status only, no Event (API write).
+    waiting = {
+        "phase": "Pending",
+        "message": "DataPipeline d not found",
+        "conditions": with_condition("DataReady", False, "DataPipelineNotFound", "DataPipeline d not found"),
+    }
+    assert transition_events({}, waiting) == [Event("Normal", "Pending", "DataPipeline d not found")]
+    other = {
+        "phase": "Pending",
+        "childName": "gpt-train",
+        "message": "waiting for DataPipeline d (Running)",
+        "conditions": with_condition("DataReady", False, "DataPipelineNotReady", "waiting"),
+    }
+    assert transition_events(waiting, other) == []
 
     locked = {"conditions": with_condition("SpecLocked", True, "SpecChangeIgnored", "spec changed")}
     assert transition_events({}, locked) == [Event("Warning", "SpecChangeIgnored", "spec changed")]
