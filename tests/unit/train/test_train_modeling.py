@@ -161,6 +161,10 @@ def test_pretrained_directory_fixes_the_architecture_and_loads_unchanged(tmp_pat
     torch.testing.assert_close(logits_of(network, ids), logits_of(reference, ids))
     with pytest.raises(SpecError, match=r"spec.model.layers: is fixed by spec.model.pretrained"):
         plan_for(ModelSpec(layers=3, pretrained={"uri": str(base)}), pretrained=base)
+    # The defaulted form the driver gets (every field set to its default) is not a clash.
+    defaulted = ModelSpec.model_validate(spec.model_dump(by_alias=True))
+    assert "architecture" in defaulted.model_fields_set
+    assert plan_for(defaulted, pretrained=base).architecture == "qwen2"
     with pytest.raises(SpecError, match=r"spec.model.pretrained: its context length 32 is shorter"):
         plan_for(spec, dataset(seq=40), pretrained=base)
 

@@ -139,7 +139,8 @@ def resolve_model(
             raise spec_error(resource_name, "spec.model.architecture", f"{model.architecture}: {exc}") from exc
     else:
         for name, wire in ARCHITECTURE_FIELDS.items():
-            if name in model.model_fields_set:
+            # The defaulted wire form (API server, local runner) sets every field; only a non-default value clashes.
+            if name in model.model_fields_set and getattr(model, name) != type(model).model_fields[name].default:
                 raise spec_error(
                     resource_name, f"spec.model.{wire}", "is fixed by spec.model.pretrained (leave it unset)"
                 )
