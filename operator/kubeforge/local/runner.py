@@ -33,7 +33,7 @@ from .display import Renderer, make_renderer, watching
 from .manage import owned_outputs, step_log_path
 from .plan import Step, capacity_problems, plan_run
 from .resources import ResourceStore, typed, with_absolute_locations
-from .serving import answer_text, curl_commands, playground_url, post_json, sample_request
+from .serving import MODELS, answer_text, curl_commands, playground_url, post_json, sample_request, served_model
 from .summary import human_duration, metrics_text, seconds_between
 
 log = logging.getLogger(__name__)
@@ -497,7 +497,7 @@ class LocalRun:
         final = self._put(step, ready)
         outcome = StepOutcome(step.kind, step.name, "Ready", time.monotonic() - started, details=final)
         try:
-            self.samples[step.name] = self._sample(url, model_uri, spec.generation.max_tokens)
+            self.samples[step.name] = self._sample(url, spec.generation.max_tokens)
             if spec.playground:
                 self.samples[step.name]["playground"] = playground_url(url)
         except Exception as exc:
@@ -564,15 +564,14 @@ class LocalRun:
             running += states.get("RUNNING", 0)
         return total, running
 
-    def _sample(self, url: str, model_uri: str, max_tokens: int) -> dict[str, Any]:
-        """Ask the freshly deployed model for one answer; returns the task, prompt, answer and endpoint URL."""
-        from kubeforge_trainer import storage
-
-        config = json.loads(storage.read_text(storage.join(model_uri, MODEL_CONFIG)))
-        task = config.get("task", "languageModeling")
-        request = sample_request(task, self.options.prompt, max_tokens)
+    def _sample(self, url: str, max_tokens: int) -> dict[str, Any]:
+        """Ask the freshly deployed model for one answer (a chat turn when it has a chat template); returns the task,
+        prompt, answer and endpoint URL."""
+        task, chat = served_model(post_json(url + MODELS, None))
+        request = sample_request(task, self.options.prompt, max_tokens, chat=chat)
         response = post_json(url + request.path, request.body)
-        return {"task": task, "prompt": self.options.prompt, "answer": answer_text(task, response), "url": url}
+        answer = answer_text(task, response)
+        return {"task": task, "chat": chat, "prompt": self.options.prompt, "answer": answer, "url": url}
 
     def _serve_forever(self) -> None:
         """Keep the deployments up until Ctrl-C (or SIGTERM)."""
@@ -641,7 +640,9 @@ class LocalRun:
             return None
 
     def _commands(self, sample: dict[str, Any]) -> list[str]:
-        return curl_commands(sample["url"], sample["task"], sample["prompt"], self.metrics_url)
+        return curl_commands(
+            sample["url"], sample["task"], sample["prompt"], self.metrics_url, chat=sample.get("chat", False)
+        )
 
     def _unexpected(self, current: Step | None, exc: Exception) -> int:
         log.error("unexpected error", exc_info=exc)
