@@ -17,7 +17,6 @@ def config() -> OperatorConfig:
     return OperatorConfig(
         trainer_image="registry.example/kubeforge/trainer:1.2.3",
         ray_version="2.60.0",
-        workload_service_account="kf-workload",
         serve_port=8000,
     )
 

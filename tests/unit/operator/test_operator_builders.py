@@ -87,7 +87,7 @@ def test_datapipeline_rayjob_is_exactly_the_expected_manifest(config: OperatorCo
         return {
             "metadata": {"labels": labels},
             "spec": {
-                "serviceAccountName": "kf-workload",
+                "serviceAccountName": "kubeforge-dp-quickstart-corpus",
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [
                     {
