@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from kubeforge.handlers.kube import USER_AGENT
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import Cluster
-from kubeforge.testing.manifests import quickstart_manifest
-from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
 from kubeforge_trainer.progress import KubeStatusReporter
+from support import EmulatorServer
+from support.cluster import Cluster
+from support.manifests import quickstart_manifest
+from support.runner import OperatorProcess, write_kubeconfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubeforge.handlers.kube import USER_AGENT
 from kubeforge.metrics import RECONCILES, RETRIES
-from kubeforge.testing.cluster import NAMESPACE, Cluster
 from kubeforge_trainer.progress import KubeStatusReporter
 from shipped import quickstart_manifest
+from support.cluster import NAMESPACE, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,10 +14,10 @@ from kubeforge.handlers.common import OperatorContext, Outcome, reconcile_via_ap
 from kubeforge.handlers.kube import KubeApi, kubeforge_resource, load_configuration
 from kubeforge.handlers.trainingjob import reconcile_trainingjob
 from kubeforge.metrics import RECONCILES
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import NAMESPACE, Cluster
-from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
 from shipped import quickstart_manifest
+from support import EmulatorServer
+from support.cluster import NAMESPACE, Cluster
+from support.runner import OperatorProcess, write_kubeconfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

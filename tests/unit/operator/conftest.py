@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.schemas import load_validators
+from support.schemas import load_validators
 
 
 @pytest.fixture()

@@ -21,8 +21,8 @@ from kubeforge.builders import (
 from kubeforge.builders.common import MAX_RAY_NAME_LENGTH
 from kubeforge.builders.rayjob import build_retry
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.manifests import quickstart_body
-from kubeforge.testing.schemas import pod_template_errors, schema_errors
+from support.manifests import quickstart_body
+from support.schemas import pod_template_errors, schema_errors
 
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 POD_OVERRIDES = {

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kubeforge.config import OperatorConfig
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..config import OperatorConfig
 from .runner import EmulatorServer, OperatorRunner
 from .schemas import pod_template_errors, schema_errors
 
