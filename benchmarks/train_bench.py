@@ -1,8 +1,10 @@
-"""Training throughput of kubeforge's TrainingJob runtime: tokens/s and MFU per ZeRO stage, and the overhead of Ray
-Train against the same step loop under the plain `deepspeed` launcher, measured in the same run.
+"""Training throughput of kubeforge's TrainingJob runtime: tokens/s and MFU per architecture and ZeRO stage, the
+overhead of Ray Train against the same step loop under the plain `deepspeed` launcher, and kubeforge's old
+home-made decoder (`models/gpt.py`) against the `transformers` models of the same shape, all measured in one run.
 
-Meant for one H100 (the issue's setting): a GPT-2-124M-class decoder (12 layers, 12 heads, width 768, vocabulary
-50304), context 1024, bf16, micro-batch 16, fused AdamW, torch.compile, ZeRO-1/2/3:
+Meant for one H100 (the issue's setting): GPT-2-124M (transformers `gpt2`: 12 layers, 12 heads, width 768,
+vocabulary 50304) and a Llama-architecture model of similar size (same widths, SwiGLU MLP of 2048, untied output
+layer), context 1024, bf16, micro-batch 16, fused AdamW, torch.compile, ZeRO-1/2/3:
 
     python benchmarks/train_bench.py                      # writes benchmarks/results/train.md
     python benchmarks/train_bench.py --stages 2 --no-compile
@@ -16,7 +18,8 @@ is built by `worker.build_engine` and each micro-batch goes through `worker.forw
 `run_trainingjob` (Ray Data streaming, progress, the final checkpoint and export); its tokens/s are the ones it
 logged (train.csv) after the warm-up steps. The plain path reads the same parquet shards in-process and times the
 same steps. MFU is against the device's dense bf16 peak (989 TFLOP/s for an H100 SXM), with the PaLM FLOP count
-(6N + 12·L·d·T per token) of `ModelConfig.flops_per_token`.
+(6N + 12·L·d·T per token) of `models.build.flops_per_token`. The decoder comparison is a plain single-process
+PyTorch loop (AdamW, autocast on GPUs, the same compile setting) over the old GPT and transformers' GPT-2 and Llama.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class BenchConfig:
     n_layers: int
     n_heads: int
     d_model: int
+    intermediate: int  # Llama's SwiGLU width (GPT-2's MLP is 4 x d_model)
     context: int
     vocab: int
     micro_batch: int
@@ -65,8 +69,20 @@ class BenchConfig:
         return self.steps * self.micro_batch * max(1, self.gpus)
 
 
-GPU = BenchConfig(12, 12, 768, 1024, 50304, 16, 80, 30, 10, "bf16", 1, True)
-SMOKE = BenchConfig(1, 2, 32, 32, 512, 4, 12, 4, 2, "bf16", 0, False)
+GPU = BenchConfig(12, 12, 768, 2048, 1024, 50304, 16, 80, 30, 10, "bf16", 1, True)
+SMOKE = BenchConfig(1, 2, 32, 64, 32, 512, 4, 12, 4, 2, "bf16", 0, False)
+# The CPU decoder comparison: big enough that the matrix products, not the Python overhead, dominate a step.
+CPU_DECODERS = BenchConfig(4, 4, 256, 704, 128, 8192, 8, 12, 4, 2, "bf16", 0, False)
+ARCHITECTURES = ("gpt2", "llama")
+
+
+def model_spec(config: BenchConfig, architecture: str) -> dict[str, Any]:
+    """spec.model of a benchmark TrainingJob: GPT-2's shape, or a Llama of similar size."""
+    spec = {"architecture": architecture, "layers": config.n_layers, "heads": config.n_heads,
+            "hiddenSize": config.d_model, "contextLength": config.context}  # fmt: skip
+    if architecture == "llama":
+        spec["intermediateSize"] = config.intermediate
+    return spec
 
 
 def write_synthetic_dataset(root: Path, config: BenchConfig, seed: int = 0) -> Path:
@@ -92,7 +108,7 @@ def write_synthetic_dataset(root: Path, config: BenchConfig, seed: int = 0) -> P
     )
 
 
-def make_job(config: BenchConfig, stage: int, data: Path, checkpoints: Path) -> Any:
+def make_job(config: BenchConfig, stage: int, data: Path, checkpoints: Path, architecture: str = "gpt2") -> Any:
     """The TrainingJob both paths run: no evaluation, one checkpoint at the end."""
     from kubeforge.api import TrainingJob
 
@@ -102,15 +118,10 @@ def make_job(config: BenchConfig, stage: int, data: Path, checkpoints: Path) -> 
         {
             "apiVersion": "kubeforge.dev/v1alpha1",
             "kind": "TrainingJob",
-            "metadata": {"name": f"bench-zero{stage}"},
+            "metadata": {"name": f"bench-{architecture}-zero{stage}"},
             "spec": {
                 "dataRef": {"uri": str(data)},
-                "model": {
-                    "nLayers": config.n_layers,
-                    "nHeads": config.n_heads,
-                    "dModel": config.d_model,
-                    "contextLength": config.context,
-                },
+                "model": model_spec(config, architecture),
                 "training": {
                     "maxSteps": config.steps,
                     "microBatchSize": config.micro_batch,
@@ -142,40 +153,61 @@ def peak(config: BenchConfig) -> tuple[str, float | None]:
     return name, peak_flops(name, effective_precision(config.precision, True))
 
 
-def mfu(tokens_per_second: float, config: BenchConfig) -> float | None:
+def hf_model(config: BenchConfig, architecture: str, meta: bool = False) -> tuple[Any, Any]:
+    """(transformers model, its config) of the benchmark's shape (on the meta device: for counting only)."""
+    import torch
+    from kubeforge_trainer.models.build import build_config, build_model
+
+    spec = model_spec(config, architecture)
+    hf_config = build_config(architecture, vocab_size=config.vocab, hidden_size=config.d_model,
+                             layers=config.n_layers, heads=config.n_heads,
+                             intermediate_size=spec.get("intermediateSize"), context_length=config.context,
+                             special_tokens={"bos_token_id": None, "eos_token_id": None})  # fmt: skip
+    if meta:
+        with torch.device("meta"):
+            return build_model(hf_config), hf_config
+    return build_model(hf_config), hf_config
+
+
+def flops(config: BenchConfig, architecture: str) -> float:
+    """Training FLOPs per token of the architecture at the benchmark's shape."""
+    from kubeforge_trainer.models.build import flops_per_token
+
+    model, hf_config = hf_model(config, "gpt2" if architecture == "old-gpt" else architecture, meta=True)
+    return flops_per_token(model, hf_config, config.context)
+
+
+def mfu(tokens_per_second: float, config: BenchConfig, architecture: str = "gpt2") -> float | None:
     """MFU of a throughput on this machine's devices."""
-    from kubeforge_trainer.models import ModelConfig
     from kubeforge_trainer.train.throughput import estimate_mfu
 
-    model = ModelConfig(config.vocab, n_layers=config.n_layers, n_heads=config.n_heads, d_model=config.d_model,
-                        context_length=config.context)  # fmt: skip
-    return estimate_mfu(tokens_per_second, model.flops_per_token(), max(1, config.gpus), peak(config)[1])
+    return estimate_mfu(tokens_per_second, flops(config, architecture), max(1, config.gpus), peak(config)[1])
 
 
-def run_ray(config: BenchConfig, stage: int, data: Path, workdir: Path) -> dict[str, Any]:
+def run_ray(config: BenchConfig, stage: int, data: Path, workdir: Path, architecture: str) -> dict[str, Any]:
     """The real run_trainingjob; tokens/s from its logged windows after the warm-up steps."""
     import csv
 
     from kubeforge_trainer.progress import NullReporter
     from kubeforge_trainer.train import run_trainingjob
 
-    checkpoints = workdir / f"ray-zero{stage}"
+    checkpoints = workdir / f"ray-{architecture}-zero{stage}"
     started = time.monotonic()
-    result = run_trainingjob(make_job(config, stage, data, checkpoints), str(data), NullReporter())
+    result = run_trainingjob(make_job(config, stage, data, checkpoints, architecture), str(data), NullReporter())
     with (checkpoints / "logs" / "train.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) > config.warmup_steps]
     rates = [float(r["tokens_per_second"]) for r in rows]
     # Equal windows of logIntervalSteps steps: total tokens over total time is the harmonic mean of the rates.
     tps = len(rates) / sum(1 / r for r in rates)
-    return {"path": "ray-train", "stage": stage, "tokens_per_second": tps, "steps": result["steps"],
-            "wall_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    return {"path": "ray-train", "model": architecture, "stage": stage, "tokens_per_second": tps,
+            "steps": result["steps"], "wall_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
 
 
-def run_plain(config: BenchConfig, stage: int, data: Path, workdir: Path) -> dict[str, Any]:
+def run_plain(config: BenchConfig, stage: int, data: Path, workdir: Path, architecture: str) -> dict[str, Any]:
     """The same loop under `deepspeed` (one process per GPU, or one on CPU), as a subprocess."""
-    result_file = workdir / f"plain-zero{stage}.json"
-    job = make_job(config, stage, data, workdir / f"plain-zero{stage}")
-    job_file = workdir / f"plain-zero{stage}-job.json"
+    result_file = workdir / f"plain-{architecture}-zero{stage}.json"
+    job = make_job(config, stage, data, workdir / f"plain-{architecture}-zero{stage}", architecture)
+    job_file = workdir / f"plain-{architecture}-zero{stage}-job.json"
     job_file.write_text(json.dumps(job.model_dump(by_alias=True, mode="json")))
     launcher = Path(sys.executable).with_name("deepspeed")
     command = [str(launcher), "--num_gpus", str(max(1, config.gpus)), "--master_port", str(29500 + stage)]
@@ -186,7 +218,8 @@ def run_plain(config: BenchConfig, stage: int, data: Path, workdir: Path) -> dic
     started = time.monotonic()
     subprocess.run(command, check=True, cwd=REPO, env=env)
     out = json.loads(result_file.read_text())
-    return {**out, "path": "deepspeed", "stage": stage, "wall_seconds": round(time.monotonic() - started, 1)}
+    wall = round(time.monotonic() - started, 1)
+    return {**out, "path": "deepspeed", "model": architecture, "stage": stage, "wall_seconds": wall}
 
 
 def plain_worker(job_file: Path, data: str, result_file: Path, warmup_steps: int) -> None:
@@ -195,8 +228,8 @@ def plain_worker(job_file: Path, data: str, result_file: Path, warmup_steps: int
     import pyarrow.parquet as pq
     import torch
     from kubeforge.api import TrainingJob
-    from kubeforge_trainer.models import ModelConfig
     from kubeforge_trainer.train import prepare_run
+    from kubeforge_trainer.train.modeling import ModelPlan
     from kubeforge_trainer.train.plan import TrainPlan
     from kubeforge_trainer.train.worker import build_engine, forward_batch
 
@@ -204,7 +237,7 @@ def plain_worker(job_file: Path, data: str, result_file: Path, warmup_steps: int
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     job = TrainingJob.model_validate(json.loads(job_file.read_text()))
     settings, _ = prepare_run(job, data)
-    plan, model_config = TrainPlan.from_dict(settings.plan), ModelConfig.from_dict(settings.model_config)
+    plan, model_config = TrainPlan.from_dict(settings.plan), ModelPlan.from_dict(settings.model_config)
     if settings.use_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -229,7 +262,81 @@ def plain_worker(job_file: Path, data: str, result_file: Path, warmup_steps: int
         result_file.write_text(json.dumps({"tokens_per_second": tokens / elapsed, "steps": plan.total_steps}))
 
 
-def results_markdown(config: BenchConfig, rows: list[dict[str, Any]], smoke: bool) -> str:
+def decoder_step_rate(config: BenchConfig, model_name: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Tokens/s of a plain single-process training loop (AdamW; bf16 autocast and fused AdamW on a GPU; compiled
+    when config.compile) over one decoder: the old home-made GPT, or transformers' gpt2 / llama."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    device = "cuda" if config.gpus else "cpu"
+    if model_name == "old-gpt":
+        from kubeforge_trainer.models.gpt import GPT, ModelConfig
+
+        legacy = ModelConfig(vocab_size=config.vocab, n_layers=config.n_layers, n_heads=config.n_heads,
+                             d_model=config.d_model, context_length=config.context)  # fmt: skip
+        model = GPT(legacy)
+        forward = lambda m, ids: m(ids)[0]  # noqa: E731
+    else:
+        model, _ = hf_model(config, model_name)
+        forward = lambda m, ids: m(input_ids=ids, use_cache=False).logits  # noqa: E731
+    model.to(device).train()
+    runner = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=bool(config.gpus))
+    ids = torch.randint(0, config.vocab, (config.micro_batch, config.context + 1), device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bool(config.gpus))
+    sync = torch.cuda.synchronize if config.gpus else (lambda: None)
+    # On CPU: one thread and this process's CPU time, so the other load of a shared machine does not count.
+    clock = time.perf_counter if config.gpus else time.process_time
+    if not config.gpus:
+        torch.set_num_threads(1)
+    started = clock()
+    for step in range(steps):
+        if step == warmup:
+            sync()
+            started = clock()
+        with autocast:
+            logits = forward(runner, ids[:, :-1])
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync()
+    tps = (steps - warmup) * config.micro_batch * config.context / (clock() - started)
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": model_name, "tokens_per_second": tps, "parameters": params}
+
+
+def decoder_markdown(config: BenchConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """The old-decoder-versus-transformers table."""
+    old = next((r["tokens_per_second"] for r in rows if r["model"] == "old-gpt"), None)
+    lines = [
+        "",
+        "Old home-made decoder against transformers, plain single-process loop: "
+        f"{config.n_layers} layers, {config.n_heads} heads, width {config.d_model}, context {config.context}, "
+        f"vocabulary {config.vocab}, micro-batch {config.micro_batch}, {config.steps} steps "
+        f"(first {config.warmup_steps} not timed), torch.compile {'on' if config.compile else 'off'}"
+        + ("; CPU: one thread, tokens per second of this process's CPU time." if not config.gpus else "."),
+        "",
+        "| model | parameters | tokens/s | MFU | vs old decoder |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        value = mfu(row["tokens_per_second"], config, row["model"])
+        ratio = f"{row['tokens_per_second'] / old:.2f}x" if old else ""
+        lines.append(
+            f"| {row['model']} | {row['parameters'] / 1e6:.1f}M | {row['tokens_per_second']:,.0f} | "
+            f"{f'{value:.1%}' if value is not None else '-'} | {ratio} |"
+        )
+    return lines
+
+
+def results_markdown(
+    config: BenchConfig,
+    rows: list[dict[str, Any]],
+    smoke: bool,
+    decoders: tuple[BenchConfig, list[dict[str, Any]]] | None = None,
+) -> str:
     """The results table, with the setting and the versions it ran with."""
     import deepspeed
     import ray
@@ -243,22 +350,25 @@ def results_markdown(config: BenchConfig, rows: list[dict[str, Any]], smoke: boo
         + (f" ({config.gpus} GPU, dense peak {device_peak / 1e12:.0f} TFLOP/s)" if device_peak else ""),
         f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}.",
         "",
-        f"Model: {config.n_layers} layers, {config.n_heads} heads, width {config.d_model}, context {config.context}, "
+        f"Models: {', '.join(sorted({r['model'] for r in rows}))}; {config.n_layers} layers, {config.n_heads} heads, "
+        f"width {config.d_model} (llama: SwiGLU {config.intermediate}), context {config.context}, "
         f"vocabulary {config.vocab}; micro-batch {config.micro_batch}; precision {config.precision}"
         f"{' (fp32 on CPU)' if not config.gpus else ''}; torch.compile {'on' if config.compile else 'off'}; "
         f"{config.steps} steps, the first {config.warmup_steps} not timed.",
         "",
-        "| ZeRO | path | tokens/s | MFU | Ray Train overhead | wall s |",
-        "|---|---|---|---|---|---|",
+        "| model | ZeRO | path | tokens/s | MFU | Ray Train overhead | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        value = mfu(row["tokens_per_second"], config)
+        value = mfu(row["tokens_per_second"], config, row["model"])
         overhead = row.get("overhead")
         lines.append(
-            f"| {row['stage']} | {row['path']} | {row['tokens_per_second']:,.0f} | "
+            f"| {row['model']} | {row['stage']} | {row['path']} | {row['tokens_per_second']:,.0f} | "
             f"{f'{value:.1%}' if value is not None else '-'} | "
             f"{f'{overhead:+.1%}' if overhead is not None else ''} | {row['wall_seconds']} |"
         )
+    if decoders:
+        lines += decoder_markdown(*decoders)
     lines += ["", f"Targets: {TARGETS}.", f"Anchor measured before: {ANCHOR}."]
     if smoke:
         lines += ["", "Smoke mode (tiny model on CPU): checks that every path runs; says nothing of GPU speed."]
@@ -270,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps (checks the paths)")
     parser.add_argument("--stages", type=int, nargs="+", help="ZeRO stages (default 1 2 3; smoke: 2)")
+    parser.add_argument("--models", nargs="+", choices=ARCHITECTURES, help="architectures (default: gpt2 llama)")
+    parser.add_argument("--no-decoders", action="store_true", help="skip the old-decoder/transformers comparison")
+    parser.add_argument("--decoders-only", action="store_true", help="only the old-decoder/transformers comparison")
+    parser.add_argument("--rounds", type=int, default=2, help="decoder comparison rounds (best of, interleaved)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run")
     parser.add_argument("--micro-batch", type=int, help="sequences per GPU per step")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
@@ -303,22 +417,40 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.decoders_only:
+        stages = []
     with tempfile.TemporaryDirectory(prefix="kubeforge-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         data = write_synthetic_dataset(workdir, config)
-        ray.init(include_dashboard=False, **({"num_cpus": 4} if args.smoke else {}))
+        if stages:
+            ray.init(include_dashboard=False, **({"num_cpus": 4} if args.smoke else {}))
         rows: list[dict[str, Any]] = []
         try:
-            for stage in stages:
-                plain = run_plain(config, stage, data, workdir)
-                through_ray = run_ray(config, stage, data, workdir)
-                through_ray["overhead"] = 1 - through_ray["tokens_per_second"] / plain["tokens_per_second"]
-                rows += [plain, through_ray]
-                print(json.dumps([plain, through_ray]), flush=True)
+            for architecture in args.models or ARCHITECTURES:
+                for stage in stages:
+                    plain = run_plain(config, stage, data, workdir, architecture)
+                    through_ray = run_ray(config, stage, data, workdir, architecture)
+                    through_ray["overhead"] = 1 - through_ray["tokens_per_second"] / plain["tokens_per_second"]
+                    rows += [plain, through_ray]
+                    print(json.dumps([plain, through_ray]), flush=True)
         finally:
-            ray.shutdown()
-    report = results_markdown(config, rows, args.smoke)
+            if stages:
+                ray.shutdown()
+    decoders = None
+    if not args.no_decoders:
+        shape = CPU_DECODERS if args.smoke else config
+        # Interleaved rounds, best of each: a shared machine's load drifts over minutes, not within a round.
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(args.rounds):
+            for name in ("old-gpt", *ARCHITECTURES):
+                row = decoder_step_rate(shape, name, shape.steps, shape.warmup_steps)
+                if name not in best or row["tokens_per_second"] > best[name]["tokens_per_second"]:
+                    best[name] = row
+        decoder_rows = list(best.values())
+        print(json.dumps(decoder_rows), flush=True)
+        decoders = (shape, decoder_rows)
+    report = results_markdown(config, rows, args.smoke, decoders)
     print(report)
     if results_path:
         results_path.write_text(report)

@@ -15,6 +15,7 @@ from kubeforge.validate import Manifest, validate_paths
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO_ROOT / "examples" / "quickstart"
 GITOPS = REPO_ROOT / "examples" / "gitops"
+FINETUNE = REPO_ROOT / "examples" / "finetune"
 
 
 def validated(*paths: Path) -> list[Manifest]:

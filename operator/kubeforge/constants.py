@@ -48,6 +48,7 @@ ENV_PVC_ROOT = "KUBEFORGE_PVC_ROOT"
 # Ray Serve's own variables for direct ingress (the Serve controller and the replicas read them when they start).
 # The inference app's accepted API keys, one per line (from the Secret named in ModelDeployment spec.auth).
 ENV_SERVE_API_KEYS = "KUBEFORGE_API_KEYS"
+SERVE_PLAYGROUND_PATH = "/playground"  # where a ModelDeployment with spec.playground serves its chat page
 ENV_SERVE_DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 ENV_SERVE_DIRECT_MIN_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
 ENV_SERVE_DIRECT_MAX_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"

@@ -41,6 +41,12 @@ class BuiltinCorpus(ApiModel):
         description="system-docs: Python standard-library docstrings and the system's /usr/share/doc files.",
     )
     max_documents: int = Field(default=20000, ge=1, le=100_000_000, description="Stop after this many documents.")
+    derive: Literal["documents", "instructions", "preferences"] = Field(
+        default="documents",
+        description='documents: the texts themselves; instructions: "What does `name` do?" answered by the '
+        "docstring of a standard-library function (tokenizer.task chat); preferences: the same prompt with the right "
+        "docstring chosen and another function's rejected (tokenizer.task preference).",
+    )
 
 
 class ConversationFields(ApiModel):

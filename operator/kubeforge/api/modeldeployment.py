@@ -164,6 +164,16 @@ class ModelDeploymentSpec(CommonSpec):
             "(!has(self.quantization) || self.quantization == 'none'))",
             "spec.engine vllm does not support canary, adapters or quantization yet; use engine transformers",
         ),
+        cel(
+            "!has(self.engine) || self.engine != 'vllm' || !has(self.playground) || !self.playground",
+            "spec.playground needs engine transformers (the vllm engine has no playground yet)",
+        ),
+        cel(
+            "!has(self.playground) || !self.playground || !has(self.replicas) || !has(self.replicas.max) || "
+            "self.replicas.max <= 1",
+            "spec.playground needs spec.replicas.max 1: a page's requests must all reach the replica holding its "
+            "session",
+        ),
     )
 
     model_ref: ModelRef | None = Field(default=None, description="Serve the model a TrainingJob exported.")
@@ -195,6 +205,13 @@ class ModelDeploymentSpec(CommonSpec):
         description=(
             "LoRA adapters served over the base model. Adding one loads it into the running replicas without "
             "restarting them (Ray Serve user_config)."
+        ),
+    )
+    playground: bool = Field(
+        default=False,
+        description=(
+            "Serve a Gradio chat page at /playground of the same endpoint (streaming, adapter picker, sampling "
+            "sliders); it answers through the deployment's own engine. With spec.auth the page asks for an API key."
         ),
     )
     ingress: Literal["proxy", "direct"] = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import (
     ApiModel,
@@ -26,6 +26,12 @@ MAX_BATCH = 65_536
 # The trainer's own message for more than one GPU per worker (kubeforge_trainer.train.driver raises it too).
 GPUS_PER_WORKER_MESSAGE = "each worker process drives one GPU; set workers.count to the number of GPUs instead"
 
+# Objectives (SFT, DPO): the objective names and the DPO validation metrics; DpoSpec is above TrainingJobSpec.
+Objective = Literal["languageModeling", "sft", "dpo", "classification"]
+DPO_METRIC_NAMES = Literal[
+    "rewardAccuracy", "rewardMargin", "chosenReward", "rejectedReward", "chosenLogps", "rejectedLogps"
+]
+
 
 class DataRef(ApiModel):
     """The data to train on: a DataPipeline, or the URI of a dataset manifest."""
@@ -39,13 +45,58 @@ class DataRef(ApiModel):
     )
 
 
-class PretrainedSpec(ApiModel):
-    """Start from existing weights."""
+# Fields of the pre-transformers model section, and what replaced them (see legacy_model_message).
+LEGACY_MODEL_FIELDS = {
+    "nLayers": "layers",
+    "nHeads": "heads",
+    "dModel": "hiddenSize",
+}
+LEGACY_PRETRAINED_FIELDS = {"path": "uri", "format": None}
 
-    path: str = Field(description="Model directory or checkpoint, local path or object-store URI.")
-    format: Literal["kubeforge", "huggingface"] = Field(
-        default="kubeforge",
-        description="kubeforge export/checkpoint, or a local Hugging Face transformers directory.",
+
+def legacy_model_message(model: Any) -> str | None:
+    """A one-line migration message when a spec.model (wire form) uses fields of the old GPT-only model layer."""
+    if not isinstance(model, dict):
+        return None
+    old = [k for k in LEGACY_MODEL_FIELDS if k in model]
+    if old:
+        renames = ", ".join(f"{k} -> {LEGACY_MODEL_FIELDS[k]}" for k in old)
+        return (
+            f"spec.model.{old[0]}: the model section now describes a Hugging Face architecture; rename {renames} "
+            "and set architecture (gpt2 is the old decoder's shape, llama the default)"
+        )
+    pretrained = model.get("pretrained")
+    if isinstance(pretrained, dict) and ("path" in pretrained or "format" in pretrained):
+        return (
+            "spec.model.pretrained.path: renamed to pretrained.uri, a Hugging Face model directory (kubeforge exports "
+            "are such directories now); drop pretrained.format"
+        )
+    return None
+
+
+def _reject_legacy_model(data: Any) -> Any:
+    message = legacy_model_message(data)
+    if message:
+        raise ValueError(message)
+    return data
+
+
+class PretrainedSpec(ApiModel):
+    """Start from the weights of a Hugging Face model directory (save_pretrained layout)."""
+
+    uri: str = Field(
+        description="Hugging Face model directory (config.json + safetensors, sharded or not): local path, PVC mount, "
+        "s3:// or gs:// URI. kubeforge exports are such directories.",
+    )
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32",
+        description="dtype the weights load in (DeepSpeed keeps fp32 master weights and casts for bf16/fp16).",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        default="sdpa", description="transformers attention implementation."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model directory's own Python code (only for directories you trust)."
     )
 
 
@@ -55,42 +106,84 @@ class LoraSpec(ApiModel):
     rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(default=16, gt=0, description="LoRA scaling alpha.")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["qkv", "proj"],
-        description="Names of the linear layers to adapt.",
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Names of the linear layers to adapt; default: peft's choice for the architecture "
+        "(q_proj and v_proj for llama/qwen2/mistral, c_attn for gpt2).",
+    )
+    quantization: Literal["nf4"] | None = Field(
+        default=None,
+        description="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (CUDA GPUs only).",
+    )
+    export: Literal["merged", "adapter"] = Field(
+        default="merged",
+        description="Export merged full weights, or the peft adapter alone with a reference to its base.",
     )
 
 
 class ModelSpec(ApiModel):
-    """The network."""
+    """The network: a transformers causal LM from scratch (architecture + sizes) or from pretrained weights."""
 
     model_config = cel_rules(
         cel(
-            "self.dModel % self.nHeads == 0",
-            "model.dModel must be divisible by model.nHeads",
+            "self.hiddenSize % self.heads == 0",
+            "model.hiddenSize must be divisible by model.heads",
+        ),
+        cel(
+            "!has(self.kvHeads) || self.heads % self.kvHeads == 0",
+            "model.heads must be divisible by model.kvHeads",
         ),
     )
 
     task: Literal["languageModeling", "classification"] = Field(
         default="languageModeling",
-        description="languageModeling trains a GPT-style decoder; classification adds a sequence-classification head.",
+        description="languageModeling trains a causal LM; classification adds a sequence-classification head.",
     )
-    n_layers: int = Field(default=4, ge=1, le=256, description="Transformer blocks.")
-    n_heads: int = Field(default=4, ge=1, le=256, description="Attention heads.")
-    d_model: int = Field(default=256, ge=8, le=65536, description="Hidden width.")
+    architecture: str = Field(
+        default="llama",
+        min_length=1,
+        max_length=64,
+        description="transformers model_type built from scratch (llama, qwen2, mistral, gpt2, ... any that "
+        "AutoModelForCausalLM supports); fixed by the weights when pretrained is set.",
+    )
+    hidden_size: int = Field(default=256, ge=8, le=65536, description="Hidden width.")
+    layers: int = Field(default=4, ge=1, le=256, description="Transformer blocks.")
+    heads: int = Field(default=4, ge=1, le=256, description="Attention heads.")
+    kv_heads: int | None = Field(
+        default=None, ge=1, le=256, description="Key/value heads (grouped-query attention); default: heads."
+    )
+    intermediate_size: int | None = Field(
+        default=None, ge=8, le=262144, description="MLP width; default: 4 x hiddenSize."
+    )
     context_length: int = Field(default=256, ge=8, le=131072, description="Maximum sequence length.")
+    rope_theta: float | None = Field(
+        default=None, gt=0, description="RoPE base frequency (architectures with rotary embeddings)."
+    )
+    rope_scaling: dict[str, Any] | None = Field(
+        default=None,
+        description="RoPE scaling parameters as transformers names them (e.g. {rope_type: linear, factor: 2}).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout probability.")
     init: Literal["gpt2", "xavier", "kaiming"] = Field(
         default="gpt2",
-        description="Weight initialisation: GPT-2 scaled normal, Xavier or Kaiming.",
+        description="Weight initialisation from scratch: GPT-2 scaled normal, Xavier or Kaiming.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass (less memory, ~30% more compute)."
     )
     num_labels: int | None = Field(
         default=None,
         ge=2,
         description="Classes for classification; defaults to the labels found in the data.",
     )
-    pretrained: PretrainedSpec | None = Field(default=None, description="Fine-tune from these weights.")
+    pretrained: PretrainedSpec | None = Field(default=None, description="Start from these weights.")
     lora: LoraSpec | None = Field(default=None, description="Fine-tune with LoRA adapters only.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_fields(cls, data: Any) -> Any:
+        return _reject_legacy_model(data)
 
 
 class TrainingSpec(ApiModel):
@@ -183,9 +276,11 @@ class EvaluationSpec(ApiModel):
 
     interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="Steps between validation runs.")
     max_batches: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Cap on validation batches per run.")
-    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1"]] = Field(
-        default_factory=lambda: ["loss", "perplexity"],
-        description="Metrics to compute.",
+    metrics: list[Literal["loss", "perplexity", "accuracy", "precision", "recall", "f1", DPO_METRIC_NAMES]] | None = (
+        Field(
+            default=None,
+            description="Metrics to compute; unset: every metric of the objective (see the objective).",
+        )
     )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping; off when unset.")
     best_metric: str = Field(default="loss", description="Metric that picks the best checkpoint.")
@@ -253,8 +348,96 @@ class FailurePolicy(ApiModel):
     )
 
 
+# ---------------------------------------------------------------- training objective (SFT, DPO)
+
+OBJECTIVE_RULES = (
+    cel("!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')", "dpo is only for objective dpo"),
+    cel(
+        "!has(self.objective) || (self.objective == 'classification') == "
+        "(has(self.model) && has(self.model.task) && self.model.task == 'classification')",
+        "objective classification needs model.task classification; languageModeling, sft and dpo need "
+        "model.task languageModeling",
+    ),
+    cel(
+        "!has(self.dpo) || !has(self.dpo.reference) || self.dpo.reference != 'adaptersDisabled' || "
+        "(has(self.model) && has(self.model.lora))",
+        "dpo.reference adaptersDisabled needs model.lora",
+    ),
+)
+
+
+# The DataPipeline tokenizer.task (a dataset manifest's `task`) each objective trains on.
+OBJECTIVE_DATA_TASK = {
+    "languageModeling": "languageModeling",
+    "classification": "classification",
+    "sft": "chat",
+    "dpo": "preference",
+}
+
+
+# The validation/test metrics of each objective (all of them when evaluation.metrics is unset).
+OBJECTIVE_METRICS = {
+    "languageModeling": ("loss", "perplexity"),
+    "classification": ("loss", "accuracy", "precision", "recall", "f1"),
+    "sft": ("loss", "perplexity"),  # on assistant tokens
+    "dpo": (
+        "loss",
+        "rewardAccuracy",
+        "rewardMargin",
+        "chosenReward",
+        "rejectedReward",
+        "chosenLogps",
+        "rejectedLogps",
+    ),
+}
+
+
+def evaluation_metrics(spec: TrainingJobSpec) -> list[str]:
+    """The metrics a run computes: spec.evaluation.metrics as written, or every metric of the objective."""
+    if spec.evaluation.metrics is not None:
+        return list(dict.fromkeys(spec.evaluation.metrics))
+    return list(OBJECTIVE_METRICS[objective_of(spec)])
+
+
+def objective_of(spec: TrainingJobSpec) -> str:
+    """The run's objective: spec.objective, or model.task when it is unset."""
+    return spec.objective or spec.model.task
+
+
+class DpoSpec(ApiModel):
+    """Direct preference optimisation: the loss variant and the reference model."""
+
+    model_config = cel_rules(
+        cel("self.lossType == 'robust' || self.labelSmoothing == 0.0", "labelSmoothing needs lossType robust"),
+    )
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=1000,
+        description="How far the policy may move from the reference (DPO's beta; IPO's tau).",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        default="sigmoid",
+        description="sigmoid (DPO), ipo (token-averaged log-ratios), hinge (SLiC) or robust (noisy labels).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="lossType robust: the probability that a preference label is flipped.",
+    )
+    reference: Literal["base", "adaptersDisabled"] | None = Field(
+        default=None,
+        description="base: a frozen copy of the starting weights; adaptersDisabled: the LoRA model with its adapters "
+        "off (no second copy). Unset: adaptersDisabled with model.lora, base otherwise.",
+    )
+
+
 class TrainingJobSpec(CommonSpec):
     """Desired state of a TrainingJob."""
+
+    model_config = cel_rules(*OBJECTIVE_RULES)
 
     data_ref: DataRef = Field(description="Training data.")
     model: ModelSpec = Field(
@@ -268,6 +451,12 @@ class TrainingJobSpec(CommonSpec):
     output: OutputModelSpec = Field(default_factory=OutputModelSpec, description="Exported model.")
     workers: TrainingWorkers = Field(default_factory=TrainingWorkers, description="Ray Train workers.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries.")
+    objective: Objective | None = Field(
+        default=None,
+        description="What the model learns: languageModeling (next token), sft (assistant tokens of chat data), dpo "
+        "(preference pairs) or classification; unset: model.task.",
+    )
+    dpo: DpoSpec | None = Field(default=None, description="DPO settings (objective dpo; the defaults when unset).")
 
 
 class TrainingJobStatus(CommonStatus):
@@ -283,6 +472,10 @@ class TrainingJobStatus(CommonStatus):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to finish.")
     progress: str | None = Field(default=None, description="Short progress text, e.g. '120/1000'.")
     eval_metrics: dict[str, float] = Field(default_factory=dict, description="Latest validation metrics.")
+    train_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Objective metrics of the latest training log window (dpo: reward accuracy, margin, log-probs).",
+    )
     best_metrics: dict[str, float] = Field(
         default_factory=dict, description="Validation metrics of the best checkpoint."
     )

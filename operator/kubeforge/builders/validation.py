@@ -12,6 +12,7 @@ from typing import Any
 
 from ..api import DataPipeline, ModelDeployment, TrainingJob
 from ..api.common import ApiModel
+from ..api.trainingjob import evaluation_metrics
 from ..constants import KINDS
 from ..validate import cel_problems, validate_document
 
@@ -34,7 +35,7 @@ def operator_problems(resource: ApiModel) -> list[tuple[str, str]]:
         spec = resource.spec
         if spec.model.lora is not None and spec.model.pretrained is None:
             problems.append(("spec.model.lora", "LoRA adapts pretrained weights: set spec.model.pretrained"))
-        computed = ALWAYS_COMPUTED_METRICS | set(spec.evaluation.metrics)
+        computed = ALWAYS_COMPUTED_METRICS | set(evaluation_metrics(spec))
         stopping = spec.evaluation.early_stopping
         if stopping is not None and stopping.metric not in computed:
             problems.append(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kubeforge.api.common import parse_quantity, quantity_text
+from kubeforge.api.trainingjob import OBJECTIVE_DATA_TASK, objective_of
 
 from ..validate import Manifest, Problem
 
@@ -131,14 +132,15 @@ def _cross_checks(step: Step, by_key: Mapping[Key, Manifest]) -> list[Problem]:
     """Problems only visible across two resources (a cluster would hit them when the job starts)."""
     problems = []
     if step.kind == "TrainingJob":
-        data = by_key.get(("DataPipeline", step.manifest.resource.spec.data_ref.name or ""))
-        model_task = step.manifest.resource.spec.model.task
-        if data is not None and data.resource.spec.tokenizer.task != model_task:
+        spec = step.manifest.resource.spec
+        data = by_key.get(("DataPipeline", spec.data_ref.name or ""))
+        objective = objective_of(spec)  # sft trains on chat data, dpo on preference data
+        if data is not None and data.resource.spec.tokenizer.task != OBJECTIVE_DATA_TASK[objective]:
             problems.append(
                 _problem(
                     step.manifest,
-                    "spec.model.task",
-                    f"is {model_task!r} but DataPipeline/{data.name} prepares "
+                    "spec.objective" if spec.objective else "spec.model.task",
+                    f"is {objective!r} but DataPipeline/{data.name} prepares "
                     f"{data.resource.spec.tokenizer.task!r} data (spec.tokenizer.task)",
                 )
             )

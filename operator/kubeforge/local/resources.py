@@ -30,7 +30,7 @@ URI_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     ),
     "TrainingJob": (
         ("spec", "dataRef", "uri"),
-        ("spec", "model", "pretrained", "path"),
+        ("spec", "model", "pretrained", "uri"),
         ("spec", "checkpoint", "uri"),
         ("spec", "output", "uri"),
     ),

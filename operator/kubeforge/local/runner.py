@@ -33,7 +33,7 @@ from .display import Renderer, make_renderer, watching
 from .manage import owned_outputs, step_log_path
 from .plan import Step, capacity_problems, plan_run
 from .resources import ResourceStore, typed, with_absolute_locations
-from .serving import answer_text, curl_commands, post_json, sample_request
+from .serving import answer_text, curl_commands, playground_url, post_json, sample_request
 from .summary import human_duration, metrics_text, seconds_between
 
 log = logging.getLogger(__name__)
@@ -498,6 +498,8 @@ class LocalRun:
         outcome = StepOutcome(step.kind, step.name, "Ready", time.monotonic() - started, details=final)
         try:
             self.samples[step.name] = self._sample(url, model_uri, spec.generation.max_tokens)
+            if spec.playground:
+                self.samples[step.name]["playground"] = playground_url(url)
         except Exception as exc:
             outcome.phase = "Degraded"
             outcome.message = f"the sample request failed: {self._log_failure(step, exc)}"
@@ -588,6 +590,8 @@ class LocalRun:
             self.renderer.line(f"    prompt:     {sample['prompt']}")
             shown = sample["answer"].replace("\n", "\n                ")
             self.renderer.line(f"    {'completion' if sample['task'] != 'classification' else 'label'}: {shown}")
+            if "playground" in sample:
+                self.renderer.line(f"    playground: {sample['playground']}")
         if self.samples:
             self.renderer.line("Try it yourself:" if self.options.serve else "Commands for a `--serve` run:", "bold")
             for sample in self.samples.values():

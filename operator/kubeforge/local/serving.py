@@ -12,6 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from ..constants import SERVE_PLAYGROUND_PATH
+
 COMPLETIONS = "/v1/completions"
 CLASSIFY = "/v1/classify"
 
@@ -56,6 +58,11 @@ def curl_commands(url: str, task: str, prompt: str, metrics_url: str | None) -> 
     if metrics_url:
         commands.append(f"curl -s {metrics_url} | grep kubeforge_inference_")
     return commands
+
+
+def playground_url(url: str) -> str:
+    """The chat page of an endpoint whose ModelDeployment sets spec.playground."""
+    return f"{url}{SERVE_PLAYGROUND_PATH}/"
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def _small_trainingjob(name: str = "gpt", data: str = "corpus", steps: int = 40,
         "metadata": {"name": name},
         "spec": {
             "dataRef": {"name": data},
-            "model": {"nLayers": 1, "nHeads": 2, "dModel": 32, "contextLength": 64},
+            "model": {"layers": 1, "heads": 2, "hiddenSize": 32, "contextLength": 64},
             "training": {"maxSteps": steps, "microBatchSize": 4, "learningRate": 0.003, "logIntervalSteps": 1},
             "evaluation": {"intervalSteps": checkpoint_every, "maxBatches": 2},
             "checkpoint": {"uri": f"runs/{name}/checkpoints", "intervalSteps": checkpoint_every},

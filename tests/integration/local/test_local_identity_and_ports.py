@@ -40,7 +40,7 @@ def trainingjob(data: Path, steps: int, d_model: int = 8, extend: bool = False) 
         "metadata": {"name": "gpt"},
         "spec": {
             "dataRef": {"uri": str(data)},
-            "model": {"nLayers": 1, "nHeads": 2, "dModel": d_model, "contextLength": 8},
+            "model": {"layers": 1, "heads": 2, "hiddenSize": d_model, "contextLength": 8},
             "training": {"maxSteps": steps, "microBatchSize": 4, "logIntervalSteps": 1},
             "checkpoint": {"uri": "runs/gpt/checkpoints", "intervalSteps": 2, "extend": extend},
             "workers": {"count": 1, "cpu": 1, "memory": "1Gi"},
@@ -83,7 +83,7 @@ def test_an_edited_run_never_loads_a_foreign_checkpoint_nor_goes_past_its_steps(
     assert job.get("step") in (None, 0) and "6/4" not in out
 
     code, out, job = run(steps=6, d_model=16)  # another architecture: its checkpoints are never loaded
-    assert code == 1 and "spec.model.dModel 8 -> 16" in job["message"], out
+    assert code == 1 and "spec.model.hiddenSize 8 -> 16" in job["message"], out
     assert "size mismatch" not in out
 
     assert main(["delete", "trainingjob/gpt", "--yes"]) == 0

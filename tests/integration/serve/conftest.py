@@ -12,11 +12,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from kubeforge_trainer.serve.tiny_model import TinyModel, build_tiny_classifier, build_tiny_language_model
+from kubeforge_trainer.serve.tiny_model import (
+    TinyModel,
+    build_tiny_chat_model,
+    build_tiny_classifier,
+    build_tiny_language_model,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 METRICS_REPORT_INTERVAL_MS = 500
@@ -56,6 +62,12 @@ def tiny_lm_canary(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """A 2-label GPTForClassification (does a docstring line mention "return"?)."""
     return build_tiny_classifier(tmp_path_factory.mktemp("cls-v1"), version="c1", steps=120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face save_pretrained directory: tiny random Llama, BPE tokenizer, chat template."""
+    return build_tiny_chat_model(tmp_path_factory.mktemp("chat"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from kubeforge.builders.rayservice import ResolvedAdapter, ResolvedModel, build_
 from kubeforge.config import OperatorConfig
 from kubeforge_trainer.serve import serve_locally
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
+from kubeforge_trainer.serve.tiny_model import build_tiny_lora_adapter as make_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,12 +24,6 @@ MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "Return the value of the path"},
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face save_pretrained directory: tiny random Llama, BPE tokenizer, chat template."""
-    return build_tiny_chat_model(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="module")
@@ -163,18 +157,6 @@ def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
 
 
 # ---- LoRA adapters: loaded into the running replicas (Serve reconfigure), no restart -------------------------
-
-
-def make_adapter(chat_dir: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter of the chat model with random non-zero weights (peft save_pretrained)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(str(chat_dir))
-    torch.manual_seed(seed)
-    config = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(out))
-    return out
 
 
 def peft_greedy(chat_dir: Path, adapter: Path, messages: list[dict[str, str]], max_new_tokens: int) -> str:

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from kubeforge.api import TrainingJob
+from kubeforge_trainer.models.build import build_config, build_model
 from kubeforge_trainer.progress import FileStatusReporter, read_status_file
 from kubeforge_trainer.train.synthetic import write_dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -152,6 +155,20 @@ def classification_dataset(tmp_path_factory: pytest.TempPathFactory, corpus: lis
     )
 
 
+@pytest.fixture
+def hf_llama_dir(tmp_path: Path, tokenizer_file: Path) -> Path:
+    """A tiny randomly initialised LlamaForCausalLM saved with save_pretrained, sharing our tokenizer."""
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    config = build_config(
+        "llama", vocab_size=vocab, hidden_size=32, layers=1, heads=2, intermediate_size=64, context_length=32
+    )
+    torch.manual_seed(1)
+    directory = tmp_path / "hf-llama"
+    build_model(config).save_pretrained(directory)
+    shutil.copyfile(tokenizer_file, directory / "tokenizer.json")
+    return directory
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """One local Ray per test module (4 logical CPUs: two 1-CPU training workers plus Ray Data's readers)."""
@@ -174,10 +191,19 @@ def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def make_job(name: str, data: Path, checkpoints: Path, **spec_overrides: Any) -> TrainingJob:
-    """A TrainingJob for the tiny datasets: 2 workers, 1-layer d_model 32 GPT, context 32, CPU."""
+    """A TrainingJob for the tiny datasets: 2 workers, a 1-layer hidden-32 Llama-architecture model, context 32, CPU."""
     spec = {
         "dataRef": {"uri": str(data)},
-        "model": {"task": "languageModeling", "nLayers": 1, "nHeads": 2, "dModel": 32, "contextLength": CONTEXT},
+        "model": {
+            "task": "languageModeling",
+            "architecture": "llama",
+            "layers": 1,
+            "heads": 2,
+            "kvHeads": 1,
+            "hiddenSize": 32,
+            "intermediateSize": 64,
+            "contextLength": CONTEXT,
+        },
         "training": {
             "maxSteps": 24,
             "microBatchSize": 4,
@@ -194,6 +220,8 @@ def make_job(name: str, data: Path, checkpoints: Path, **spec_overrides: Any) ->
         "workers": {"count": 2, "cpu": 1, "memory": "512Mi"},
         "failurePolicy": {"maxWorkerFailures": 0},
     }
+    if "pretrained" in spec_overrides.get("model", {}):
+        spec["model"] = {}  # the pretrained directory fixes the architecture
     manifest = {
         "apiVersion": "kubeforge.dev/v1alpha1",
         "kind": "TrainingJob",

@@ -1,5 +1,7 @@
-"""ZeRO stages 0-3 on two CPU workers (gloo): loss decreases, checkpoints hold the exact consolidated weights,
-retention keeps the last K plus the best, the export loads and the reported metrics match a recomputation."""
+"""ZeRO stages 0-3 on two CPU workers (gloo), pre-training a tiny Llama-architecture model from scratch: loss
+decreases, checkpoints hold the exact consolidated weights, retention keeps the last K plus the best, the export is a
+plain Hugging Face directory that transformers loads and generates with, and the reported metrics match a
+recomputation from it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from kubeforge_trainer.models import load_model_dir, read_model_info
+from kubeforge_trainer.models import read_model_info
 from kubeforge_trainer.train import run_trainingjob
 from kubeforge_trainer.train.checkpointing import complete_checkpoints
 
@@ -20,10 +22,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def lm_loss_on_split(model_dir: Path, dataset: Path, split: str) -> float:
     """Mean next-token loss of a model directory on a whole split, computed here without Ray or DeepSpeed."""
-    model, _, _ = load_model_dir(model_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # plain transformers, nothing of kubeforge
     ids = torch.tensor(pq.read_table(dataset / split).column("input_ids").to_pylist(), dtype=torch.long)
     with torch.no_grad():
-        logits, _ = model(ids[:, :-1])
+        logits = model(input_ids=ids[:, :-1]).logits
         return float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)))
 
 
@@ -76,6 +80,27 @@ def test_zero_stage_trains_checkpoints_and_exports(
     info = read_model_info(model_dir)
     assert info["version"] == result["modelVersion"] == f"v{best_step}-{info['runId']}"
     assert info["packageVersion"] and info["metrics"]["test"] == result["testMetrics"]
+    files = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
+    assert files <= {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} | {
+        "tokenizer_config.json",
+        "kubeforge.json",
+        "metrics.json",
+    }, files  # no checkpoint or DeepSpeed files (trainer_state.json, latest, zero_to_fp32.py, ...)
+    lineage = info["lineage"]
+    assert lineage["dataset"] == str(lm_dataset) and lineage["baseModel"] is None
+    assert len(lineage["datasetManifestSha256"]) == 64
+    if stage == 2:
+        # Plain transformers: tokenizer and model from the export, greedy generation of new tokens.
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+        prompt = tokenizer("Return the value of", return_tensors="pt")
+        generated = AutoModelForCausalLM.from_pretrained(model_dir).generate(
+            **prompt, max_new_tokens=5, do_sample=False, min_new_tokens=5
+        )
+        assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
     test_loss = lm_loss_on_split(model_dir, lm_dataset, "test")
     assert result["testMetrics"]["loss"] == pytest.approx(test_loss, rel=1e-4)
     assert result["testMetrics"]["perplexity"] == pytest.approx(math.exp(test_loss), rel=1e-4)

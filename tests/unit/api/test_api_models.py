@@ -92,7 +92,7 @@ RULES = [
     ("TrainingJob", "spec.training.optimizer", "lamb", "spec.training.optimizer", "'adamw', 'adam' or 'sgd'"),
     ("TrainingJob", "spec.deepspeed.zeroStage", 4, "spec.deepspeed.zeroStage", "at most 3"),
     ("TrainingJob", "spec.deepspeed.offloadParameters", "cpu", "spec.deepspeed", "offloadParameters needs zeroStage 3"),
-    ("TrainingJob", "spec.model.nHeads", 3, "spec.model", "divisible by model.nHeads"),
+    ("TrainingJob", "spec.model.heads", 3, "spec.model", "divisible by model.heads"),
     ("TrainingJob", "spec.training.maxSteps", None, "spec.training", "epochs or maxSteps"),
     ("TrainingJob", "spec.dataRef.uri", "s3://x", "spec.dataRef", "exactly one of name or uri"),
     ("TrainingJob", "spec.workers.cpu", "two", "spec.workers.cpu", "not a Kubernetes quantity"),

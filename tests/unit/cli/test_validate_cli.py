@@ -216,7 +216,7 @@ def test_what_the_api_server_rejects_is_one_line(tmp_path: Path, name: str, caps
 def test_every_problem_of_a_document_in_one_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = (
         "spec:\n  dataRef: {name: d, uri: s3://x}\n  training: {maxSteps: lots, warmupSteps: -1}\n"
-        "  checkpoint: {uri: /c, keepLst: 2}\n  model: {nHeads: 3}\n  workers: {cpu: 0.25}\n"
+        "  checkpoint: {uri: /c, keepLst: 2}\n  model: {heads: 3}\n  workers: {cpu: 0.25}\n"
     )
     path = tmp_path / "many.yaml"
     path.write_text(_tj(name="Bad_Name", spec=spec))
@@ -229,7 +229,7 @@ def test_every_problem_of_a_document_in_one_pass(tmp_path: Path, capsys: pytest.
         'spec.checkpoint.keepLst: unknown field (did you mean "keepLast"?)',  # pruning
         'spec.workers.cpu: must be an integer or a string, not the number 0.25: write "250m"',
         "spec.dataRef: dataRef sets exactly one of name or uri",  # CEL
-        "spec.model: model.dModel must be divisible by model.nHeads",  # CEL on the server-defaulted dModel
+        "spec.model: model.hiddenSize must be divisible by model.heads",  # CEL on the server-defaulted hiddenSize
     ):
         assert expected in err, err
     assert "Traceback" not in err and "could not be evaluated" not in err

@@ -78,3 +78,75 @@ def test_the_real_corpus_on_this_machine_is_deterministic_and_has_natural_duplic
     assert len(first) == 1500
     repeats = sum(n - 1 for n in collections.Counter(first).values())
     assert repeats > 0
+
+
+DOCUMENTED_MODULE = '''"""Module docstring: not a function."""
+
+
+def first(x):
+    """Return the first item.
+
+    Details that the answer leaves out.
+    """
+
+
+def _private():
+    """Hidden."""
+
+
+def undocumented():
+    pass
+
+
+class Thing:
+    def method(self):
+        """Methods are not top-level functions."""
+
+
+async def fetch():
+    """Fetch   something
+    over two lines."""
+'''
+
+
+def test_function_docs_are_public_top_level_functions_first_paragraph(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text(DOCUMENTED_MODULE)
+    assert list(builtin.function_docs(source, "mod")) == [
+        ("mod.first", "Return the first item."),
+        ("mod.fetch", "Fetch something over two lines."),
+    ]
+
+
+def test_first_paragraph_is_capped():
+    assert builtin.first_paragraph("word " * 200) == ("word " * 200)[: builtin.MAX_ANSWER_CHARS]
+
+
+FUNCTIONS = [("m.a", "Does A."), ("m.b", "Does A."), ("m.c", "Does C."), ("m.d", "Does D.")]
+
+
+def test_instruction_records_ask_about_each_function_up_to_the_limit():
+    assert list(builtin.instruction_records(FUNCTIONS, 2)) == [
+        {"instruction": "What does `m.a` do?", "output": "Does A."},
+        {"instruction": "What does `m.b` do?", "output": "Does A."},
+    ]
+
+
+def test_preference_records_reject_a_different_docstring_half_the_list_away():
+    rows = list(builtin.preference_records(FUNCTIONS, 10))
+    assert rows == [
+        {"prompt": "What does `m.a` do?", "chosen": "Does A.", "rejected": "Does C."},
+        {"prompt": "What does `m.b` do?", "chosen": "Does A.", "rejected": "Does D."},
+        {"prompt": "What does `m.c` do?", "chosen": "Does C.", "rejected": "Does A."},  # wraps to the first
+        {"prompt": "What does `m.d` do?", "chosen": "Does D.", "rejected": "Does A."},
+    ]
+    assert list(builtin.preference_records(FUNCTIONS, 1)) == []  # one function has no other docstring
+
+
+def test_derived_records_come_from_the_stdlib_without_importing(tmp_path):
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "__init__.py").write_text(DOCUMENTED_MODULE)
+    rows = list(builtin.derived_records("instructions", 10, stdlib_dir=tmp_path))
+    assert rows[0] == {"instruction": "What does `json.first` do?", "output": "Return the first item."}
+    assert not list(tmp_path.glob("**/*.imported"))
+    assert len(list(builtin.derived_records("preferences", 10, stdlib_dir=tmp_path))) == 2

@@ -66,7 +66,16 @@ def test_segments_split_at_whole_dataset_operations():
         ),
         (
             {"source": {"builtin": {}}, "tokenizer": {"task": "preference"}},
-            "spec.tokenizer.task: preference reads conversations .* not the builtin corpus",
+            "spec.source.builtin.derive: documents rows are for tokenizer.task languageModeling or classification, "
+            "not preference",
+        ),
+        (
+            {"source": {"builtin": {"derive": "instructions"}}, "tokenizer": {"task": "preference"}},
+            "spec.source.builtin.derive: instructions rows are for tokenizer.task chat, not preference",
+        ),
+        (
+            {"source": {"builtin": {"derive": "preferences"}}},
+            "spec.source.builtin.derive: preferences rows are for tokenizer.task preference, not languageModeling",
         ),
     ],
 )
@@ -122,3 +131,9 @@ def test_warm_up_rows_go_through_every_row_local_operation():
     assert counts[0][:2] == (4, 2) and table.num_rows == 2
     assert table.column("label").to_pylist() == ["cafe", "other"]
     stages.warm_up(local)
+
+
+@pytest.mark.parametrize(("derive", "task"), [("instructions", "chat"), ("preferences", "preference")])
+def test_builtin_derivations_feed_their_conversation_task(derive, task):
+    plan = plan_pipeline(spec(source={"builtin": {"derive": derive}}, tokenizer={"task": task}))
+    assert plan.read.conversation == task and plan.conversational

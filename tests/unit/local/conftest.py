@@ -29,7 +29,7 @@ def _datapipeline(name: str = "corpus", task: str = "languageModeling", **meta: 
 def _trainingjob(name: str = "gpt", data: str | None = "corpus", task: str = "languageModeling", **meta: str) -> dict:
     """A small valid TrainingJob document reading DataPipeline `data` (or a dataRef.uri when data is None)."""
     data_ref = {"name": data} if data is not None else {"uri": "/datasets/ready"}
-    model: dict = {"task": task, "nLayers": 1, "nHeads": 2, "dModel": 16, "contextLength": 32}
+    model: dict = {"task": task, "layers": 1, "heads": 2, "hiddenSize": 16, "contextLength": 32}
     if task == "classification":
         model["numLabels"] = 2
     return {

@@ -96,6 +96,26 @@ def test_task_mismatch_between_data_and_model_is_caught_before_running(manifests
     assert "TrainingJob/gpt: spec.model.task: is 'classification' but DataPipeline/corpus prepares" in str(problems[0])
 
 
+@pytest.mark.parametrize(
+    ("objective", "data_task", "problem"),
+    [
+        ("sft", "chat", None),
+        ("dpo", "preference", None),
+        (
+            "dpo",
+            "chat",
+            "TrainingJob/gpt: spec.objective: is 'dpo' but DataPipeline/corpus prepares 'chat' data "
+            "(spec.tokenizer.task)",
+        ),
+    ],
+)
+def test_the_objective_picks_the_data_task(manifests, datapipeline, trainingjob, objective, data_task, problem):
+    job = trainingjob("gpt", "corpus")
+    job["spec"]["objective"] = objective
+    _, problems = plan_run(manifests(datapipeline("corpus", task=data_task), job), {})
+    assert [str(p).split(": ", 1)[1] for p in problems] == ([problem] if problem else [])
+
+
 def test_every_problem_is_reported_at_once(manifests, trainingjob, modeldeployment):
     docs = manifests(trainingjob("a", "x"), trainingjob("b", "y"), modeldeployment("md", "c"))
     _, problems = plan_run(docs, {})

@@ -40,12 +40,12 @@ def test_every_location_field_of_each_kind_is_made_absolute(datapipeline, traini
     tj = trainingjob(data=None)
     tj["spec"]["dataRef"]["uri"] = "data"
     tj["spec"]["output"] = {"uri": "model"}
-    tj["spec"]["model"]["pretrained"] = {"path": "base-model"}
+    tj["spec"]["model"]["pretrained"] = {"uri": "base-model"}
     out = with_absolute_locations("TrainingJob", tj, BASE)
     assert out["spec"]["dataRef"]["uri"] == "/work/project/data"
     assert out["spec"]["checkpoint"]["uri"] == "/work/project/runs/gpt/checkpoints"
     assert out["spec"]["output"]["uri"] == "/work/project/model"
-    assert out["spec"]["model"]["pretrained"]["path"] == "/work/project/base-model"
+    assert out["spec"]["model"]["pretrained"]["uri"] == "/work/project/base-model"
 
     md = modeldeployment()
     md["spec"] = {"modelUri": "m", "canary": {"modelUri": "c", "trafficPercent": 10}}

@@ -101,8 +101,8 @@ def test_quickstart_resources_are_valid() -> None:
         ),
         (
             "TrainingJob",
-            lambda s: s["model"].update(dModel=100, nHeads=3),
-            "spec.model: model.dModel must be divisible by model.nHeads",
+            lambda s: s["model"].update(hiddenSize=100, heads=3),
+            "spec.model: model.hiddenSize must be divisible by model.heads",
         ),
         (
             "ModelDeployment",

@@ -86,7 +86,7 @@ def test_trainer_state_round_trip_and_trackers() -> None:
 
 SPEC = {
     "dataRef": {"name": "corpus"},
-    "model": {"nLayers": 2, "dModel": 128, "pretrained": None},
+    "model": {"layers": 2, "hiddenSize": 128, "pretrained": None},
     "training": {"maxSteps": 300, "learningRate": 2e-4, "logIntervalSteps": 10, "betas": [0.9, 0.95]},
     "evaluation": {"intervalSteps": 50},
     "checkpoint": {"uri": "runs/gpt/checkpoints", "intervalSteps": 100},
@@ -109,7 +109,7 @@ def edited(path: str, value: object) -> dict:
 
 def test_identity_keeps_training_fields_and_drops_length_places_and_reporting() -> None:
     identity = ckpt.run_identity(SPEC, "d" * 64)
-    assert identity["model.dModel"] == 128 and identity["training.learningRate"] == 2e-4
+    assert identity["model.hiddenSize"] == 128 and identity["training.learningRate"] == 2e-4
     assert identity["workers.count"] == 2 and identity["dataset"] == "d" * 64
     dropped = ("training.maxSteps", "training.logIntervalSteps", "evaluation.intervalSteps", "checkpoint.uri")
     assert not set(dropped) & set(identity)
@@ -125,7 +125,7 @@ def test_identity_keeps_training_fields_and_drops_length_places_and_reporting() 
         ("failurePolicy.maxRetries", 3, True),
         ("workers.memory", "4Gi", True),
         ("pod.env", [{"name": "AWS_REGION", "value": "eu-west-1"}], True),
-        ("model.dModel", 192, False),
+        ("model.hiddenSize", 192, False),
         ("training.learningRate", 3e-4, False),
         ("workers.count", 4, False),
         ("deepspeed.zeroStage", 3, False),
@@ -170,11 +170,11 @@ def test_resume_only_from_a_checkpoint_of_the_same_run() -> None:
 def test_a_changed_architecture_is_refused_naming_the_field_and_the_ways_out() -> None:
     state = saved(ckpt.run_identity(SPEC, "d"), 300, 300)
     with pytest.raises(SpecError) as raised:
-        decide(state, spec=edited("model.dModel", 192))
+        decide(state, spec=edited("model.hiddenSize", 192))
     message = str(raised.value)
     assert message.startswith("TrainingJob/gpt: spec.checkpoint.uri: /runs/gpt/checkpoints holds checkpoints of")
-    assert "spec.model.dModel 128 -> 192" in message
-    assert "spec.checkpoint.resume: false" in message and f"spec.model.pretrained.path: {LATEST}" in message
+    assert "spec.model.hiddenSize 128 -> 192" in message
+    assert "spec.checkpoint.resume: false" in message and f"spec.model.pretrained.uri: {LATEST}" in message
     assert "\n" not in message
 
 
@@ -229,7 +229,7 @@ def test_the_driver_resumes_its_own_run_and_refuses_an_edited_one(tmp_path: Path
     def job(**edits: object) -> TrainingJob:
         spec = {
             "dataRef": {"uri": str(data)},
-            "model": {"nLayers": 1, "nHeads": 2, "dModel": 8, "contextLength": 8},
+            "model": {"layers": 1, "heads": 2, "hiddenSize": 8, "contextLength": 8},
             "training": {"maxSteps": 4, "microBatchSize": 2},
             "checkpoint": {"uri": str(root)},
         }
@@ -251,8 +251,8 @@ def test_the_driver_resumes_its_own_run_and_refuses_an_edited_one(tmp_path: Path
 
     settings, decision = start(job(checkpoint_intervalSteps=1))  # a field outside the identity
     assert (decision.checkpoint, decision.step, settings.run_id) == (str(finished), 4, "r1")
-    with pytest.raises(SpecError, match=r"spec.model.dModel 8 -> 16"):
-        start(job(model_dModel=16))
+    with pytest.raises(SpecError, match=r"spec.model.hiddenSize 8 -> 16"):
+        start(job(model_hiddenSize=16))
     with pytest.raises(SpecError, match=r"^TrainingJob/tj: spec.training.maxSteps: .*checkpoint.extend: true"):
         start(job(training_maxSteps=6))
     assert start(job(training_maxSteps=6, checkpoint_extend=True))[1].extended_from == 4

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from kubeforge.api import TrainingJob
-from kubeforge_trainer.models import ModelConfig, build_model, save_model_dir
+from kubeforge_trainer.models.build import build_config, build_model
 from kubeforge_trainer.train import SpecError, output_uri, prepare_run
 from kubeforge_trainer.train.curves import CurveWriter, rows_up_to
 from kubeforge_trainer.train.dataset import collate_classification, collate_language_modeling, read_dataset_info
@@ -43,13 +43,14 @@ def data(tmp_path: Path) -> Path:
 def job(data: Path, **spec: Any) -> TrainingJob:
     base: dict[str, Any] = {
         "dataRef": {"uri": str(data)},
-        "model": {"nLayers": 1, "nHeads": 2, "dModel": 8, "contextLength": 8},
+        "model": {"architecture": "llama", "layers": 1, "heads": 2, "hiddenSize": 8, "contextLength": 8},
         "training": {"maxSteps": 4, "microBatchSize": 2},
         "checkpoint": {"uri": str(data.parent / "ckpt")},
         "workers": {"count": 2},
     }
     for key, value in spec.items():
-        base[key] = {**base.get(key, {}), **value}
+        # A pretrained model fixes the architecture: its spec.model replaces the base one.
+        base[key] = value if "pretrained" in value else {**base.get(key, {}), **value}
     return TrainingJob.model_validate(
         {"apiVersion": "kubeforge.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "tj"}, "spec": base}
     )
@@ -110,7 +111,8 @@ def test_prepare_run_resolves_everything_the_workers_need(data: Path) -> None:
     assert resolved["plan"].total_steps == 4 and resolved["plan"].micro_batches_per_epoch == 8
     assert settings.deepspeed_config["zero_optimization"]["stage"] == 3
     assert settings.deepspeed_config["train_batch_size"] == 4
-    assert settings.model_config["vocab_size"] == 40 and settings.precision == "fp32"
+    assert settings.model_config["config"]["vocab_size"] == 40 and settings.precision == "fp32"
+    assert settings.model_config["architecture"] == "llama" and settings.model_config["flops_per_token"] > 0
     assert settings.output_uri == output_uri(job(data)) == f"{data.parent / 'ckpt'}/model"
 
 
@@ -121,7 +123,9 @@ def test_prepare_run_resolves_everything_the_workers_need(data: Path) -> None:
         ({"deepspeed": {"config": {"zero_optimization": {"stage": 0}}}}, r"spec.deepspeed.config.zero_optimization"),
         ({"model": {"task": "classification"}}, r"spec.model.task: is classification but the dataset"),
         ({"model": {"lora": {"targetModules": ["attn"]}}}, r"spec.model.lora.targetModules: \['attn'\]"),
-        ({"model": {"pretrained": {"path": "/nowhere"}}}, r"spec.model.pretrained.path: /nowhere does not exist"),
+        ({"model": {"lora": {"quantization": "nf4"}}}, r"spec.model.lora.quantization: nf4: QLoRA .* CUDA GPUs"),
+        ({"model": {"pretrained": {"uri": "/nowhere"}}}, r"spec.model.pretrained.uri: /nowhere does not exist"),
+        ({"model": {"architecture": "gpt2", "kvHeads": 1}}, r"spec.model.kvHeads: architecture gpt2 has no"),
         ({"training": {"microBatchSize": 64}}, r"spec.training.microBatchSize: the train split has 32 rows"),
     ],
 )
@@ -138,8 +142,12 @@ def test_a_malformed_quantity_never_reaches_the_driver(data: Path) -> None:
 
 
 def test_pretrained_model_with_another_tokenizer_is_refused(data: Path, tmp_path: Path) -> None:
-    config = ModelConfig(vocab_size=40, n_layers=1, n_heads=2, d_model=8, context_length=8)
-    other = tokenizer(tmp_path / "other.json", words=41)
-    model_dir = save_model_dir(tmp_path / "pre", build_model(config), config, other, {})
-    with pytest.raises(SpecError, match=r"spec.model.pretrained: the dataset was tokenized with a different"):
-        prepare_run(job(data, model={"pretrained": {"path": str(model_dir)}}), str(data))
+    config = build_config("llama", vocab_size=40, hidden_size=8, layers=1, heads=2, context_length=16)
+    model_dir = tmp_path / "pre"
+    build_model(config).save_pretrained(model_dir)
+    tokenizer(model_dir / "tokenizer.json", words=30)  # the dataset's 40-token tokenizer extends this one: fine
+    prepare_run(job(data, model={"pretrained": {"uri": str(model_dir)}}), str(data))
+    shuffled = {"<pad>": 0, "<eos>": 1, **{f"w{i}": 39 - i for i in range(38)}}
+    Tokenizer(models.WordLevel(shuffled, unk_token="<pad>")).save(str(model_dir / "tokenizer.json"))
+    with pytest.raises(SpecError, match=r"spec.model.pretrained: the dataset was tokenized with a tokenizer that"):
+        prepare_run(job(data, model={"pretrained": {"uri": str(model_dir)}}), str(data))

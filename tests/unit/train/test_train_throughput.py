@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from kubeforge_trainer.models import ModelConfig
+import torch
+from kubeforge_trainer.models.build import build_config, build_model, flops_per_token
 from kubeforge_trainer.train.throughput import (
     estimate_mfu,
     eta_seconds,
@@ -24,10 +25,12 @@ def test_peak_flops_by_device_name_and_precision() -> None:
 
 def test_mfu_of_the_gpt2_anchor() -> None:
     # The anchor in the issue: GPT-2 124M, 460k tokens/s on one H100 is 40% MFU.
-    gpt2 = ModelConfig(vocab_size=50304, n_layers=12, n_heads=12, d_model=768, context_length=1024)
-    mfu = estimate_mfu(460_000, gpt2.flops_per_token(), 1, peak_flops("NVIDIA H100 80GB HBM3", "bf16"))
+    config = build_config("gpt2", vocab_size=50304, hidden_size=768, layers=12, heads=12, context_length=1024)
+    with torch.device("meta"):
+        flops = flops_per_token(build_model(config), config, 1024)
+    mfu = estimate_mfu(460_000, flops, 1, peak_flops("NVIDIA H100 80GB HBM3", "bf16"))
     assert mfu == pytest.approx(0.40, abs=0.01)
-    assert estimate_mfu(460_000, gpt2.flops_per_token(), 2, 989e12) == pytest.approx(mfu / 2)
+    assert estimate_mfu(460_000, flops, 2, 989e12) == pytest.approx(mfu / 2)
     assert estimate_mfu(1.0, 1.0, 1, None) is None
 
 

@@ -5,6 +5,10 @@ Documents alternate between the two sources, in a fixed order: the docstrings of
 classes and functions, read from the source files with `ast`, so nothing is imported or executed) and the files under
 /usr/share/doc (plain text and gzipped changelogs and copyright files). The corpus holds natural exact and near
 duplicates: licence texts shared by many packages, docstrings repeated across modules.
+
+`derive: instructions` and `derive: preferences` turn the docstrings of the standard library's public functions into
+conversations instead (the fine-tune example's data): "What does `json.dumps` do?" answered by the first paragraph of
+its docstring, and for a preference pair that answer chosen and another function's rejected.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import gzip
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
-from itertools import zip_longest
+from collections.abc import Iterable, Iterator
+from itertools import islice, zip_longest
 from pathlib import Path
 
 SHARE_DOC_ROOT = Path("/usr/share/doc")
@@ -134,3 +138,66 @@ def system_docs(
             count += 1
             if count >= max_documents:
                 return
+
+
+DERIVED_QUESTION = "What does `{name}` do?"
+MAX_ANSWER_CHARS = 240
+"""Answers are the docstring's first paragraph, cut at this length: short enough for a small model's context."""
+
+
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a docstring, whitespace collapsed, at most MAX_ANSWER_CHARS long."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    return paragraph[:MAX_ANSWER_CHARS]
+
+
+def function_docs(source: Path, module: str) -> Iterator[tuple[str, str]]:
+    """(module.function, first docstring paragraph) of the public top-level functions of a source file."""
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (SyntaxError, ValueError, OSError, UnicodeDecodeError):
+        return
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            doc = ast.get_docstring(node, clean=True)
+            answer = first_paragraph(doc) if doc else ""
+            if answer:
+                yield f"{module}.{node.name}", answer
+
+
+def stdlib_function_docs(stdlib_dir: str | Path | None = None) -> Iterator[tuple[str, str]]:
+    """(qualified name, answer) of every public function of the standard library's top-level modules, name order."""
+    root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_"):
+            continue
+        module = root / name / "__init__.py" if (root / name).is_dir() else root / f"{name}.py"
+        if module.is_file():
+            yield from function_docs(module, name)
+
+
+def instruction_records(functions: Iterable[tuple[str, str]], limit: int) -> Iterator[dict[str, str]]:
+    """Up to limit {instruction, output} rows: the question about each function and its docstring."""
+    for count, (name, answer) in enumerate(functions):
+        if count >= limit:
+            return
+        yield {"instruction": DERIVED_QUESTION.format(name=name), "output": answer}
+
+
+def preference_records(functions: Iterable[tuple[str, str]], limit: int) -> Iterator[dict[str, str]]:
+    """Up to limit {prompt, chosen, rejected} rows: the question about each function, its docstring chosen and the
+    different docstring of the function half the list further on (wrapping) rejected: in name order that is another
+    module's, so the question's module name tells the answers apart, which a small model can learn."""
+    items = list(islice(functions, limit))
+    half = len(items) // 2
+    for i, (name, answer) in enumerate(items):
+        others = items[i + half :] + items[: i + half]
+        rejected = next((a for n, a in others if a != answer and n != name), None)
+        if rejected is not None:
+            yield {"prompt": DERIVED_QUESTION.format(name=name), "chosen": answer, "rejected": rejected}
+
+
+def derived_records(derive: str, max_documents: int, stdlib_dir: str | Path | None = None) -> Iterator[dict[str, str]]:
+    """The rows of derive instructions or preferences, from the standard library's function docstrings."""
+    derivation = {"instructions": instruction_records, "preferences": preference_records}[derive]
+    return derivation(stdlib_function_docs(stdlib_dir), max_documents)

@@ -17,6 +17,10 @@ CONTENT_HASH = "_content_hash"
 dropped by it: computed while the text is being scanned anyway."""
 PARTS = "_parts"
 """The roles of a conversation's segments (list<string>), whose texts the text column joins (chat.py)."""
+CHAT_COLUMNS = ("input_ids", "labels")
+"""The output columns of task chat (list<int32> each; docs/contracts.md), which the trainer reads too."""
+PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+"""The output columns of task preference (list<int32> each; docs/contracts.md), which the trainer reads too."""
 NUMERIC_PREFIX = "_num."
 """Prefix of the numeric columns outlier filters test."""
 

@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from kubeforge.api import DataPipeline
-from kubeforge.api.datapipeline import TrainTokenizer
+from kubeforge.api.datapipeline import BuiltinCorpus, ConversationFields, TrainTokenizer
 
 from .. import storage
 from . import builtin, chat, hftokenizer, manifest, minhash, split, stages, tokenize, vocab, writer
-from .columns import CONTENT_HASH, RID, TEXT, make_rid, numeric_column
+from .columns import CONTENT_HASH, PARTS, RID, TEXT, make_rid, numeric_column
 from .errors import DataPipelineError, find_pipeline_error
 from .kernels import allocator
 from .plan import Plan, Step, plan_pipeline
@@ -343,36 +343,53 @@ class _Run:
         """(read chunks, or the builtin corpus as blocks in the object store; the input fingerprint)."""
         source = self.spec.source
         if source.builtin is not None:
-            return self._builtin_blocks(source.builtin.max_documents)
+            return self._builtin_blocks(source.builtin, plan.read.conversation)
         files = resolve_files(source)
         target = chunk_bytes(sum(f.size for f in files), self.cores)
         chunks = plan_chunks(files, plan.read.format, plan.read.text_mode, target)
         return chunks, manifest.fingerprint([(f.uri, f.size, f.mtime) for f in files])
 
-    def _builtin_blocks(self, max_documents: int) -> tuple[list[ray.ObjectRef], str]:
+    def _builtin_blocks(self, corpus: BuiltinCorpus, conversation: str | None) -> tuple[list[ray.ObjectRef], str]:
         """The builtin corpus as blocks in the object store, built as the documents come (the driver holds one block's
-        texts at a time), and its fingerprint (a hash of every document)."""
-        digest = hashlib.sha256(f"system-docs {max_documents}".encode())
+        texts at a time), and its fingerprint (a hash of every document). Derived conversations carry their roles."""
+        digest = hashlib.sha256(f"system-docs {corpus.derive} {corpus.max_documents}".encode())
         blocks: list[ray.ObjectRef] = []
         texts: list[str] = []
+        parts: list[list[str]] = []
         size = 0
 
         def put() -> None:
             rids = np.arange(len(texts), dtype=np.int64) + make_rid(len(blocks), 0)
-            blocks.append(ray.put(pa.table({TEXT: pa.array(texts, pa.string()), RID: rids})))
+            columns = {TEXT: pa.array(texts, pa.string()), RID: rids}
+            if conversation:
+                columns[PARTS] = pa.array(parts, pa.list_(pa.string()))
+            blocks.append(ray.put(pa.table(columns)))
 
-        for text in builtin.system_docs(max_documents):
+        for text, roles in self._builtin_rows(corpus, conversation):
             digest.update(hashlib.sha256(text.encode()).digest())
             texts.append(text)
+            parts.append(roles)
             size += len(text)
             if size >= BUILTIN_BLOCK_BYTES and len(texts) >= BUILTIN_DOCS_PER_BLOCK_MIN:
                 put()
-                texts, size = [], 0
+                texts, parts, size = [], [], 0
         if texts:
             put()
         if not blocks:
             raise DataPipelineError("spec.source.builtin: no documents found on this machine")
         return blocks, digest.hexdigest()
+
+    @staticmethod
+    def _builtin_rows(corpus: BuiltinCorpus, conversation: str | None) -> Iterator[tuple[str, list[str]]]:
+        """(text, segment roles) of each builtin row: documents, or derived conversations in the reader's form."""
+        if corpus.derive == "documents":
+            for text in builtin.system_docs(corpus.max_documents):
+                yield text, []
+            return
+        fields = ConversationFields()
+        for record in builtin.derived_records(corpus.derive, corpus.max_documents):
+            segments, roles = chat.segments(record, fields, conversation or "chat")
+            yield chat.joined(segments), roles
 
     def _complete_manifest(self, spec_digest: str, input_digest: str) -> dict | None:
         """The existing manifest when it was written for this spec and input and all its shards are there."""

@@ -17,6 +17,8 @@ from .ops import GLOBAL_OPERATIONS, check_regex
 from .readers import ReadSpec
 
 CONVERSATION_TASKS = ("chat", "preference")
+BUILTIN_DERIVE_TASK = {"documents": None, "instructions": "chat", "preferences": "preference"}
+"""The tokenizer.task each builtin derivation feeds (None: the document tasks)."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,17 @@ def plan_pipeline(spec: DataPipelineSpec) -> Plan:
     if tok.extend and not (tok.path or tok.from_model):
         raise DataPipelineError("spec.tokenizer.extend: extend needs a base tokenizer: set path or fromModel")
     conversation = tok.task if tok.task in CONVERSATION_TASKS else None
-    if conversation and (source.format == "text" or source.builtin is not None):
-        what = "the builtin corpus" if source.builtin is not None else "format text"
+    if source.builtin is not None:
+        derived = BUILTIN_DERIVE_TASK[source.builtin.derive]
+        if derived != conversation:
+            raise DataPipelineError(
+                f"spec.source.builtin.derive: {source.builtin.derive} rows are for tokenizer.task "
+                f"{derived or 'languageModeling or classification'}, not {tok.task}"
+            )
+    elif conversation and source.format == "text":
         raise DataPipelineError(
             f"spec.tokenizer.task: {conversation} reads conversations from jsonl, parquet or csv rows "
-            f"(spec.source.fields), not {what}"
+            "(spec.source.fields), not format text (or a builtin corpus with derive)"
         )
     if tok.task == "classification" and not has_labels:
         raise DataPipelineError(

@@ -16,7 +16,18 @@ from kubeforge.api import DataPipelineSpec
 from kubeforge.api.datapipeline import NearDedupParams
 
 from . import chat, hashing, hftokenizer, kernels, minhash, split, tokenize
-from .columns import CONTENT_HASH, KEY, LABEL, PARTS, RID, TEXT, TIME, numeric_column
+from .columns import (
+    CHAT_COLUMNS,
+    CONTENT_HASH,
+    KEY,
+    LABEL,
+    PARTS,
+    PREFERENCE_COLUMNS,
+    RID,
+    TEXT,
+    TIME,
+    numeric_column,
+)
 from .errors import DataPipelineError
 from .kernels import fused, textscan
 from .plan import Step, plan_pipeline
@@ -316,8 +327,6 @@ def _list_tokens(ids: pa.Array | pa.ChunkedArray) -> int:
 
 
 MAX_ERROR_SAMPLES = 20
-CHAT_COLUMNS = ("input_ids", "labels")
-PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 
 
 def _each_conversation(

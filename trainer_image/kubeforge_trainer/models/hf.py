@@ -1,4 +1,6 @@
-"""Load a local Hugging Face transformers GPT-2 directory into kubeforge's GPT (no download, no transformers import).
+"""LEGACY, for serving only: the GPT-2 name mapping between Hugging Face GPT-2 and the old kubeforge decoder
+(serve/loading.py converts old kubeforge model directories with it). Training no longer uses it; remove it with
+gpt.py when serving drops that converter.
 
 Our decoder is GPT-2-shaped (pre-LayerNorm, tanh GELU, learned positions, tied embeddings), so GPT-2 weights map
 one to one: Hugging Face's Conv1D layers store (in, out) and are transposed into nn.Linear's (out, in).

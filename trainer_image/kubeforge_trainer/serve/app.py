@@ -34,6 +34,7 @@ from .admission import Admission, AdmissionGate
 from .batching import DynamicBatcher
 from .engine import ContinuousBatcher, GenerationTask
 from .metrics import ModelMetrics, RequestMetrics
+from .playground import Playground, build_blocks, is_playground_path, mount
 from .protocol import (
     MAX_BODY_BYTES,
     ApiError,
@@ -82,10 +83,11 @@ QUEUE_FULL = ApiError(
 INTERNAL_ERROR = ApiError(500, "the server failed on this request", "server_error", "internal_error")
 UNAUTHORIZED = ApiError(401, "missing or invalid API key: send Authorization: Bearer <key>", code="invalid_api_key")
 OPEN_ROUTES = frozenset({"/health", "/ready"})  # probes need no key
+CHAT_ROUTE = "/v1/chat/completions"
 _STREAM_DONE = object()
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "/v1/completions": parse_completion_request,
-    "/v1/chat/completions": parse_chat_request,
+    CHAT_ROUTE: parse_chat_request,
     "/v1/classify": parse_classify_request,
 }
 
@@ -231,6 +233,7 @@ class InferenceServer:
         threads: int,
         device: str,
         limits: tuple[int, int],
+        playground: bool = False,
     ) -> None:
         torch.set_num_threads(threads)
         self.name = name
@@ -241,6 +244,7 @@ class InferenceServer:
         self.random = random.Random()
         # Empty: no authentication. Set from the Secret named in spec.auth (the RayService's pod env).
         self.api_keys = [k.strip().encode() for k in os.environ.get(ENV_SERVE_API_KEYS, "").splitlines() if k.strip()]
+        self.playground = Playground(self._build_playground) if playground else None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batching limits, generation defaults and LoRA adapters from the spec (no replica restart: adapters
@@ -255,7 +259,10 @@ class InferenceServer:
     async def __call__(self, request: Request) -> Response:
         """Answer one HTTP request; every request is counted once (a stream when it ends)."""
         started = time.perf_counter()
-        route = route_label(_relative_path(request))
+        path = _relative_path(request)
+        if self.playground is not None and is_playground_path(path):  # the page logs in with a key itself
+            return await self.playground.response()
+        route = route_label(path)
         version = NO_VERSION
         try:
             version, response = await self._dispatch(request, route, started)
@@ -291,6 +298,10 @@ class InferenceServer:
         body = await read_json_body(request)
         if isinstance(body, ApiError):
             return NO_VERSION, error_response(body)
+        return await self._answer(route, body, started)
+
+    async def _answer(self, route: str, body: Any, started: float) -> tuple[str, Response]:
+        """(version, response) for a decoded body on an API route: HTTP requests and the playground's chats."""
         parsed = PARSERS[route](body)
         if isinstance(parsed, ApiError):
             return NO_VERSION, error_response(parsed)
@@ -314,6 +325,24 @@ class InferenceServer:
         finally:
             if admission is not None:
                 admission.release()
+
+    def _build_playground(self) -> Any:
+        """The playground's ASGI app, with the generation defaults and limits the spec set by now."""
+        stable = self.servers[STABLE]
+
+        def models() -> list[str]:
+            return list(dict.fromkeys(m["id"] for m in self._models_body()["data"]))
+
+        blocks = build_blocks(self.name, models, self._playground_chat, stable.defaults, stable.limits)
+        return mount(blocks, self.api_keys)
+
+    async def _playground_chat(self, body: dict[str, Any]) -> Response:
+        """A playground chat, answered and counted as a /v1/chat/completions request (a stream counts when it ends)."""
+        started = time.perf_counter()
+        version, response = await self._answer(CHAT_ROUTE, body, started)
+        if not isinstance(response, StreamingResponse):
+            self.metrics.request(version, CHAT_ROUTE, response.status_code, time.perf_counter() - started)
+        return response
 
     def _models_body(self) -> dict[str, Any]:
         data = [
@@ -485,7 +514,13 @@ def build_from_settings(settings: AppSettings) -> serve.Application:
     spec = settings.spec
     device = "cuda" if spec.resources.gpu else "cpu"
     return InferenceServer.options(name="server", **server_deployment_options(spec, settings.adapters)).bind(
-        settings.name, settings.versions, spec.quantization, torch_threads(spec), device, admission_limits(spec)
+        settings.name,
+        settings.versions,
+        spec.quantization,
+        torch_threads(spec),
+        device,
+        admission_limits(spec),
+        spec.playground,
     )
 
 

@@ -284,3 +284,15 @@ def build_tiny_chat_model(directory: str | Path, seed: int = 0, vocab_size: int 
     )
     LlamaForCausalLM(config).save_pretrained(str(out))
     return out
+
+
+def build_tiny_lora_adapter(base_dir: str | Path, out: str | Path, seed: int) -> Path:
+    """A LoRA adapter of a tiny chat model, random non-zero weights (peft save_pretrained): it changes answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(out))
+    return Path(out)

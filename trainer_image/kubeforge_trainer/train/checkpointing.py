@@ -300,7 +300,7 @@ def decide_resume(
         "set spec.checkpoint.resume: false to delete them and start afresh, or point spec.checkpoint.uri at a new "
         "directory"
     )
-    warm = f"(to start from their weights on purpose: spec.model.pretrained.path: {latest} and a new checkpoint.uri)"
+    warm = f"(to start from their weights on purpose: spec.model.pretrained.uri: {latest} and a new checkpoint.uri)"
     if not state.identity:
         problem = f"{root} holds checkpoints written without a run identity (an older kubeforge): {fresh}"
         raise spec_error(resource_name, "spec.checkpoint.uri", problem)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import storage
-from .plan import CLASSIFICATION, SPLITS, DatasetInfo, parse_manifest, spec_error
+from .plan import DATA_COLUMNS, SPLITS, DatasetInfo, parse_manifest, spec_error
 
 if TYPE_CHECKING:
     import ray.data
@@ -47,7 +47,7 @@ def split_datasets(info: DatasetInfo) -> dict[str, ray.data.Dataset]:
     import ray.data
 
     fs, root = storage.resolve(info.uri)
-    columns = ["input_ids", "label"] if info.task == CLASSIFICATION else ["input_ids"]
+    columns = list(DATA_COLUMNS[info.task])
     context = ray.data.DataContext.get_current()
     # The manifest lists every shard with its row count, so the V2 parquet reader's footer indexing buys nothing,
     # and it starts 32 FooterReader actors per read: ~10 s for each pass over a small split on a 2-core node,

@@ -26,11 +26,11 @@ from . import checkpointing as ckpt
 from .dataset import MANIFEST_FILE, read_dataset_info, split_datasets
 from .dsconfig import build_deepspeed_config, effective_precision
 from .modeling import (
-    check_lora_targets,
+    check_lora,
     pretrained_local_dir,
     read_pretrained_config,
-    resolve_model_config,
-    same_vocabulary,
+    resolve_model,
+    tokenizer_extends,
 )
 from .plan import SpecError, plan_training, spec_error, worker_resources
 from .worker import RunSettings, train_worker
@@ -49,31 +49,33 @@ def output_uri(job: TrainingJob) -> str:
     return job.spec.output.uri or storage.join(job.spec.checkpoint.uri, DEFAULT_OUTPUT_DIR)
 
 
-def _check_pretrained(job: TrainingJob, tokenizer_uri: str, cache: Path) -> dict[str, Any] | None:
-    """The pretrained model's config fields, after checking it exists and shares the dataset's vocabulary."""
-    pretrained, name = job.spec.model.pretrained, job.metadata.name
+def _check_pretrained(job: TrainingJob, tokenizer_uri: str, cache: Path) -> Any | None:
+    """The pretrained model's transformers config, after checking it exists and that the dataset's tokenizer keeps
+    the ids of the model's (equal, or extended with new tokens)."""
+    model, name = job.spec.model, job.metadata.name
+    pretrained = model.pretrained
     if pretrained is None:
         return None
-    if not storage.exists(pretrained.path):
-        raise spec_error(name, "spec.model.pretrained.path", f"{pretrained.path} does not exist")
+    if not storage.exists(pretrained.uri):
+        raise spec_error(name, "spec.model.pretrained.uri", f"{pretrained.uri} does not exist")
     try:
-        directory = pretrained_local_dir(pretrained, cache)
-        fields = read_pretrained_config(pretrained, directory)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        problem = f"cannot read {pretrained.path} as {pretrained.format}: {exc}"
-        raise spec_error(name, "spec.model.pretrained", problem) from exc
+        directory = pretrained_local_dir(pretrained.uri, cache)
+        config = read_pretrained_config(model, directory)
+    except (OSError, ValueError, KeyError) as exc:
+        problem = f"cannot read {pretrained.uri} as a Hugging Face model directory: {exc}"
+        raise spec_error(name, "spec.model.pretrained.uri", problem) from exc
     own_tokenizer = directory / "tokenizer.json"
     if own_tokenizer.is_file():
         local_tokenizer = cache / "dataset-tokenizer.json"
         local_tokenizer.write_text(storage.read_text(tokenizer_uri))
-        if not same_vocabulary(own_tokenizer, local_tokenizer):
+        if not tokenizer_extends(own_tokenizer, local_tokenizer):
             raise spec_error(
                 name,
                 "spec.model.pretrained",
-                "the dataset was tokenized with a different tokenizer than the pretrained model's; set the "
-                "DataPipeline's tokenizer.path to the model's tokenizer.json",
+                "the dataset was tokenized with a tokenizer that changes the ids of the pretrained model's tokens; "
+                "take the DataPipeline's tokenizer from the model (or extend it, keeping the old ids)",
             )
-    return fields
+    return config
 
 
 def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str, Any]]:
@@ -99,15 +101,15 @@ def prepare_run(job: TrainingJob, data_uri: str) -> tuple[RunSettings, dict[str,
         raise SpecError(f"TrainingJob/{name}: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="kubeforge-pretrained-") as cache:
         pretrained = _check_pretrained(job, storage.join(data_uri, dataset.tokenizer), Path(cache))
-    model_config = resolve_model_config(name, spec.model, dataset, pretrained)
-    check_lora_targets(name, model_config, spec.model.lora)
+    model_plan = resolve_model(name, spec.model, dataset, pretrained)
+    check_lora(name, model_plan, spec.model.lora, use_gpu=use_gpu)
     wire = spec.model_dump(by_alias=True, mode="json")
     manifest = json.loads(storage.read_text(storage.join(data_uri, MANIFEST_FILE)))
     settings = RunSettings(
         resource_name=name,
         spec=wire,
         plan=plan.to_dict(),
-        model_config=model_config.to_dict(),
+        model_config=model_plan.to_dict(),
         deepspeed_config=ds_config,
         checkpoint_root=spec.checkpoint.uri,
         output_uri=output_uri(job),

@@ -12,15 +12,50 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubeforge.api.common import parse_quantity
-from kubeforge.api.trainingjob import TrainingJobSpec
+from kubeforge.api.trainingjob import (
+    OBJECTIVE_DATA_TASK,
+    OBJECTIVE_METRICS,
+    TrainingJobSpec,
+    evaluation_metrics,
+    objective_of,
+)
+
+from ..data.columns import CHAT_COLUMNS, PREFERENCE_COLUMNS
 
 LANGUAGE_MODELING = "languageModeling"
 CLASSIFICATION = "classification"
 
-LM_METRICS = ("loss", "perplexity")
-CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
-METRICS_FOR_TASK = {LANGUAGE_MODELING: LM_METRICS, CLASSIFICATION: CLASSIFICATION_METRICS}
 SPLITS = ("train", "validation", "test")
+
+# Objectives (spec.objective; unset: model.task). sft and dpo train causal LMs on the DataPipeline's chat and
+# preference data; train/objectives.py has their losses. Their metrics are the API's OBJECTIVE_METRICS.
+SFT = "sft"
+DPO = "dpo"
+CHAT_DATA = "chat"
+PREFERENCE_DATA = "preference"
+METRICS_FOR_OBJECTIVE = OBJECTIVE_METRICS
+LM_METRICS = OBJECTIVE_METRICS[LANGUAGE_MODELING]
+DPO_METRICS = OBJECTIVE_METRICS[DPO]
+# The Parquet columns each dataset task is read with.
+DATA_COLUMNS = {
+    LANGUAGE_MODELING: ("input_ids",),
+    CLASSIFICATION: ("input_ids", "label"),
+    CHAT_DATA: CHAT_COLUMNS,
+    PREFERENCE_DATA: PREFERENCE_COLUMNS,
+}
+
+
+def check_dataset_task(resource_name: str, spec: TrainingJobSpec, dataset_task: str, data_uri: str) -> None:
+    """SpecError unless the dataset was built for the objective (sft needs chat data, dpo preference pairs)."""
+    objective = objective_of(spec)
+    wanted = OBJECTIVE_DATA_TASK[objective]
+    if dataset_task == wanted:
+        return
+    if spec.objective is None:
+        problem = f"is {objective} but the dataset at {data_uri} was built for {dataset_task}"
+        raise spec_error(resource_name, "spec.model.task", problem)
+    problem = f"{objective} trains on {wanted} data, but the dataset at {data_uri} was built for {dataset_task}"
+    raise spec_error(resource_name, "spec.objective", problem)
 
 
 class SpecError(ValueError):
@@ -73,8 +108,11 @@ def parse_manifest(resource_name: str, uri: str, manifest: dict[str, Any]) -> Da
     version = manifest.get("formatVersion", 1)
     if version != 1:
         raise spec_error(resource_name, field_path, f"_manifest.json formatVersion {version} is not supported (1)")
+    if manifest.get("format", "tokenized") != "tokenized":
+        problem = f"holds {manifest['format']} (output.format), not token ids: train on a tokenized DataPipeline output"
+        raise spec_error(resource_name, field_path, problem)
     task = need("task")
-    if task not in METRICS_FOR_TASK:
+    if task not in DATA_COLUMNS:
         raise spec_error(resource_name, field_path, f"unknown task {task!r} in _manifest.json")
     splits: dict[str, SplitInfo] = {}
     for name, raw in (need("splits") or {}).items():
@@ -96,10 +134,8 @@ def parse_manifest(resource_name: str, uri: str, manifest: dict[str, Any]) -> Da
 
 
 def resolve_eval_metrics(spec: TrainingJobSpec) -> list[str]:
-    """The validation metrics to compute: as written, or the task's full set when evaluation.metrics is unset."""
-    if "metrics" in spec.evaluation.model_fields_set:
-        return list(dict.fromkeys(spec.evaluation.metrics))
-    return list(METRICS_FOR_TASK[spec.model.task])
+    """The validation metrics to compute: as written, or the objective's full set when evaluation.metrics is unset."""
+    return evaluation_metrics(spec)
 
 
 @dataclass(frozen=True)
@@ -141,11 +177,13 @@ class TrainPlan:
 def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInfo, world_size: int) -> TrainPlan:
     """Check the spec against the dataset and count steps; raises SpecError naming the first bad field."""
     task, training, evaluation = spec.model.task, spec.training, spec.evaluation
+    objective = objective_of(spec)
     err = lambda path, msg: spec_error(resource_name, path, msg)  # noqa: E731
-    if dataset.task != task:
-        raise err("spec.model.task", f"is {task} but the dataset at {dataset.uri} was built for {dataset.task}")
-    context_needed = dataset.sequence_length - 1 if task == LANGUAGE_MODELING else dataset.sequence_length
-    if spec.model.pretrained is None and spec.model.context_length < context_needed:
+    check_dataset_task(resource_name, spec, dataset.task, dataset.uri)
+    # Packed language-model rows feed sequenceLength - 1 tokens (the last one is only a target); chat, preference
+    # and classification rows feed all of theirs.
+    context_needed = dataset.sequence_length - 1 if objective == LANGUAGE_MODELING else dataset.sequence_length
+    if spec.model.pretrained is None and spec.model.context_length < context_needed:  # pretrained: resolve_model
         raise err(
             "spec.model.contextLength",
             f"{spec.model.context_length} is shorter than the dataset's sequences ({context_needed} tokens)",
@@ -159,11 +197,11 @@ def plan_training(resource_name: str, spec: TrainingJobSpec, dataset: DatasetInf
                 "spec.model.numLabels",
                 f"{spec.model.num_labels} is fewer than the dataset's {labels} labels",
             )
-    allowed = METRICS_FOR_TASK[task]
+    allowed = METRICS_FOR_OBJECTIVE[objective]
     metrics = resolve_eval_metrics(spec)
     for name in metrics:
         if name not in allowed:
-            raise err("spec.evaluation.metrics", f"{name} is not defined for {task} (use {', '.join(allowed)})")
+            raise err("spec.evaluation.metrics", f"{name} is not defined for {objective} (use {', '.join(allowed)})")
     if evaluation.best_metric not in metrics:
         raise err("spec.evaluation.bestMetric", f"{evaluation.best_metric} is not among the metrics {metrics}")
     if evaluation.early_stopping and evaluation.early_stopping.metric not in metrics:

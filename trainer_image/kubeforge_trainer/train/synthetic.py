@@ -34,8 +34,12 @@ def write_dataset(
     pad_token_id: int = 0,
     eos_token_id: int | None = None,
     rows_per_shard: int = 100_000,
+    ids_column: str = "input_ids",
+    sequences: dict[str, dict[str, Sequence[Sequence[int]]]] | None = None,
 ) -> Path:
-    """Write parquet shards, tokenizer.json and `_manifest.json` (last) under root; returns root."""
+    """Write parquet shards, tokenizer.json and `_manifest.json` (last) under root; returns root. `splits` fills
+    `ids_column`; `sequences` adds list<int32> columns per split (chat `labels`; preference `chosen_labels`,
+    `rejected_input_ids`, `rejected_labels` beside ids_column `chosen_input_ids`)."""
     out = Path(root)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tokenizer_file, out / "tokenizer.json")
@@ -45,7 +49,10 @@ def write_dataset(
         shards, tokens = [], 0
         for index, start in enumerate(range(0, max(len(rows), 1), rows_per_shard)):
             chunk = [list(map(int, r)) for r in rows[start : start + rows_per_shard]]
-            columns: dict[str, pa.Array] = {"input_ids": pa.array(chunk, type=pa.list_(pa.int32()))}
+            columns: dict[str, pa.Array] = {ids_column: pa.array(chunk, type=pa.list_(pa.int32()))}
+            for name, per_split in (sequences or {}).items():
+                extra = [list(map(int, r)) for r in per_split[split][start : start + rows_per_shard]]
+                columns[name] = pa.array(extra, type=pa.list_(pa.int32()))
             if task == CLASSIFICATION:
                 ids = [int(x) for x in (labels or {})[split][start : start + rows_per_shard]]
                 columns["label"] = pa.array(ids, type=pa.int32())
@@ -69,7 +76,11 @@ def write_dataset(
         "eosTokenId": eos_token_id,
         "labels": list(label_names),
         "splits": manifest_splits,
-        "schema": {"input_ids": "list<int32>", **({"label": "int32"} if task == CLASSIFICATION else {})},
+        "schema": {
+            ids_column: "list<int32>",
+            **dict.fromkeys(sequences or {}, "list<int32>"),
+            **({"label": "int32"} if task == CLASSIFICATION else {}),
+        },
         "operations": [],
         "accounting": {"rowsIn": total, "rowsOut": total, "rowsDropped": 0, "rowsErrored": 0},
         "leakage": {"crossSplitExactDuplicates": 0},

@@ -8,6 +8,7 @@ workers never diverge and every collective is reached by all of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from kubeforge.api.trainingjob import TrainingJobSpec
 from kubeforge.conditions import now_rfc3339
 
 from .. import __version__, storage
-from ..models import ModelConfig, export_model, load_model_dir, save_model_dir
+from ..models import export_files
 from . import checkpointing as ckpt
 from .curves import CurveWriter
 from .dataset import collate_classification, collate_language_modeling
@@ -37,20 +38,34 @@ from .evaluation import (
     update_early_stopping,
 )
 from .modeling import (
-    adapt_state_dict,
+    ADAPTER_DIR,
+    ModelPlan,
     build_network,
     build_optimizer,
+    dataset_tokenizer,
     gather_full_parameters,
-    load_pretrained_state,
     optimizer_param_groups,
-    plain_model_from_parameters,
+    parent_job,
     pretrained_local_dir,
+    save_checkpoint_model,
 )
-from .plan import CLASSIFICATION, TrainPlan, data_position
+from .objectives import needs_frozen_base, objective_step
+from .plan import CLASSIFICATION, DPO, DPO_METRICS, TrainPlan, data_position
 from .schedule import lr_lambda
 from .throughput import estimate_mfu, eta_seconds, peak_flops, progress_text, tokens_per_second
 
 log = logging.getLogger("kubeforge_trainer.train")
+# A checkpoint's own files (ours, and DeepSpeed's `latest` tag file and zero_to_fp32 scripts), left out when its
+# model files are exported.
+CHECKPOINT_ONLY_FILES = (
+    ckpt.TRAINER_STATE_FILE,
+    ckpt.TRAINING_CONFIG_FILE,
+    ckpt.MARKER,
+    ckpt.METRICS_FILE,
+    "latest",
+    "zero_to_fp32.py",
+    "zero_to_torch.py",
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ class RunSettings:
     resource_name: str
     spec: dict[str, Any]  # TrainingJobSpec in wire form
     plan: dict[str, Any]
-    model_config: dict[str, Any]
+    model_config: dict[str, Any]  # ModelPlan.to_dict()
     deepspeed_config: dict[str, Any]
     checkpoint_root: str
     output_uri: str
@@ -102,7 +117,7 @@ class WorkerRun:
         self.queue = progress_queue
         self.spec = TrainingJobSpec.model_validate(settings.spec)
         self.plan = TrainPlan.from_dict(settings.plan)
-        self.model_config = ModelConfig.from_dict(settings.model_config)
+        self.model_config = ModelPlan.from_dict(settings.model_config)
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.is_rank0 = self.rank == 0
@@ -124,29 +139,41 @@ class WorkerRun:
             return device
         return torch.device("cpu")
 
-    def _local_tokenizer(self) -> Path:
-        uri = storage.join(self.settings.data_uri, self.settings.tokenizer_file)
-        if not storage.is_remote(uri):
-            return Path(storage.local_path(uri))
-        path = self.tmp / "tokenizer.json"
-        path.write_text(storage.read_text(uri))
-        return path
-
     def _build_engine(self) -> None:
         spec = self.spec
-        pretrained_state = None
+        self.pretrained_dir = None
         if spec.model.pretrained is not None:
-            directory = pretrained_local_dir(spec.model.pretrained, self.tmp / "pretrained")
-            state, source_task = load_pretrained_state(spec.model.pretrained, directory)
-            pretrained_state = _adapt(state, source_task, self.model_config, directory)
+            self.pretrained_dir = pretrained_local_dir(spec.model.pretrained.uri, self.tmp / "pretrained")
         self.engine, self.optimizer, self.scheduler = build_engine(
             spec,
             self.plan,
             self.model_config,
             self.settings.deepspeed_config,
             use_gpu=self.settings.use_gpu,
-            pretrained_state=pretrained_state,
+            pretrained_dir=self.pretrained_dir,
         )
+        self._build_objective()
+
+    def _build_objective(self) -> None:
+        """The sft/dpo step (train/objectives.py); None keeps the language-model and classification path."""
+        spec, frozen_base = self.spec, None
+        if needs_frozen_base(spec):
+            torch.manual_seed(spec.training.seed)  # from scratch: the policy's initial weights
+            base = spec.model.model_copy(update={"lora": None, "gradient_checkpointing": False})
+            frozen_base = build_network(self.model_config, base, pretrained_dir=self.pretrained_dir, for_training=False)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)  # the engine's
+        self.objective = objective_step(spec, self.model_config.pad_token_id, self.engine, frozen_base, dtype)
+        self.objective_window: torch.Tensor | None = None
+
+    def _lineage(self) -> dict[str, Any]:
+        """Where the model came from: the dataset (and its manifest's hash), the base model and its job."""
+        manifest = storage.read_text(storage.join(self.settings.data_uri, "_manifest.json"))
+        return {
+            "dataset": self.settings.data_uri,
+            "datasetManifestSha256": hashlib.sha256(manifest.encode()).hexdigest(),
+            "baseModel": self.model_config.pretrained_uri,
+            "parentJob": parent_job(self.pretrained_dir) if self.pretrained_dir else None,
+        }
 
     # ---------------------------------------------------------------- collectives
 
@@ -193,6 +220,8 @@ class WorkerRun:
         shard = ray.train.get_dataset_shard(split)
         cap = self.spec.evaluation.max_batches
         per_worker_cap = math.ceil(cap / self.world) if cap else None
+        if self.objective is not None:
+            return self._evaluate_objective(shard, per_worker_cap)
         n = self.model_config.num_labels
         confusion = torch.zeros(n, n, dtype=torch.float64) if n else None
         loss_sum, count = 0.0, 0
@@ -220,6 +249,27 @@ class WorkerRun:
         matrix = [total[2 + r * n : 2 + (r + 1) * n] for r in range(n)]
         return classification_metrics(matrix, total[0], wanted)
 
+    def _evaluate_objective(self, shard: Any, per_worker_cap: int | None) -> dict[str, float]:
+        """evaluate() of an sft or dpo run: the objective's sums over the shard, all-reduced, as its metrics."""
+        sums = torch.zeros(self.objective.sums_width, dtype=torch.float64, device=self.engine.device)
+        self.engine.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(shard.iter_batches(batch_size=self.plan.micro_batch_size, batch_format="numpy")):
+                if per_worker_cap is not None and i >= per_worker_cap:
+                    break
+                sums += self.objective.forward(self.engine, batch, self.engine.device)[2]
+        self.engine.train()
+        return self.objective.metrics(self._all_sum(sums.tolist()), list(self.plan.eval_metrics))
+
+    def _train_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """(mean loss, tokens) of one training micro-batch; an objective's sums add up for the log window."""
+        if self.objective is None:
+            loss, _, tokens = forward_batch(self.engine, batch, self.model_config, "mean")
+            return loss, tokens
+        loss, tokens, sums = self.objective.forward(self.engine, batch, self.engine.device)
+        self.objective_window = sums if self.objective_window is None else self.objective_window + sums
+        return loss, tokens
+
     # ---------------------------------------------------------------- checkpoints
 
     def _info(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +281,7 @@ class WorkerRun:
             "step": step,
             "runId": self.state.run_id,
             "trainingJob": self.settings.resource_name,
+            "lineage": self.lineage,
         }
 
     def _sync_tokens(self) -> None:
@@ -257,9 +308,15 @@ class WorkerRun:
         self.engine.save_checkpoint(staging, tag=ckpt.DEEPSPEED_TAG, save_latest=True, exclude_frozen_parameters=lora)
         parameters = gather_full_parameters(self.engine.module, self.spec.deepspeed.zero_stage, self.is_rank0)
         if self.is_rank0:
-            model = plain_model_from_parameters(self.model_config, self.spec.model.lora, parameters)
             metrics = {"validation": self.state.eval_metrics} if self.state.eval_metrics else {}
-            save_model_dir(staging, model, self.model_config, self.tokenizer, self._info(step, metrics))
+            save_checkpoint_model(
+                staging,
+                self.model_config,
+                self.spec.model,
+                parameters,
+                tokenizer=self.hf_tokenizer,
+                info=self._info(step, metrics),
+            )
             resolved = {
                 "spec": self.settings.spec,
                 "deepspeed": self.settings.deepspeed_config,
@@ -320,12 +377,19 @@ class WorkerRun:
     def run(self) -> None:
         """Train to the planned step (or an early stop), test the best checkpoint, export, report the result."""
         self._device()
-        self.tokenizer = self._local_tokenizer()
+        plan = self.model_config
+        self.hf_tokenizer = dataset_tokenizer(
+            self.settings.data_uri,
+            self.settings.tokenizer_file,
+            {"pad_token_id": plan.pad_token_id, "eos_token_id": plan.eos_token_id},
+            self.tmp,
+        )
         if self.is_rank0 and self.settings.precision != self.spec.training.precision:
             log.info("precision %s falls back to %s on CPU", self.spec.training.precision, self.settings.precision)
         building = time.monotonic()
         self._build_engine()
         self._comm_device = self.engine.device if self.settings.use_gpu else torch.device("cpu")
+        self.lineage = self._lineage()
         if self.is_rank0:
             params = list(self.engine.module.parameters())
             total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
@@ -389,7 +453,7 @@ class WorkerRun:
                 consumed += 1
                 if consumed <= skip:
                     continue  # already trained on before the checkpoint this run resumed from
-                loss, _, tokens = forward_batch(self.engine, batch, self.model_config, "mean")
+                loss, tokens = self._train_forward(batch)
                 self.engine.backward(loss)
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
@@ -426,10 +490,11 @@ class WorkerRun:
     def _log_step(self, epoch_fraction: float) -> None:
         window = self.window
         loss_sum, micro, tokens = self._all_sum([float(window["loss"]), window["micro"], window["tokens"]])
+        train_metrics = self._window_objective_metrics()
         now = time.monotonic()
         tps = tokens_per_second(tokens, now - window["start"])
         peak = peak_flops(torch.cuda.get_device_name() if self.settings.use_gpu else None, self.settings.precision)
-        mfu = estimate_mfu(tps, self.model_config.flops_per_token(), self.world, peak)
+        mfu = estimate_mfu(tps, self.model_config.flops_per_token, self.world, peak)
         step = self.state.step
         eta = eta_seconds(step - self.attempt_start_step, now - self.attempt_start, self.plan.total_steps - step)
         loss = loss_sum / micro if micro else float("nan")
@@ -471,7 +536,19 @@ class WorkerRun:
         }
         if math.isfinite(loss):
             fields["loss"] = loss
+        if train_metrics:
+            fields["trainMetrics"] = train_metrics
+            log.info("step %d train %s", step, _fmt(train_metrics))
         self._report(**fields)
+
+    def _window_objective_metrics(self) -> dict[str, float]:
+        """DPO's reward metrics over the log window, all workers (a collective; empty for other objectives)."""
+        if self.objective is None or self.objective.objective != DPO:
+            return {}
+        window = self.objective_window
+        local = window.tolist() if window is not None else [0.0] * self.objective.sums_width
+        self.objective_window = None
+        return self.objective.metrics(self._all_sum(local), DPO_METRICS[1:])  # the loss is reported already
 
     def _validate(self) -> bool:
         """Evaluate on validation; update best and early stopping; returns whether this is the new best."""
@@ -542,21 +619,17 @@ class WorkerRun:
             log.info("test (best checkpoint, step %d) %s", best_step, _fmt(test_metrics))
             if self.curves:
                 self.curves.evaluation(best_step, "test", test_metrics)
-        model, config, _ = load_model_dir(self._local_checkpoint(best_uri))
         version = ckpt.model_version(self.state.run_id, best_step)
         metrics = {"validation": best_metrics, "test": test_metrics}
         info = {**self._info(best_step, metrics), "checkpoint": best_uri}
         output = self.settings.output_uri
-        if storage.is_remote(output):
-            export_model(output, model, config, self.tokenizer, info)
+        local = self._local_checkpoint(best_uri)
+        lora = self.spec.model.lora
+        if lora is not None and lora.export == "adapter":
+            info["baseModel"] = self.model_config.pretrained_uri
+            export_files(local / ADAPTER_DIR, output, info)
         else:
-            # Export beside the target, then swap it in, so a reader never sees half a model directory.
-            target = Path(storage.local_path(output))
-            staging = target.with_name(f".tmp-{target.name}")
-            shutil.rmtree(staging, ignore_errors=True)
-            export_model(str(staging), model, config, self.tokenizer, info)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            export_files(local, output, info, skip=CHECKPOINT_ONLY_FILES)
         summary = {
             "modelUri": output,
             "modelVersion": version,
@@ -586,11 +659,11 @@ class WorkerRun:
 def build_engine(
     spec: TrainingJobSpec,
     plan: TrainPlan,
-    model_config: ModelConfig,
+    model_config: ModelPlan,
     deepspeed_config: dict[str, Any],
     *,
     use_gpu: bool,
-    pretrained_state: dict[str, torch.Tensor] | None = None,
+    pretrained_dir: Path | None = None,
 ) -> tuple[Any, Any, Any]:
     """(DeepSpeed engine, optimizer, LR scheduler) for the spec: network (pretrained weights, LoRA), optimizer and
     schedule from spec.training unless the raw DeepSpeed config names its own; torch.compile when the raw config
@@ -599,7 +672,7 @@ def build_engine(
 
     training = spec.training
     torch.manual_seed(training.seed)  # identical initial weights on every worker
-    network = build_network(model_config, spec.model.lora, pretrained_state)
+    network = build_network(model_config, spec.model, pretrained_dir=pretrained_dir)
     groups = optimizer_param_groups(network, training.weight_decay)
     optimizer = scheduler = None
     if not raw_builds_optimizer(spec):
@@ -623,7 +696,7 @@ def build_engine(
 
 
 def forward_batch(
-    engine: Any, batch: dict[str, Any], model_config: ModelConfig, reduction: str
+    engine: Any, batch: dict[str, Any], model_config: ModelPlan, reduction: str
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss, logits, tokens) of one Ray Data batch; loss is the mean or the sum over the batch's targets."""
     device = engine.device
@@ -631,11 +704,11 @@ def forward_batch(
         ids, mask, labels = collate_classification(batch["input_ids"], batch["label"], model_config.pad_token_id)
         tokens = int(mask.sum())  # counted on the host, before the copy: no device sync
         ids, mask, labels = (t.to(device, non_blocking=True) for t in (ids, mask, labels))
-        logits = engine(ids, attention_mask=mask)
+        logits = engine(input_ids=ids, attention_mask=mask).logits
         return F.cross_entropy(logits.float(), labels, reduction=reduction), logits, tokens
     inputs, targets = collate_language_modeling(batch["input_ids"])
     inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-    logits, _ = engine(inputs)
+    logits = engine(input_ids=inputs, use_cache=False).logits
     loss_fn = _compiled_lm_loss() if getattr(engine, "is_compiled", False) is True else lm_loss
     return loss_fn(logits, targets, reduction), logits, targets.numel()
 
@@ -656,17 +729,6 @@ def _compiled_lm_loss() -> Any:
     if _COMPILED_LM_LOSS is None:
         _COMPILED_LM_LOSS = torch.compile(lm_loss)
     return _COMPILED_LM_LOSS
-
-
-def _adapt(
-    state: dict[str, torch.Tensor], source_task: str, config: ModelConfig, directory: Path
-) -> dict[str, torch.Tensor]:
-    """Pretrained weights renamed for the network being trained (see modeling.adapt_state_dict)."""
-    source_labels: list[str] = []
-    config_file = directory / "config.json"
-    if config_file.is_file():
-        source_labels = json.loads(config_file.read_text()).get("labels") or []
-    return adapt_state_dict(state, source_task, config.task, same_labels=source_labels == config.labels)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
