@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from kubeforge.testing import cli_process
+from support import cli_process
 from test_quickstart_e2e import READY_LINE, condition, read_until, status_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
