@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DATASET_MANIFEST = "_manifest.json"
 RAY_START_ATTEMPTS = 3
 MODEL_CONFIG = "config.json"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: what a LoRA adapter export holds instead of config.json
 
 
 @dataclass
@@ -442,14 +443,18 @@ class LocalRun:
 
     # ---- serving ----
 
-    def _model_of(self, ref: Any, uri: str | None, field_path: str) -> tuple[str, str | None]:
-        """(model URI, version) from a modelRef (the TrainingJob's status) or a modelUri."""
+    def _model_of(
+        self, ref: Any, uri: str | None, field_path: str, marker: str = MODEL_CONFIG
+    ) -> tuple[str, str | None]:
+        """(model URI, version) from a modelRef (the TrainingJob's status) or a modelUri; marker is the file an
+        export of that kind holds (an adapter export has no config.json)."""
         if ref is None:
             return uri or "", None
         job = self.statuses.get("TrainingJob", ref.name)
         model_uri, version = job.get("modelUri"), job.get("modelVersion")
-        if not model_uri or not _exists(model_uri, MODEL_CONFIG):
-            raise StepFailed(f"{field_path}: TrainingJob/{ref.name} has not exported a model")
+        if not model_uri or not _exists(model_uri, marker):
+            what = "an adapter" if marker == ADAPTER_CONFIG else "a model"
+            raise StepFailed(f"{field_path}: TrainingJob/{ref.name} has not exported {what}")
         if ref.version and str(ref.version) != str(version):
             raise StepFailed(
                 f"{field_path.rsplit('.', 1)[0]}.version: TrainingJob/{ref.name} exported version {version!r}, "
@@ -474,6 +479,15 @@ class LocalRun:
                 args["canaryModelUri"] = canary_uri
                 if canary_version:
                     args["canaryModelVersion"] = canary_version
+            adapters = []
+            for i, adapter in enumerate(spec.adapters):
+                field_path = f"spec.adapters[{i}].modelRef.name"
+                adapter_uri, adapter_version = self._model_of(
+                    adapter.model_ref, adapter.uri, field_path, ADAPTER_CONFIG
+                )
+                adapters.append({"name": adapter.name, "uri": adapter_uri, "version": adapter_version or ""})
+            if adapters:  # modelRefs resolved here, as the operator resolves them for the RayService
+                args["adapters"] = adapters
         except StepFailed as exc:
             return self._fail_before_start(step, generation, status, str(exc))
 
