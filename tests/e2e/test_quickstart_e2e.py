@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import openai
 import pytest
 from support import cli_process
 
@@ -74,7 +75,9 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
             assert label in text
         assert text.count("✓ Succeeded") == 2 and "✓ Ready" in text
         assert "completion: " in text
-        assert f"curl -s {base}/v1/completions" in text
+        # The tokenizer carries the manifest's chat template, so the sample and the printed commands use the chat API.
+        assert f"curl -s {base}/v1/chat/completions" in text
+        assert f"playground: {base}/playground/" in text
 
         # The endpoint serves the model the training step just exported.
         job = status_of(workdir, "TrainingJob", "quickstart-gpt")
@@ -82,6 +85,17 @@ def test_reduced_quickstart_end_to_end(reduced_quickstart: Path, free_port):
         assert isinstance(answer["choices"][0]["text"], str)
         assert answer["usage"]["completion_tokens"] > 0
         assert answer["version"] == job["modelVersion"]
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        chat = client.chat.completions.create(
+            model="quickstart-gpt", messages=[{"role": "user", "content": "The Python"}], max_tokens=8, temperature=0
+        )
+        assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
+        stream = client.chat.completions.create(
+            model="quickstart-gpt", messages=[{"role": "user", "content": "The Python"}], max_tokens=8, stream=True
+        )
+        assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) > 0
+        with urllib.request.urlopen(f"{base}/playground/", timeout=120) as page:
+            assert page.status == 200 and "gradio" in page.read().decode(errors="replace").lower()
         models = http_json(f"{base}/v1/models")
         assert job["modelVersion"] in json.dumps(models)
         deadline, metrics = time.monotonic() + 60, ""

@@ -355,7 +355,8 @@ class TokenizerSpec(ApiModel):
     chat_template: str | None = Field(
         default=None,
         description="Jinja chat template for chat and preference, instead of the tokenizer's own (or the default "
-        "when it has none).",
+        "when it has none); with languageModeling, written into the output tokenizer so a model trained on it "
+        "answers /v1/chat/completions.",
     )
     sequence_length: int = Field(
         default=256,

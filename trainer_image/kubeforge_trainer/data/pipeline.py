@@ -729,7 +729,8 @@ class _Run:
             bundle = self._plain_bundle(tokenize.Tokenizer.from_str(tok_json), {"kind": "trained"})
         if tok_spec.extend is not None:
             bundle = self._extend(bundle, blocks, dropped, assignments)
-        if plan.conversational:
+        if plan.conversational or tok_spec.chat_template is not None:
+            # A language-modeling corpus keeps a template it is given, so a model trained on it can be chatted with.
             bundle = hftokenizer.with_chat_template(bundle, tok_spec.chat_template)
         return bundle
 
