@@ -314,24 +314,29 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return bool(_optional_bool(options, "include_usage"))
 
 
+def _generation_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields /v1/completions and /v1/chat/completions share (model, sampling, stop, streaming, seed)."""
+    stream = bool(_optional_bool(obj, "stream"))
+    _optional_str(obj, "user")
+    return {
+        "model": _optional_str(obj, "model"),
+        "temperature": _optional_number(obj, "temperature", 0.0, MAX_TEMPERATURE),
+        "top_p": _optional_number(obj, "top_p", 0.0, 1.0, low_inclusive=False),
+        "stop": _stop(obj),
+        "stream": stream,
+        "include_usage": _include_usage(obj, stream),
+        "seed": _optional_int(obj, "seed", 0, MAX_SEED),
+    }
+
+
 def parse_completion_request(body: Any) -> CompletionRequest | ApiError:
     """Validate a decoded /v1/completions body into a CompletionRequest, or a 400 ApiError naming the field."""
     try:
         obj = _require_object(body, COMPLETION_FIELDS)
         prompts, is_list = _texts(obj, "prompt")
-        stream = bool(_optional_bool(obj, "stream"))
-        _optional_str(obj, "user")
+        max_tokens = _optional_int(obj, "max_tokens", 1, MAX_TOKENS_LIMIT)
         return CompletionRequest(
-            prompts=prompts,
-            prompt_is_list=is_list,
-            model=_optional_str(obj, "model"),
-            max_tokens=_optional_int(obj, "max_tokens", 1, MAX_TOKENS_LIMIT),
-            temperature=_optional_number(obj, "temperature", 0.0, MAX_TEMPERATURE),
-            top_p=_optional_number(obj, "top_p", 0.0, 1.0, low_inclusive=False),
-            stop=_stop(obj),
-            stream=stream,
-            include_usage=_include_usage(obj, stream),
-            seed=_optional_int(obj, "seed", 0, MAX_SEED),
+            prompts=prompts, prompt_is_list=is_list, max_tokens=max_tokens, **_generation_fields(obj)
         )
     except _Invalid as exc:
         return exc.error
@@ -387,19 +392,8 @@ def parse_chat_request(body: Any) -> ChatRequest | ApiError:
         max_completion = _optional_int(obj, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
         if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
             raise _bad("set one of 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
-        stream = bool(_optional_bool(obj, "stream"))
-        _optional_str(obj, "user")
-        return ChatRequest(
-            messages=messages,
-            model=_optional_str(obj, "model"),
-            max_tokens=max_completion if max_completion is not None else max_tokens,
-            temperature=_optional_number(obj, "temperature", 0.0, MAX_TEMPERATURE),
-            top_p=_optional_number(obj, "top_p", 0.0, 1.0, low_inclusive=False),
-            stop=_stop(obj),
-            stream=stream,
-            include_usage=_include_usage(obj, stream),
-            seed=_optional_int(obj, "seed", 0, MAX_SEED),
-        )
+        max_tokens = max_completion if max_completion is not None else max_tokens
+        return ChatRequest(messages=messages, max_tokens=max_tokens, **_generation_fields(obj))
     except _Invalid as exc:
         return exc.error
 
