@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 DATASET_MANIFEST = "_manifest.json"
 RAY_START_ATTEMPTS = 3
-MODEL_CONFIG = "config.json"
 
 
 @dataclass
@@ -160,6 +159,29 @@ def _exists(uri: str | None, *parts: str) -> bool:
         return storage.exists(storage.join(uri, *parts) if parts else uri)
     except OSError:
         return False
+
+
+def model_exported(uri: str | None) -> bool:
+    """Whether a TrainingJob's export is at uri: a Hugging Face directory (config.json) or, for
+    `lora.export: adapter`, a peft adapter directory (adapter_config.json, no config.json)."""
+    from kubeforge_trainer.models.export import ADAPTER_CONFIG_FILE, CONFIG_FILE
+
+    return _exists(uri, CONFIG_FILE) or _exists(uri, ADAPTER_CONFIG_FILE)
+
+
+def model_task(uri: str) -> str:
+    """languageModeling or classification, from an exported model directory's config.json (a sequence
+    classification architecture) or its adapter_config.json (peft task_type SEQ_CLS)."""
+    from kubeforge_trainer import storage
+    from kubeforge_trainer.models.export import ADAPTER_CONFIG_FILE, CONFIG_FILE
+
+    if _exists(uri, CONFIG_FILE):
+        architectures = json.loads(storage.read_text(storage.join(uri, CONFIG_FILE))).get("architectures") or []
+        classifier = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    else:
+        adapter = json.loads(storage.read_text(storage.join(uri, ADAPTER_CONFIG_FILE)))
+        classifier = adapter.get("task_type") == "SEQ_CLS"
+    return "classification" if classifier else "languageModeling"
 
 
 def _model_version(uri: str) -> str:
@@ -371,7 +393,7 @@ class LocalRun:
             return self._fail_before_start(step, generation, status, str(exc))
         # Fresh data (the DataPipeline finished after this job started) makes a finished model stale.
         data_newer = (seconds_between(status.get("startTime"), data_status.get("completionTime")) or 0) > 0
-        if st.is_up_to_date(status, generation) and _exists(status.get("modelUri"), MODEL_CONFIG) and not data_newer:
+        if st.is_up_to_date(status, generation) and model_exported(status.get("modelUri")) and not data_newer:
             return self._up_to_date(step, status)
 
         def work(reporter: Any) -> dict[str, Any]:
@@ -448,7 +470,7 @@ class LocalRun:
             return uri or "", None
         job = self.statuses.get("TrainingJob", ref.name)
         model_uri, version = job.get("modelUri"), job.get("modelVersion")
-        if not model_uri or not _exists(model_uri, MODEL_CONFIG):
+        if not model_exported(model_uri):
             raise StepFailed(f"{field_path}: TrainingJob/{ref.name} has not exported a model")
         if ref.version and str(ref.version) != str(version):
             raise StepFailed(
@@ -566,10 +588,7 @@ class LocalRun:
 
     def _sample(self, url: str, model_uri: str, max_tokens: int) -> dict[str, Any]:
         """Ask the freshly deployed model for one answer; returns the task, prompt, answer and endpoint URL."""
-        from kubeforge_trainer import storage
-
-        config = json.loads(storage.read_text(storage.join(model_uri, MODEL_CONFIG)))
-        task = config.get("task", "languageModeling")
+        task = model_task(model_uri)
         request = sample_request(task, self.options.prompt, max_tokens)
         response = post_json(url + request.path, request.body)
         return {"task": task, "prompt": self.options.prompt, "answer": answer_text(task, response), "url": url}

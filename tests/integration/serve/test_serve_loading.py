@@ -8,7 +8,7 @@ from kubeforge.api.modeldeployment import GenerationDefaults
 from kubeforge_trainer import storage
 from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import TinyModel
+from tiny_models import TinyModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,7 +21,7 @@ def test_runner_loads_a_file_uri_and_reads_the_version(tiny_lm: TinyModel) -> No
     runner = ModelRunner.load(f"file://{tiny_lm.path}", version="")
     assert runner.version == "v1"  # from kubeforge.json
     assert runner.info()["task"] == "languageModeling"
-    assert runner.info()["contextLength"] == tiny_lm.config.context_length
+    assert runner.info()["contextLength"] == tiny_lm.context_length
 
 
 def test_a_missing_version_is_read_from_the_model_directory(tiny_lm: TinyModel) -> None:
