@@ -45,6 +45,14 @@ def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
         ModelRunner.load(str(tmp_path), version="v1")
 
 
+def test_load_refuses_the_retired_kubeforge_format_in_one_line(tmp_path) -> None:
+    # the pre-transformers export: kubeforge's own config.json, which names no model_type
+    (tmp_path / "config.json").write_text('{"vocab_size": 512, "n_layers": 2, "task": "languageModeling"}')
+    with pytest.raises(ValueError, match=r"config\.json has no model_type: not a Hugging Face directory") as error:
+        ModelRunner.load(str(tmp_path), version="v1")
+    assert "\n" not in str(error.value)
+
+
 def greedy(runner: ModelRunner, prompts: tuple[str, ...]) -> list[str]:
     request = CompletionRequest(prompts=prompts, prompt_is_list=True, max_tokens=12, temperature=0.0)
     tasks = runner.prepare_completion(request, GenerationDefaults())
