@@ -12,8 +12,9 @@ Scenarios (issue #25):
   them: its start-up, then its CPU and memory while nothing happens, with the resync at 20x its default frequency.
 
 The operator runs as `kubeforge operator` in its own process with production settings, against the kmock-based
-emulator (`kubeforge.testing`) over HTTP on 127.0.0.1. The emulator, the client and a watch run in this process on
-the same two CPUs. Operator CPU is that process's user + system time (psutil), RSS its resident memory.
+emulator (`tests/support/`, test scaffolding outside the shipped package) over HTTP on 127.0.0.1. The emulator, the
+client and a watch run in this process on the same two CPUs. Operator CPU is that process's user + system time
+(psutil), RSS its resident memory.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ import kopf
 import psutil
 from kubeforge.builders import build_rayjob, parse_resource
 from kubeforge.status import Observation, derive_status, rayjob_state
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import NAMESPACE, TEST_CONFIG, Cluster
-from kubeforge.testing.manifests import quickstart_manifest
-from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
+
+# The emulator and runners are test scaffolding in tests/support/ (not shipped in the package): import them from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import EmulatorServer
+from support.cluster import NAMESPACE, TEST_CONFIG, Cluster
+from support.manifests import quickstart_manifest
+from support.runner import OperatorProcess, write_kubeconfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "operator.md"
 TARGET_P99_SECONDS = 1.0  # create -> RayJob at 20/s sustained

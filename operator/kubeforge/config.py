@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ ENV_VARS = {
     "KUBEFORGE_TRAINER_IMAGE": "image of the Ray head and worker pods when a resource sets no spec.image",
     "KUBEFORGE_RAY_VERSION": "Ray version of that image (RayCluster spec.rayVersion)",
     "KUBEFORGE_WATCH_NAMESPACES": "comma-separated namespaces to watch; empty watches the whole cluster",
-    "KUBEFORGE_WORKLOAD_SERVICE_ACCOUNT": "ServiceAccount of Ray pods (may only patch kubeforge status)",
+    "KUBEFORGE_RUN_SERVICE_ACCOUNT_ANNOTATIONS": "JSON object of annotations copied onto each run's ServiceAccount",
     "KUBEFORGE_METRICS_PORT": "port of the operator's Prometheus /metrics",
     "KUBEFORGE_HEALTH_PORT": "port of kopf's liveness endpoint /healthz",
     "KUBEFORGE_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR",
@@ -32,7 +33,8 @@ class OperatorConfig:
     trainer_image: str = f"ghcr.io/kubeforge/trainer:{__version__}"
     ray_version: str = "2.60.0"
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)
-    workload_service_account: str = "kubeforge-workload"
+    # Copied onto every run's own ServiceAccount: the cloud identity (IRSA, GKE workload identity) of the workloads.
+    run_service_account_annotations: tuple[tuple[str, str], ...] = ()  # (key, value) pairs: the object stays hashable
     metrics_port: int = 8080
     health_port: int = 8081
     log_level: str = "INFO"
@@ -59,7 +61,7 @@ class OperatorConfig:
                 watch_namespaces=tuple(
                     ns.strip() for ns in env.get("KUBEFORGE_WATCH_NAMESPACES", "").split(",") if ns.strip()
                 ),
-                workload_service_account=get("KUBEFORGE_WORKLOAD_SERVICE_ACCOUNT", defaults.workload_service_account),
+                run_service_account_annotations=annotations(env.get("KUBEFORGE_RUN_SERVICE_ACCOUNT_ANNOTATIONS", "")),
                 metrics_port=int(get("KUBEFORGE_METRICS_PORT", str(defaults.metrics_port))),
                 health_port=int(get("KUBEFORGE_HEALTH_PORT", str(defaults.health_port))),
                 log_level=get("KUBEFORGE_LOG_LEVEL", defaults.log_level).upper(),
@@ -79,6 +81,19 @@ class OperatorConfig:
             unique = tuple(dict.fromkeys(ns.strip() for ns in namespaces if ns.strip()))
             return dataclasses.replace(self, watch_namespaces=unique)
         return self
+
+
+def annotations(text: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of string annotations (empty text: none); ValueError names the setting otherwise."""
+    if not text.strip():
+        return ()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"KUBEFORGE_RUN_SERVICE_ACCOUNT_ANNOTATIONS is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("KUBEFORGE_RUN_SERVICE_ACCOUNT_ANNOTATIONS must be a JSON object of strings")
+    return tuple(sorted(value.items()))
 
 
 def is_namespace_pattern(namespace: str) -> bool:

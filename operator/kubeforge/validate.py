@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from .api import RESOURCE_MODELS, ApiModel
 from .api.common import QUANTITY_PATTERN, quantity_text
 from .api.crdgen import build_crd
+from .api.trainingjob import legacy_model_message
 from .constants import API_VERSION, GROUP
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -514,6 +515,16 @@ def model_problems(kind: str, doc: dict[str, Any]) -> tuple[ApiModel | None, lis
 # --- One document, many documents -----------------------------------------------------------------------------------
 
 
+def migration_problems(kind: str, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """[(section path, message)] for sections written in an older form of the API (today: TrainingJob's spec.model
+    before the Hugging Face model layer), each with the one line that says how to rewrite it."""
+    spec = doc.get("spec")
+    if kind != "TrainingJob" or not isinstance(spec, dict):
+        return []
+    message = legacy_model_message(spec.get("model"))
+    return [("spec.model", message.split(": ", 1)[1])] if message else []
+
+
 def drop_nulls(value: Any) -> Any:
     """The value without null fields: the server prunes nulls of fields that are not nullable (none of ours are)
     before it defaults and validates."""
@@ -528,7 +539,9 @@ def judge(kind: str, doc: dict[str, Any]) -> tuple[ApiModel | None, list[tuple[s
     """(typed resource or None, [(field path, message)]) for one document of a kubeforge kind, every problem at once:
     what the API server would reject, then what the operator would."""
     doc = drop_nulls(doc)
-    found = schema_problems(kind, doc)
+    found = migration_problems(kind, doc)
+    # A section written for an older API gets its migration line instead of one "unknown field" per old name.
+    found += [(p, m) for p, m in schema_problems(kind, doc) if not any(_overlaps(p, r) for r, _ in found)]
     found += cel_problems(kind, doc, broken=[p for p, _ in found])
     resource, deeper = model_problems(kind, doc)
     reported = [p for p, _ in found]

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kubeforge.testing import cli_process
+from support import cli_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -106,6 +106,17 @@ operator; docs/install.md explains why.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors", "servicemonitors"]
   verbs: ["get", "create", "patch", "delete"]
+# Each run's own identity (docs/operator.md, trust boundary): a ServiceAccount, a Role that may get its resource and
+# get/patch that resource's status only (resourceNames), and their RoleBinding, all owned by the resource (no delete:
+# the garbage collector removes them). get reads an existing one back after a 409. Kubernetes lets a subject create a
+# Role or RoleBinding only with permissions it holds itself: the operator holds get on the kinds and get/patch on
+# their status (above), so it needs neither escalate nor bind.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create"]
 {{- if .Values.watchNamespaces }}
 # kopf peering inside the namespace (namespaced mode): watch the peering kind, heartbeat into our object only.
 - apiGroups: ["kopf.dev"]
@@ -139,13 +150,6 @@ Only glob patterns (`kubeforge operator --namespace 'team-*'`) need list/watch o
   resourceNames: [{{ include "kubeforge.peeringName" . | quote }}]
   verbs: ["get", "patch"]
 {{- end }}
-{{- end }}
-
-{{/* What the workload (Ray pods) may do: read and patch the status of kubeforge resources, nothing else. */}}
-{{- define "kubeforge.workloadRules" -}}
-- apiGroups: ["kubeforge.dev"]
-  resources: ["datapipelines/status", "trainingjobs/status", "modeldeployments/status"]
-  verbs: ["get", "patch"]
 {{- end }}
 
 {{/* Fail early on combinations the schema cannot express. */}}

@@ -23,6 +23,7 @@ from ..api.common import (
 from ..config import OperatorConfig
 from ..constants import (
     API_VERSION,
+    KINDS,
     LABEL_KUEUE_QUEUE,
     LABEL_MANAGED_BY,
     LABEL_PART_OF,
@@ -99,6 +100,23 @@ def to_yaml(data: Any, sort_keys: bool = True) -> str:
 def from_yaml(text: str) -> Any:
     """Parse YAML text."""
     return yaml.load(text, Loader=_LOADER)
+
+
+MAX_OBJECT_NAME_LENGTH = 253  # ServiceAccount, Role and RoleBinding names are DNS subdomains
+
+
+def run_access_name(kind: str, name: str) -> str:
+    """The name of a run's ServiceAccount, Role and RoleBinding: kubeforge-<short kind>-<name>, hashed when long."""
+    full = f"kubeforge-{KINDS[kind][2]}-{name}"
+    if len(full) <= MAX_OBJECT_NAME_LENGTH:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: MAX_OBJECT_NAME_LENGTH - 9]}-{digest}"
+
+
+def run_service_account(kind: str, name: str, spec_service_account: str | None) -> str:
+    """The ServiceAccount of a run's Ray pods: spec.serviceAccountName when set, else the run's own."""
+    return spec_service_account or run_access_name(kind, name)
 
 
 def child_labels(kind: str, name: str, queue_name: str | None = None) -> dict[str, str]:
@@ -215,6 +233,8 @@ def worker_resources(resources: WorkerResources) -> dict[str, Any]:
 def pod_template(
     *,
     container_name: str,
+    kind: str,
+    name: str,
     spec: CommonSpec,
     config: OperatorConfig,
     labels: Mapping[str, str],
@@ -243,7 +263,7 @@ def pod_template(
     container["volumeMounts"] = [mount for _, mount in every_volume]
     container["volumeMounts"] += [mount.to_wire() for mount in overrides.volume_mounts]
     pod: dict[str, Any] = {
-        "serviceAccountName": spec.service_account_name or config.workload_service_account,
+        "serviceAccountName": run_service_account(kind, name, spec.service_account_name),
         "securityContext": pod_security_context(context),
         "containers": [container],
         "volumes": [volume for volume, _ in every_volume] + [volume.to_wire() for volume in overrides.volumes],
@@ -300,6 +320,8 @@ def ray_cluster_spec(
         "rayStartParams": {"num-cpus": "0"},
         "template": pod_template(
             container_name="ray-head",
+            kind=kind,
+            name=name,
             spec=spec,
             config=config,
             labels=labels,
@@ -317,6 +339,8 @@ def ray_cluster_spec(
         "rayStartParams": {},
         "template": pod_template(
             container_name="ray-worker",
+            kind=kind,
+            name=name,
             spec=spec,
             config=config,
             labels=labels,

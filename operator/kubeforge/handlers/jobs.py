@@ -13,11 +13,12 @@ from typing import Any
 import kopf
 
 from ..builders import build_rayjob, child_name, parse_resource, spec_hash
+from ..builders.access import build_run_access
 from ..builders.rayjob import build_retry
 from ..constants import ANNOTATION_SPEC_HASH
 from ..status import ChildState, Dependency, Observation, is_settled, rayjob_state
 from .common import MISSING, OperatorContext, Outcome, identity, make_outcome, spec_changed
-from .kube import RAYJOBS, Conflict, TransientError
+from .kube import RAYJOBS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS, Conflict, TransientError
 from .kube import Resource as ApiResource
 
 # (ctx, typed resource) -> (dependency, data URI); None when the kind has no dependency.
@@ -39,6 +40,21 @@ async def create_child(
     owner_uid = owner.get("metadata", {}).get("uid")
     refs = existing.get("metadata", {}).get("ownerReferences") or []
     return existing if any(ref.get("uid") == owner_uid for ref in refs) else None
+
+
+ACCESS_RESOURCES = {"ServiceAccount": SERVICEACCOUNTS, "Role": ROLES, "RoleBinding": ROLEBINDINGS}
+
+
+async def ensure_run_access(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> ChildState | None:
+    """Create the run's ServiceAccount, Role (its own status only) and RoleBinding, owned by the resource, before
+    its Ray pods exist; None when they are in place, else the NameConflict state (a foreign object is never bound)."""
+    namespace, name = identity(body)
+    account = ((body.get("spec") or {}).get("serviceAccountName")) or None
+    annotations = dict(ctx.config.run_service_account_annotations)
+    for manifest in build_run_access(kind, name, namespace, account, annotations):
+        if await create_child(ctx, ACCESS_RESOURCES[manifest["kind"]], body, manifest) is None:
+            return name_conflict(kind, manifest["metadata"]["name"], manifest["kind"])
+    return None
 
 
 def spec_lock_message(kind: str, body: Mapping[str, Any], child: Mapping[str, Any]) -> str | None:
@@ -133,6 +149,9 @@ async def reconcile_job(
         if report is not None:
             return make_outcome(kind, body, report, "invalid" if report.invalid else "waiting")
         assert manifest is not None
+        conflict = await ensure_run_access(ctx, kind, body)
+        if conflict is not None:
+            return make_outcome(kind, body, Observation(child=conflict, retries=attempt), "waiting")
         child = await create_child(ctx, RAYJOBS, body, manifest)
         state = rayjob_state(child) if child is not None else name_conflict(kind, expected)
     else:

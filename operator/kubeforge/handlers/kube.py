@@ -44,6 +44,10 @@ class Resource:
 
 RAYJOBS = Resource(RAY_GROUP, RAY_VERSION, "rayjobs")
 RAYSERVICES = Resource(RAY_GROUP, RAY_VERSION, "rayservices")
+# A run's own identity (builders/access.py). The core group ("") is served by CoreV1Api, the rest by CustomObjectsApi.
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 
 
 def kubeforge_resource(kind: str) -> Resource:
@@ -110,6 +114,7 @@ class KubeApi:
         self._client = client.ApiClient(configuration)
         self._client.user_agent = USER_AGENT  # names the operator in the API server's audit log
         self._custom = client.CustomObjectsApi(self._client)
+        self._core = client.CoreV1Api(self._client)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
 
     def close(self) -> None:
@@ -142,6 +147,9 @@ class KubeApi:
     async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
+            if resource == SERVICEACCOUNTS:
+                found = await self._call(self._core.read_namespaced_service_account, name, namespace)
+                return self._client.sanitize_for_serialization(found)
             return await self._call(
                 self._custom.get_namespaced_custom_object,
                 resource.group,
@@ -155,6 +163,10 @@ class KubeApi:
 
     async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object; Conflict when the name is taken."""
+        if resource == SERVICEACCOUNTS:
+            account = client.V1ServiceAccount.from_dict(body)
+            made = await self._call(self._core.create_namespaced_service_account, namespace, account)
+            return self._client.sanitize_for_serialization(made)
         created = await self._call(
             self._custom.create_namespaced_custom_object,
             resource.group,

@@ -28,7 +28,7 @@ from .common import (
     spec_changed,
     wake_dependents,
 )
-from .jobs import create_child, name_conflict
+from .jobs import create_child, ensure_run_access, name_conflict
 from .kube import RAYSERVICES, ApiRejected, NotFound, Resource, kubeforge_resource
 
 KIND = "ModelDeployment"
@@ -182,9 +182,10 @@ async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any
         manifest = build_rayservice(deployment, ctx.config, model=model, canary=canary, adapters=adapters)
         wanted = manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
         if child is None:
-            child = await create_child(ctx, RAYSERVICES, body, manifest)
+            conflict = await ensure_run_access(ctx, KIND, body)
+            child = None if conflict else await create_child(ctx, RAYSERVICES, body, manifest)
             if child is None:
-                conflict = name_conflict(KIND, service_name, "RayService")
+                conflict = conflict or name_conflict(KIND, service_name, "RayService")
                 observation = Observation(child=conflict, dependency=dependency, suspend_requested=suspend)
                 return make_outcome(KIND, body, observation, "waiting")
         elif (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != wanted:

@@ -33,13 +33,15 @@ from .display import Renderer, make_renderer, watching
 from .manage import owned_outputs, step_log_path
 from .plan import Step, capacity_problems, plan_run
 from .resources import ResourceStore, typed, with_absolute_locations
-from .serving import answer_text, curl_commands, playground_url, post_json, sample_request
+from .serving import MODELS, answer_text, curl_commands, playground_url, post_json, sample_request, served_model
 from .summary import human_duration, metrics_text, seconds_between
 
 log = logging.getLogger(__name__)
 
 DATASET_MANIFEST = "_manifest.json"
 RAY_START_ATTEMPTS = 3
+MODEL_CONFIG = "config.json"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: what a LoRA adapter export holds instead of config.json
 
 
 @dataclass
@@ -164,24 +166,7 @@ def _exists(uri: str | None, *parts: str) -> bool:
 def model_exported(uri: str | None) -> bool:
     """Whether a TrainingJob's export is at uri: a Hugging Face directory (config.json) or, for
     `lora.export: adapter`, a peft adapter directory (adapter_config.json, no config.json)."""
-    from kubeforge_trainer.models.export import ADAPTER_CONFIG_FILE, CONFIG_FILE
-
-    return _exists(uri, CONFIG_FILE) or _exists(uri, ADAPTER_CONFIG_FILE)
-
-
-def model_task(uri: str) -> str:
-    """languageModeling or classification, from an exported model directory's config.json (a sequence
-    classification architecture) or its adapter_config.json (peft task_type SEQ_CLS)."""
-    from kubeforge_trainer import storage
-    from kubeforge_trainer.models.export import ADAPTER_CONFIG_FILE, CONFIG_FILE
-
-    if _exists(uri, CONFIG_FILE):
-        architectures = json.loads(storage.read_text(storage.join(uri, CONFIG_FILE))).get("architectures") or []
-        classifier = any(str(a).endswith("ForSequenceClassification") for a in architectures)
-    else:
-        adapter = json.loads(storage.read_text(storage.join(uri, ADAPTER_CONFIG_FILE)))
-        classifier = adapter.get("task_type") == "SEQ_CLS"
-    return "classification" if classifier else "languageModeling"
+    return _exists(uri, MODEL_CONFIG) or _exists(uri, ADAPTER_CONFIG)
 
 
 def _model_version(uri: str) -> str:
@@ -464,14 +449,18 @@ class LocalRun:
 
     # ---- serving ----
 
-    def _model_of(self, ref: Any, uri: str | None, field_path: str) -> tuple[str, str | None]:
-        """(model URI, version) from a modelRef (the TrainingJob's status) or a modelUri."""
+    def _model_of(
+        self, ref: Any, uri: str | None, field_path: str, marker: str = MODEL_CONFIG
+    ) -> tuple[str, str | None]:
+        """(model URI, version) from a modelRef (the TrainingJob's status) or a modelUri; marker is the file an
+        export of that kind holds (an adapter export has no config.json)."""
         if ref is None:
             return uri or "", None
         job = self.statuses.get("TrainingJob", ref.name)
         model_uri, version = job.get("modelUri"), job.get("modelVersion")
-        if not model_exported(model_uri):
-            raise StepFailed(f"{field_path}: TrainingJob/{ref.name} has not exported a model")
+        if not model_uri or not _exists(model_uri, marker):
+            what = "an adapter" if marker == ADAPTER_CONFIG else "a model"
+            raise StepFailed(f"{field_path}: TrainingJob/{ref.name} has not exported {what}")
         if ref.version and str(ref.version) != str(version):
             raise StepFailed(
                 f"{field_path.rsplit('.', 1)[0]}.version: TrainingJob/{ref.name} exported version {version!r}, "
@@ -496,6 +485,15 @@ class LocalRun:
                 args["canaryModelUri"] = canary_uri
                 if canary_version:
                     args["canaryModelVersion"] = canary_version
+            adapters = []
+            for i, adapter in enumerate(spec.adapters):
+                field_path = f"spec.adapters[{i}].modelRef.name"
+                adapter_uri, adapter_version = self._model_of(
+                    adapter.model_ref, adapter.uri, field_path, ADAPTER_CONFIG
+                )
+                adapters.append({"name": adapter.name, "uri": adapter_uri, "version": adapter_version or ""})
+            if adapters:  # modelRefs resolved here, as the operator resolves them for the RayService
+                args["adapters"] = adapters
         except StepFailed as exc:
             return self._fail_before_start(step, generation, status, str(exc))
 
@@ -519,7 +517,7 @@ class LocalRun:
         final = self._put(step, ready)
         outcome = StepOutcome(step.kind, step.name, "Ready", time.monotonic() - started, details=final)
         try:
-            self.samples[step.name] = self._sample(url, model_uri, spec.generation.max_tokens)
+            self.samples[step.name] = self._sample(url, spec.generation.max_tokens)
             if spec.playground:
                 self.samples[step.name]["playground"] = playground_url(url)
         except Exception as exc:
@@ -586,12 +584,14 @@ class LocalRun:
             running += states.get("RUNNING", 0)
         return total, running
 
-    def _sample(self, url: str, model_uri: str, max_tokens: int) -> dict[str, Any]:
-        """Ask the freshly deployed model for one answer; returns the task, prompt, answer and endpoint URL."""
-        task = model_task(model_uri)
-        request = sample_request(task, self.options.prompt, max_tokens)
+    def _sample(self, url: str, max_tokens: int) -> dict[str, Any]:
+        """Ask the freshly deployed model for one answer (a chat turn when it has a chat template); returns the task,
+        prompt, answer and endpoint URL."""
+        task, chat = served_model(post_json(url + MODELS, None))
+        request = sample_request(task, self.options.prompt, max_tokens, chat=chat)
         response = post_json(url + request.path, request.body)
-        return {"task": task, "prompt": self.options.prompt, "answer": answer_text(task, response), "url": url}
+        answer = answer_text(task, response)
+        return {"task": task, "chat": chat, "prompt": self.options.prompt, "answer": answer, "url": url}
 
     def _serve_forever(self) -> None:
         """Keep the deployments up until Ctrl-C (or SIGTERM)."""
@@ -660,7 +660,9 @@ class LocalRun:
             return None
 
     def _commands(self, sample: dict[str, Any]) -> list[str]:
-        return curl_commands(sample["url"], sample["task"], sample["prompt"], self.metrics_url)
+        return curl_commands(
+            sample["url"], sample["task"], sample["prompt"], self.metrics_url, chat=sample.get("chat", False)
+        )
 
     def _unexpected(self, current: Step | None, exc: Exception) -> int:
         log.error("unexpected error", exc_info=exc)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from kubeforge.cli import main
 from kubeforge.local.status import StatusStore
-from kubeforge.testing import cli_process
 from kubeforge_trainer.train.synthetic import write_dataset
+from support import cli_process
 from tokenizers import Tokenizer, models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

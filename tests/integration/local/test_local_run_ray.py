@@ -10,7 +10,7 @@ import pytest
 from kubeforge import conditions as c
 from kubeforge.cli import main
 from kubeforge.local.status import StatusStore
-from kubeforge.testing import cli_process
+from support import cli_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

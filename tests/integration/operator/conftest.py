@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import Cluster
-from kubeforge.testing.schemas import load_validators
+from support import EmulatorServer
+from support.cluster import Cluster
+from support.schemas import load_validators
 
 
 @pytest.fixture(scope="session")

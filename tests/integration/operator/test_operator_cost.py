@@ -11,19 +11,27 @@ from typing import Any
 
 import pytest
 from kubeforge.handlers.kube import USER_AGENT
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import Cluster
-from kubeforge.testing.manifests import quickstart_manifest
-from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
 from kubeforge_trainer.progress import KubeStatusReporter
+from support import EmulatorServer
+from support.cluster import Cluster
+from support.manifests import quickstart_manifest
+from support.runner import OperatorProcess, write_kubeconfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
-# The writes of one TrainingJob from creation to success (docs/operator.md, "API writes per life cycle"): its RayJob,
-# one status patch per change KubeRay reports (Pending, Initializing, Running, Succeeded), one Event per phase
-# entered (Pending, Running, Succeeded).
-LIFE_CYCLE_WRITES = {"POST rayjobs": 1, "PATCH trainingjobs/status": 4, "POST events": 3}
+# The writes of one TrainingJob from creation to success (docs/operator.md, "API writes per life cycle"): its own
+# ServiceAccount, Role and RoleBinding (the run's identity, created once), its RayJob, one status patch per change
+# KubeRay reports (Pending, Initializing, Running, Succeeded), one Event per phase entered (Pending, Running,
+# Succeeded).
+LIFE_CYCLE_WRITES = {
+    "POST serviceaccounts": 1,
+    "POST roles": 1,
+    "POST rolebindings": 1,
+    "POST rayjobs": 1,
+    "PATCH trainingjobs/status": 4,
+    "POST events": 3,
+}
 # Time for a write the operator would still make to reach the emulator (each is a reaction to a watch event).
 QUIET_SECONDS = 1.0
 
@@ -75,7 +83,7 @@ def test_one_training_job_life_cycle_costs_the_documented_writes(cluster: Cluste
     cluster.wait_for("three Events", lambda: len(cluster.events("TrainingJob", "gpt")) >= 3)
     time.sleep(QUIET_SECONDS)
     assert dict(operator_writes(cluster)) == LIFE_CYCLE_WRITES
-    assert sum(LIFE_CYCLE_WRITES.values()) == 8
+    assert sum(LIFE_CYCLE_WRITES.values()) == 11
 
     # A restart re-lists everything: a finished job costs no write (and KubeRay touching its RayJob none either).
     cluster.start_operator()
@@ -86,6 +94,7 @@ def test_one_training_job_life_cycle_costs_the_documented_writes(cluster: Cluste
     writes = operator_writes(cluster)
     assert writes["PATCH trainingjobs/status"] == LIFE_CYCLE_WRITES["PATCH trainingjobs/status"] + 1  # other's
     assert writes["POST rayjobs"] == 2 and writes["POST events"] == 4
+    assert writes["POST serviceaccounts"] == writes["POST roles"] == writes["POST rolebindings"] == 2
 
 
 def test_a_namespaced_operator_serves_its_namespace_without_listing_namespaces(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubeforge.handlers.kube import USER_AGENT
 from kubeforge.metrics import RECONCILES, RETRIES
-from kubeforge.testing.cluster import NAMESPACE, Cluster
 from kubeforge_trainer.progress import KubeStatusReporter
 from shipped import quickstart_manifest
+from support.cluster import NAMESPACE, Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -403,8 +403,14 @@ def test_deleting_with_no_operator_running_completes_and_the_children_go_by_garb
         ("RayJob", "gpt-train-r1", job),
         ("RayService", "quickstart-gpt", deployment),
         ("PodMonitor", "quickstart-gpt-ray", deployment),
+        ("Role", "kubeforge-tj-gpt", job),
+        ("RoleBinding", "kubeforge-tj-gpt", job),
+        ("Role", "kubeforge-md-quickstart-gpt", deployment),
+        ("RoleBinding", "kubeforge-md-quickstart-gpt", deployment),
     ):
         assert owned_by(cluster.get(kind, name), owner), f"{kind} {name}"
+    for name, owner in (("kubeforge-tj-gpt", job), ("kubeforge-md-quickstart-gpt", deployment)):
+        assert owned_by(cluster.service_account(name), owner), f"ServiceAccount {name}"
 
     cluster.stop_operator()  # stopped, crash-looping or uninstalled
     cluster.delete("TrainingJob", "gpt")
@@ -412,6 +418,61 @@ def test_deleting_with_no_operator_running_completes_and_the_children_go_by_garb
     assert cluster.get("TrainingJob", "gpt") is None and cluster.get("ModelDeployment", "quickstart-gpt") is None
     # The emulator's garbage collector, like Kubernetes', follows the owner references checked above.
     assert cluster.names("RayJob") == [] and cluster.names("RayService") == [] and cluster.names("PodMonitor") == []
+    assert cluster.names("Role") == [] and cluster.names("RoleBinding") == []
+    assert cluster.service_account("kubeforge-tj-gpt") is None
+    assert cluster.service_account("kubeforge-md-quickstart-gpt") is None
+
+
+def test_each_run_gets_its_own_identity_limited_to_its_own_status(cluster: Cluster) -> None:
+    """A ServiceAccount, a Role with resourceNames [the run] and their RoleBinding, created before the RayJob and
+    used by its Ray pods; spec.serviceAccountName gets the Role bound to it instead of a new ServiceAccount."""
+    cluster.apply(training_job())
+    cluster.apply(training_job("own-sa", serviceAccountName="team-a-trainer"))
+    rayjob = cluster.wait_child("RayJob", "gpt-train")
+    role = cluster.get("Role", "kubeforge-tj-gpt")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["kubeforge.dev"],
+            "resources": ["trainingjobs/status"],
+            "resourceNames": ["gpt"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["kubeforge.dev"], "resources": ["trainingjobs"], "resourceNames": ["gpt"], "verbs": ["get"]},
+    ]
+    binding = cluster.get("RoleBinding", "kubeforge-tj-gpt")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubeforge-tj-gpt"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubeforge-tj-gpt", "namespace": NAMESPACE}]
+    assert cluster.service_account("kubeforge-tj-gpt") is not None
+    cluster_spec = rayjob["spec"]["rayClusterSpec"]
+    for pod in (cluster_spec["headGroupSpec"]["template"], cluster_spec["workerGroupSpecs"][0]["template"]):
+        assert pod["spec"]["serviceAccountName"] == "kubeforge-tj-gpt"
+
+    own = cluster.wait_child("RayJob", "own-sa-train")
+    assert own["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == "team-a-trainer"
+    assert cluster.service_account("kubeforge-tj-own-sa") is None
+    own_binding = cluster.get("RoleBinding", "kubeforge-tj-own-sa")
+    assert own_binding["subjects"] == [{"kind": "ServiceAccount", "name": "team-a-trainer", "namespace": NAMESPACE}]
+
+
+def test_a_foreign_role_with_the_runs_name_is_never_bound(cluster: Cluster) -> None:
+    """A Role of that name not owned by the run could grant anything: the run waits with NameConflict instead."""
+    cluster.api.create_namespaced_custom_object(
+        "rbac.authorization.k8s.io",
+        "v1",
+        NAMESPACE,
+        "roles",
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "kubeforge-tj-gpt"}},
+    )
+    cluster.apply(training_job())
+    status = cluster.wait_for(
+        "the NameConflict status",
+        lambda: (
+            cluster.condition("TrainingJob", "gpt", "Ready").get("reason") == "NameConflict"
+            and cluster.get("TrainingJob", "gpt")["status"]
+        ),
+    )
+    assert "Role kubeforge-tj-gpt exists and is not owned by this TrainingJob" in status["message"], status
+    assert cluster.get("RoleBinding", "kubeforge-tj-gpt") is None and cluster.names("RayJob") == []
 
 
 def test_an_old_finalizer_is_removed_so_it_never_blocks_a_deletion(cluster: Cluster) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubeforge.testing.cluster import Cluster
-from kubeforge.testing.manifests import quickstart_manifest
+from support.cluster import Cluster
+from support.manifests import quickstart_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -4,6 +4,7 @@ status write that makes concurrent writers safe."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,25 @@ from kubeforge.handlers.common import OperatorContext, Outcome, reconcile_via_ap
 from kubeforge.handlers.kube import KubeApi, kubeforge_resource, load_configuration
 from kubeforge.handlers.trainingjob import reconcile_trainingjob
 from kubeforge.metrics import RECONCILES
-from kubeforge.testing import EmulatorServer
-from kubeforge.testing.cluster import NAMESPACE, Cluster
-from kubeforge.testing.runner import OperatorProcess, write_kubeconfig
 from shipped import quickstart_manifest
+from support import EmulatorServer
+from support.cluster import NAMESPACE, Cluster
+from support.runner import OperatorProcess, write_kubeconfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The chart's workload.serviceAccount.annotations, as it hands them to the operator (a cloud identity).
+IRSA = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/kubeforge"}
 
 
 def test_the_operator_process_serves_liveness_and_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
     with EmulatorServer() as server:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-        process = OperatorProcess(kubeconfig, env={"KUBEFORGE_REQUEUE_SECONDS": "60"}, log_path=tmp_path / "log")
+        process = OperatorProcess(
+            kubeconfig,
+            env={"KUBEFORGE_REQUEUE_SECONDS": "60", "KUBEFORGE_RUN_SERVICE_ACCOUNT_ANNOTATIONS": json.dumps(IRSA)},
+            log_path=tmp_path / "log",
+        )
         process.start()
         try:
             cluster = Cluster(server)
@@ -34,7 +42,9 @@ def test_the_operator_process_serves_liveness_and_metrics_and_stops_on_sigterm(t
             rayjob = cluster.wait_child("RayJob", "quickstart-gpt-train")
             # Settings from the environment reach the children (KUBEFORGE_* of the Helm chart).
             pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-            assert pod["serviceAccountName"] == OperatorConfig().workload_service_account
+            assert pod["serviceAccountName"] == "kubeforge-tj-quickstart-gpt"
+            account = cluster.service_account("kubeforge-tj-quickstart-gpt")
+            assert account is not None and account["metadata"]["annotations"] == IRSA
             cluster.wait_status("TrainingJob", "quickstart-gpt", phase="Pending", childName="quickstart-gpt-train")
             metrics = cluster.wait_for(
                 "the reconcile in /metrics",

@@ -227,6 +227,7 @@ def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
     tuned = lora.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
     assert tuned.choices[0].message.content == peft_greedy(chat_dir, fr, MESSAGES, 10)
     assert tuned.choices[0].message.content != base.choices[0].message.content
+    assert (tuned.model, base.model) == ("fr", LORA)  # the answer names the model the request picked
     assert [m.id for m in lora.models.list().data] == [LORA, "fr"]
 
     # A second adapter joins while the first keeps serving (streamed: adapters stream too).
@@ -234,7 +235,9 @@ def test_adapters_load_into_the_running_replicas_and_are_chosen_by_model(
     deploy_as_kuberay(chat_dir, deployment_resource, adapters)
     assert replica_actors() == before
     stream = lora.chat.completions.create(model="de", messages=MESSAGES, max_tokens=10, temperature=0, stream=True)
-    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert {c.model for c in chunks} == {"de"}
     assert streamed == peft_greedy(chat_dir, de, MESSAGES, 10)
     again = lora.chat.completions.create(model="fr", messages=MESSAGES, max_tokens=10, temperature=0)
     assert again.choices[0].message.content == tuned.choices[0].message.content

@@ -43,7 +43,7 @@ TOGGLES: dict[str, dict[str, Any]] = {
         }
     },
     "namespaced-workload-namespaces": {"watchNamespaces": ["team-a"], "workload": {"namespaces": ["team-a-runs"]}},
-    "no-workload-identity": {"workload": {"serviceAccount": {"create": False}, "rbac": False}},
+    "no-workload-identity": {"workload": {"serviceAccount": {"create": False}}},
     "kuberay": {"kuberay": {"enabled": True, "image": {"tag": "v1.7.1"}}},
     "network-policy": {"networkPolicy": {"enabled": True}, "workload": {"namespaces": ["runs-a", "runs-b"]}},
     "network-policy-serve-from": {

@@ -1,5 +1,6 @@
-"""Least privilege, checked on the rendered RBAC: the operator's and the workload's effective permissions are exactly
-the API calls they make, per namespace and cluster-wide, and no Role in any configuration uses a wildcard."""
+"""Least privilege, checked on the rendered RBAC: the operator's effective permissions are exactly the API calls it
+makes, per namespace and cluster-wide, the shared workload ServiceAccount has none, the operator holds every permission
+of the per-run Roles it creates (no escalate or bind needed), and no Role in any configuration uses a wildcard."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 from chart_toggles import TOGGLES
 from conftest import NAMESPACE, RELEASE, find
+from kubeforge.builders.access import build_run_access
+from kubeforge.constants import KINDS as KUBEFORGE_KINDS
 
 Triple = tuple[str, str, str, str]  # (apiGroup, resource, verb, resource name or "*" for all)
 CLUSTER = "<cluster>"
@@ -29,6 +32,10 @@ OPERATOR_NAMESPACED = (
     # kopf posts core v1 Events (kopf/_cogs/clients/events.py: a POST, never a patch, never events.k8s.io).
     | triples([""], ["events"], ["create"])
     | triples(["monitoring.coreos.com"], ["podmonitors", "servicemonitors"], ["get", "create", "patch", "delete"])
+    # Each run's ServiceAccount, Role and RoleBinding (builders/access.py): created, read back after a 409; no delete
+    # (owner references), no patch (never changed after creation).
+    | triples([""], ["serviceaccounts"], ["get", "create"])
+    | triples(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create"])
 )
 # ... and on cluster-scoped resources.
 OPERATOR_CRD_READ = triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"])
@@ -40,8 +47,6 @@ PEERING_CLUSTER = triples(["kopf.dev"], ["clusterkopfpeerings"], ["list", "watch
 PEERING_NAMESPACED = triples(["kopf.dev"], ["kopfpeerings"], ["list", "watch"]) | triples(
     ["kopf.dev"], ["kopfpeerings"], ["get", "patch"], ("kubeforge",)
 )
-# The Ray pods may only read and patch the status of kubeforge resources.
-WORKLOAD = triples(["kubeforge.dev"], [f"{k}/status" for k in KINDS], ["get", "patch"])
 
 ROLE_KINDS = ("Role", "ClusterRole")
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "update", "deletecollection"}
@@ -124,17 +129,50 @@ def test_rbac_create_false_renders_no_operator_rbac(render) -> None:
         ("namespaced-workload-namespaces", "kubeforge-workload", ["team-a-runs"]),
     ],
 )
-def test_workload_identity(render, toggle: str, sa: str, namespaces: list[str]) -> None:
-    """The Ray pods' ServiceAccount may only get and patch kubeforge status, and only in its own namespace."""
+def test_the_shared_workload_service_account_has_no_permissions(
+    render, toggle: str, sa: str, namespaces: list[str]
+) -> None:
+    """Each run gets its own Role for its own status from the operator; the shared account gets nothing."""
     docs = render(TOGGLES[toggle])
     for ns in namespaces:
         assert find(docs, "ServiceAccount", sa, ns), f"no workload ServiceAccount in {ns}"
-        assert permissions(docs, sa, ns) == {ns: WORKLOAD}
+        assert permissions(docs, sa, ns) == {}
+    assert not [
+        d for d in docs if d["kind"] in (*ROLE_KINDS, "RoleBinding") and d["metadata"]["name"].endswith("-workload")
+    ]
 
 
-def test_workload_identity_can_be_left_to_the_user(render) -> None:
+def test_the_shared_workload_service_account_can_be_left_out(render) -> None:
     docs = render(TOGGLES["no-workload-identity"])
-    assert permissions(docs, "kubeforge-workload", NAMESPACE) == {}
+    assert not find(docs, "ServiceAccount", "kubeforge-workload")
+
+
+def run_role_permissions(kind: str, namespace: str) -> set[Triple]:
+    """What a run's Role (operator/kubeforge/builders/access.py) grants."""
+    objects = build_run_access(kind, "run", namespace, None)
+    [role] = [o for o in objects if o["kind"] == "Role"]
+    return rule_triples(role["rules"])
+
+
+def covered(held: set[Triple], wanted: set[Triple]) -> bool:
+    """Whether every wanted permission is held, by name or for all names ("*")."""
+    return all(t in held or (*t[:3], "*") in held for t in wanted)
+
+
+@pytest.mark.parametrize("toggle", ["defaults", "namespaced"])
+def test_the_operator_holds_every_permission_of_the_run_roles_it_creates(render, toggle: str) -> None:
+    """Kubernetes lets the operator create a Role, and a RoleBinding to it, only with permissions it holds itself
+    (RBAC privilege-escalation prevention) unless it has escalate/bind, which it does not get."""
+    values = TOGGLES[toggle]
+    got = permissions(render(values), OPERATOR_SA, NAMESPACE)
+    for ns in values.get("watchNamespaces") or ["any-namespace"]:
+        held = got.get(ns, set()) | got.get(CLUSTER, set())
+        for kind in KUBEFORGE_KINDS:
+            assert covered(held, run_role_permissions(kind, ns)), (ns, kind)
+    # Not vacuous: without the status rules the check fails.
+    held = {t for t in got.get(CLUSTER, set()) if not t[1].endswith("/status")}
+    if held:
+        assert not covered(held, run_role_permissions("TrainingJob", "x"))
 
 
 @pytest.mark.parametrize("toggle", sorted(TOGGLES))

@@ -296,8 +296,9 @@ def test_operator_env_is_what_the_operator_reads(render, toggle: str) -> None:
     assert config.metrics_port == ports["metrics"]
     assert config.health_port == ports["health"]
     assert config.watch_namespaces == tuple(values.get("watchNamespaces", ()))
-    expected_sa = values.get("workload", {}).get("serviceAccount", {}).get("name", "kubeforge-workload")
-    assert config.workload_service_account == expected_sa
+    # The workload annotations are the template of every run's own ServiceAccount.
+    expected = values.get("workload", {}).get("serviceAccount", {}).get("annotations", {})
+    assert dict(config.run_service_account_annotations) == expected
 
 
 def test_operator_settings_reach_the_operator(render) -> None:
@@ -431,7 +432,6 @@ def test_namespaced_mode(render) -> None:
         one(docs, "Role", f"{RELEASE}-kubeforge", ns)
         one(docs, "RoleBinding", f"{RELEASE}-kubeforge", ns)
         one(docs, "ServiceAccount", "kubeforge-workload", ns)
-        one(docs, "Role", f"{RELEASE}-kubeforge-workload", ns)
     assert not find(docs, "ServiceAccount", "kubeforge-workload", NAMESPACE)
 
 
@@ -459,6 +459,9 @@ def test_workload_service_account_per_namespace(render) -> None:
     docs = render(TOGGLES["no-workload-identity"])
     assert not find(docs, "ServiceAccount", "kubeforge-workload")
     assert not [d for d in docs if d["metadata"]["name"].endswith("-workload")]
+    # Every toggle with workload annotations hands them to the operator for the runs' ServiceAccounts.
+    config = OperatorConfig.from_env(_env(_container(render(values))))
+    assert dict(config.run_service_account_annotations) == values["workload"]["serviceAccount"]["annotations"]
 
 
 def test_no_kuberay_objects_without_the_dependency(render) -> None:

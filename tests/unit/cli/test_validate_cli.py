@@ -194,6 +194,15 @@ ONE_LINE = {
         _tj(spec=TJ_SPEC.replace("maxSteps: 10", "maxSteps: 10, learningRat: 0.1")),
         'spec.training.learningRat: unknown field (did you mean "learningRate"?)',
     ),
+    "old-model-fields-get-the-migration": (
+        _tj(spec=TJ_SPEC + "  model: {nLayers: 2, nHeads: 2, dModel: 64}\n"),
+        "spec.model: the model section now describes a Hugging Face architecture; rename nLayers -> layers, "
+        "nHeads -> heads, dModel -> hiddenSize",
+    ),
+    "old-pretrained-path-gets-the-migration": (
+        _tj(spec=TJ_SPEC + "  model: {pretrained: {path: /m, format: huggingface}}\n"),
+        "spec.model: renamed to pretrained.uri",
+    ),
     "duplicate-key": (
         _tj(spec=TJ_SPEC.replace("  training: {maxSteps: 10}\n", "  training:\n    maxSteps: 10\n    maxSteps: 20\n")),
         "spec.training.maxSteps: duplicate key (line 8; first on line 7): YAML keeps only the last",

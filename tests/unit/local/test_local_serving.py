@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from kubeforge.local.serving import answer_text, curl_commands, post_json, sample_request
+from kubeforge.local.serving import answer_text, curl_commands, post_json, sample_request, served_model
 
 
 def test_sample_request_per_task():
@@ -16,6 +16,29 @@ def test_sample_request_per_task():
     assert (lm.path, lm.body) == ("/v1/completions", {"prompt": "The Python", "max_tokens": 48})
     cls = sample_request("classification", "some text")
     assert (cls.path, cls.body) == ("/v1/classify", {"input": "some text"})
+
+
+def test_a_model_with_a_chat_template_is_shown_off_with_a_chat_turn():
+    models = {
+        "data": [
+            {"id": "m", "task": "languageModeling", "chatTemplate": True},
+            {"id": "terse", "parent": "m", "version": "v1"},
+        ]
+    }
+    task, chat = served_model(models)
+    assert (task, chat) == ("languageModeling", True)
+    request = sample_request(task, "What does json.dumps do?", 16, chat=chat)
+    assert request.path == "/v1/chat/completions"
+    assert request.body == {"messages": [{"role": "user", "content": "What does json.dumps do?"}], "max_tokens": 16}
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "It"}}]}
+    assert answer_text(task, answer) == "It"
+    assert served_model({"data": [{"id": "m", "task": "classification", "chatTemplate": False}]}) == (
+        "classification",
+        False,
+    )
+    commands = curl_commands("http://h:1", task, "hi", None, chat=True)
+    assert all("/v1/chat/completions" in c for c in commands[:2])
+    assert json.loads(shlex.split(commands[1])[-1])["stream"] is True
 
 
 def test_answer_text():

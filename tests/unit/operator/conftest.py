@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.schemas import load_validators
+from support.schemas import load_validators
 
 
 @pytest.fixture()
@@ -17,7 +17,6 @@ def config() -> OperatorConfig:
     return OperatorConfig(
         trainer_image="registry.example/kubeforge/trainer:1.2.3",
         ray_version="2.60.0",
-        workload_service_account="kf-workload",
         serve_port=8000,
     )
 

@@ -21,8 +21,8 @@ from kubeforge.builders import (
 from kubeforge.builders.common import MAX_RAY_NAME_LENGTH
 from kubeforge.builders.rayjob import build_retry
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.manifests import quickstart_body
-from kubeforge.testing.schemas import pod_template_errors, schema_errors
+from support.manifests import quickstart_body
+from support.schemas import pod_template_errors, schema_errors
 
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 POD_OVERRIDES = {
@@ -87,7 +87,7 @@ def test_datapipeline_rayjob_is_exactly_the_expected_manifest(config: OperatorCo
         return {
             "metadata": {"labels": labels},
             "spec": {
-                "serviceAccountName": "kf-workload",
+                "serviceAccountName": "kubeforge-dp-quickstart-corpus",
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [
                     {

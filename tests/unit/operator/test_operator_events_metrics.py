@@ -9,8 +9,8 @@ from kubeforge.builders import parse_resource
 from kubeforge.conditions import set_condition
 from kubeforge.events import Event, transition_events
 from kubeforge.metrics import PhaseTracker
-from kubeforge.testing.manifests import quickstart_body
 from prometheus_client import CollectorRegistry, generate_latest
+from support.manifests import quickstart_body
 
 
 def with_condition(type_: str, status: bool, reason: str, message: str = "") -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ import yaml
 from kubeforge.api import DataPipeline, ModelDeployment, TrainingJob
 from kubeforge.builders import ResolvedModel, build_rayjob, build_rayservice
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.schemas import pod_template_errors, schema_errors
 from shipped import FINETUNE, validated
+from support.schemas import pod_template_errors, schema_errors
 
 TYPES = {"DataPipeline": DataPipeline, "TrainingJob": TrainingJob, "ModelDeployment": ModelDeployment}
 

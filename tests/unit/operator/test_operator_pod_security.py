@@ -12,7 +12,7 @@ from kubeforge.api import DataPipeline
 from kubeforge.builders import build_rayjob
 from kubeforge.builders.common import shm_size
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.manifests import quickstart_body
+from support.manifests import quickstart_body
 from test_operator_builders import POD_OVERRIDES, generated_children
 
 # Baseline, "Capabilities": what may be added (Restricted narrows it to NET_BIND_SERVICE).

@@ -10,8 +10,8 @@ import yaml
 from kubeforge.api import ModelDeployment
 from kubeforge.builders.rayservice import ResolvedModel, build_rayservice
 from kubeforge.config import OperatorConfig
-from kubeforge.testing.schemas import load_validators, schema_errors
 from kubeforge.validate import validate_document
+from support.schemas import load_validators, schema_errors
 
 
 def manifest(**spec: Any) -> dict[str, Any]:

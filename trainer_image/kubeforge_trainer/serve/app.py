@@ -409,13 +409,16 @@ class InferenceServer:
         for task in tasks:
             task.adapter = adapter
         request_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+        answered_by = adapter or self.name  # as OpenAI and vLLM do: the answer names the model the request picked
         if not request.stream:
             result = await server.complete(tasks, admission)
             body = (chat_body if chat else completion_body)(
-                request_id, created, self.name, server.version.version, result
+                request_id, created, answered_by, server.version.version, result
             )
             return JSONResponse(body, headers=self._headers(server, request_id)), admission
-        chunks = self._sse(server, tasks, events, request, request_id, created, route, started, admission)
+        chunks = self._sse(
+            server, tasks, events, request, (request_id, created, answered_by), route, started, admission
+        )
         headers = {**self._headers(server, request_id), "Cache-Control": "no-cache"}
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers), None
 
@@ -431,19 +434,19 @@ class InferenceServer:
         tasks: list[GenerationTask],
         events: asyncio.Queue[Any],
         request: CompletionRequest | ChatRequest,
-        request_id: str,
-        created: int,
+        ids: tuple[str, int, str],
         route: str,
         started: float,
         admission: Admission,
     ) -> AsyncIterator[bytes]:
+        request_id, created, answered_by = ids  # every chunk's id, created time and model
         version = server.version.version
         running: asyncio.Future | None = None
         chat = isinstance(request, ChatRequest)
         chunk = chat_chunk if chat else completion_chunk
         try:
             if chat:  # OpenAI's first chat chunk names the role
-                yield sse_event(chat_chunk(request_id, created, self.name, version, [StreamDelta(0, "")], first=True))
+                yield sse_event(chat_chunk(request_id, created, answered_by, version, [StreamDelta(0, "")], first=True))
             # Deltas are queued from the generation thread before the run completes, so the sentinel comes last.
             running = asyncio.ensure_future(server.run(tasks, admission))
             running.add_done_callback(lambda _: events.put_nowait(_STREAM_DONE))
@@ -453,11 +456,11 @@ class InferenceServer:
                 done = _STREAM_DONE in pending
                 deltas = [e for e in pending if e is not _STREAM_DONE]
                 if deltas:
-                    yield sse_event(chunk(request_id, created, self.name, version, merge_deltas(deltas)))
+                    yield sse_event(chunk(request_id, created, answered_by, version, merge_deltas(deltas)))
             running.result()
             if request.include_usage:
                 totals = usage(sum(len(t.prompt_ids) for t in tasks), sum(len(t.token_ids) for t in tasks))
-                yield sse_event(chunk(request_id, created, self.name, version, [], totals))
+                yield sse_event(chunk(request_id, created, answered_by, version, [], totals))
             yield sse_event("[DONE]")
         except Exception:  # headers are sent: the error can only travel inside the stream
             log.exception("completion stream %s failed", request_id)

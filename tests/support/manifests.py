@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart"
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 
 
 @functools.cache

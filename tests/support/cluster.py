@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kubeforge.config import OperatorConfig
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..config import OperatorConfig
 from .runner import EmulatorServer, OperatorRunner
 from .schemas import pod_template_errors, schema_errors
 
@@ -23,6 +23,8 @@ RESOURCES = {
     "RayService": ("ray.io", "v1", "rayservices"),
     "PodMonitor": ("monitoring.coreos.com", "v1", "podmonitors"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 NAMESPACE = "ml"
 WAIT_SECONDS = 30.0
@@ -30,7 +32,6 @@ WAIT_SECONDS = 30.0
 # Short resync so a test never waits long for the safety net; events drive everything the tests check.
 TEST_CONFIG = OperatorConfig(
     trainer_image="registry.example/kubeforge/trainer:test",
-    workload_service_account="kf-workload",
     requeue_seconds=2.0,
     metrics_port=0,
 )
@@ -93,6 +94,16 @@ class Cluster:
         """Delete an object."""
         group, version, plural = RESOURCES[kind]
         self.api.delete_namespaced_custom_object(group, version, NAMESPACE, plural, name)
+
+    def service_account(self, name: str) -> dict[str, Any] | None:
+        """A ServiceAccount (core v1) as a dict, or None."""
+        try:
+            found = self.core.read_namespaced_service_account(name, NAMESPACE)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self.core.api_client.sanitize_for_serialization(found)
 
     def names(self, kind: str) -> list[str]:
         """Names of the objects of a kind."""

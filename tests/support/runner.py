@@ -22,8 +22,8 @@ from typing import Any
 import kmock
 import kopf
 import yaml
+from kubeforge.config import OperatorConfig
 
-from ..config import OperatorConfig
 from .emulator import KubeforgeEmulator
 
 START_TIMEOUT = 30.0
@@ -106,7 +106,7 @@ class OperatorRunner:
         config: OperatorConfig,
         adjust_settings: Callable[[kopf.OperatorSettings], None] = emulator_settings,
     ) -> None:
-        from ..controller import register
+        from kubeforge.controller import register
 
         self.registry = kopf.OperatorRegistry()
         register(self.registry, config, server=server, adjust_settings=adjust_settings)
