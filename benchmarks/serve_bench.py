@@ -52,9 +52,9 @@ from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.quantize import accuracy, perplexity
 from kubeforge_trainer.serve.runner import ModelRunner
 
-# The tiny model builders are test scaffolding (tests/tiny_models.py), not part of the shipped package.
+# The tiny model builders are test scaffolding (tests/support/tiny_models.py), not part of the shipped package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_models import build_tiny_chat_model, build_tiny_classifier, build_tiny_language_model
+from support.tiny_models import build_tiny_chat_model, build_tiny_classifier, build_tiny_language_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
 TARGET_ADDED_P50_MS = 3.0
@@ -410,7 +410,7 @@ def run_chat_benchmark(args: argparse.Namespace, workdir: Path) -> str:
         f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after (the machine is shared with other work, "
         "which the load average shows).",
         f"Model: random-weight Llama, {args.chat_layers} layers, hidden 64, {params:,} parameters, built by "
-        "tests/tiny_models.py (Hugging Face directory, chat template). Workload: one-message "
+        "tests/support/tiny_models.py (Hugging Face directory, chat template). Workload: one-message "
         f"chats, greedy, up to {args.max_tokens} tokens (a random model may end earlier at EOS; tokens/s counts the "
         "tokens really generated). Baseline: transformers `generate` in this process, one request at a time, one torch "
         "thread. "

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import (
+from support.tiny_models import (
     TinyModel,
     build_tiny_chat_model,
     build_tiny_classifier,

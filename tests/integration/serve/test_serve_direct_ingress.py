@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 from kubeforge_trainer.serve import serve_locally, stop_locally
+from support.tiny_models import TinyModel
 from test_serve_http import BAD_REQUESTS  # this folder is on sys.path (no package)
-from tiny_models import TinyModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from kubeforge.api.modeldeployment import GenerationDefaults
 from kubeforge_trainer import storage
 from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.runner import ModelRunner
-from tiny_models import TinyModel
+from support.tiny_models import TinyModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

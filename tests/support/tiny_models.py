@@ -148,7 +148,7 @@ def _save(
         "packageVersion": importlib.metadata.version("kubeforge"),
         "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
-        "source": "tests/tiny_models.py",
+        "source": "tests/support/tiny_models.py",
     }
     hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS)
     return save_hf_model(directory, model, tokenizer=hf, info=info)
