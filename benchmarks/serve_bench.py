@@ -51,7 +51,10 @@ from kubeforge.api.modeldeployment import GenerationDefaults
 from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.quantize import accuracy, perplexity
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import build_tiny_classifier, build_tiny_language_model
+
+# The tiny model builders are test scaffolding (tests/support/tiny_models.py), not part of the shipped package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.tiny_models import build_tiny_chat_model, build_tiny_classifier, build_tiny_language_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
 TARGET_ADDED_P50_MS = 3.0
@@ -373,7 +376,6 @@ def run_chat_benchmark(args: argparse.Namespace, workdir: Path) -> str:
     """The chat benchmark's markdown section."""
     import ray
     from kubeforge_trainer.serve import serve_locally
-    from kubeforge_trainer.serve.tiny_model import build_tiny_chat_model
     from safetensors.torch import load_file
 
     load_before = os.getloadavg()
@@ -408,7 +410,7 @@ def run_chat_benchmark(args: argparse.Namespace, workdir: Path) -> str:
         f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after (the machine is shared with other work, "
         "which the load average shows).",
         f"Model: random-weight Llama, {args.chat_layers} layers, hidden 64, {params:,} parameters, built by "
-        "`tiny_model.build_tiny_chat_model` (Hugging Face directory with a chat template). Workload: one-message "
+        "tests/support/tiny_models.py (Hugging Face directory, chat template). Workload: one-message "
         f"chats, greedy, up to {args.max_tokens} tokens (a random model may end earlier at EOS; tokens/s counts the "
         "tokens really generated). Baseline: transformers `generate` in this process, one request at a time, one torch "
         "thread. "
@@ -498,7 +500,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
     int8 = ModelRunner.load(model_dir, "v1", quantization="int8")
     ppl = {"fp32": perplexity(fp32.model, tiny.heldout), "int8": perplexity(int8.model, tiny.heldout)}
     classifier = build_tiny_classifier(workdir / "classifier", steps=args.train_steps)
-    pad = classifier.config.pad_token_id
+    pad = classifier.pad_token_id
     acc = {
         mode: accuracy(
             ModelRunner.load(str(classifier.path), "c1", quantization=mode).model,
@@ -609,7 +611,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> str:
     serve.shutdown()
     ray.shutdown()
 
-    return render(args, runs, ratios, ppl, acc, tiny.config.num_parameters(), load_before, os.getloadavg())
+    return render(args, runs, ratios, ppl, acc, fp32.loaded.num_parameters, load_before, os.getloadavg())
 
 
 def render(
@@ -643,7 +645,7 @@ def render(
         f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, ray {version('ray')}; load average {load_before[0]:.1f} before and "
         f"{load_after[0]:.1f} after.",
-        f"Model: GPT, 2 layers, d_model 128, 4 heads, context 128, {parameters:,} parameters (the quickstart's size), "
+        f"Model: GPT-2, 2 layers, d_model 128, 4 heads, context 128, {parameters:,} parameters (quickstart size), "
         f"trained {args.train_steps} steps on standard-library docstrings. Workload: prompt `{PROMPT}`, "
         f"greedy, {args.max_tokens} completion tokens per request. Each app: one model replica with one CPU "
         "(one torch thread), batching `maxBatchSize` "
@@ -707,7 +709,7 @@ def render(
         f"int8 {ppl['int8']:.3f} ({100 * (ppl['int8'] / ppl['fp32'] - 1):+.2f}%). In-process p50 latency "
         f"fp32 {runs['inproc'].p50_ms:.2f} ms, int8 {runs['inproc_int8'].p50_ms:.2f} ms.",
         "",
-        f"Classifier (GPTForClassification, 2 layers, d_model 64, {args.train_steps} steps; does a docstring line "
+        f"Classifier (GPT-2 + sequence head, 2 layers, d_model 64, {args.train_steps} steps; does a docstring line "
         f'mention "return"?), held-out accuracy: fp32 {acc["none"]:.4f}, int8 {acc["int8"]:.4f} '
         f"({100 * (acc['int8'] - acc['none']):+.2f} points; majority class {acc['majority']:.4f}).",
         "",

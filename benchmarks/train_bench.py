@@ -1,6 +1,7 @@
 """Training throughput of kubeforge's TrainingJob runtime: tokens/s and MFU per architecture and ZeRO stage, the
 overhead of Ray Train against the same step loop under the plain `deepspeed` launcher, and kubeforge's old
-home-made decoder (`models/gpt.py`) against the `transformers` models of the same shape, all measured in one run.
+home-made decoder (retired; kept as the baseline `benchmarks/baselines/old_decoder.py`) against the `transformers`
+models of the same shape, all measured in one run.
 
 Meant for one H100 (the issue's setting): GPT-2-124M (transformers `gpt2`: 12 layers, 12 heads, width 768,
 vocabulary 50304) and a Llama-architecture model of similar size (same widths, SwiGLU MLP of 2048, untied output
@@ -271,7 +272,7 @@ def decoder_step_rate(config: BenchConfig, model_name: str, steps: int, warmup: 
     torch.manual_seed(0)
     device = "cuda" if config.gpus else "cpu"
     if model_name == "old-gpt":
-        from kubeforge_trainer.models.gpt import GPT, ModelConfig
+        from baselines.old_decoder import GPT, ModelConfig  # the retired decoder, kept as the baseline
 
         legacy = ModelConfig(vocab_size=config.vocab, n_layers=config.n_layers, n_heads=config.n_heads,
                              d_model=config.d_model, context_length=config.context)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Test support shared by the operator's tests and benchmark: the Kubernetes API emulator and runners."""
+"""Test support shared by the tests and benchmarks: the Kubernetes API emulator and runners (operator), tiny model
+directories (tiny_models: serving)."""
 
 from .emulator import KubeforgeEmulator
 from .runner import EmulatorServer, OperatorRunner, cli_process, emulator_settings

@@ -163,6 +163,12 @@ def _exists(uri: str | None, *parts: str) -> bool:
         return False
 
 
+def model_exported(uri: str | None) -> bool:
+    """Whether a TrainingJob's export is at uri: a Hugging Face directory (config.json) or, for
+    `lora.export: adapter`, a peft adapter directory (adapter_config.json, no config.json)."""
+    return _exists(uri, MODEL_CONFIG) or _exists(uri, ADAPTER_CONFIG)
+
+
 def _model_version(uri: str) -> str:
     """The version recorded in a model directory's kubeforge.json (what serving reports for a modelUri)."""
     from kubeforge_trainer import storage
@@ -372,7 +378,7 @@ class LocalRun:
             return self._fail_before_start(step, generation, status, str(exc))
         # Fresh data (the DataPipeline finished after this job started) makes a finished model stale.
         data_newer = (seconds_between(status.get("startTime"), data_status.get("completionTime")) or 0) > 0
-        if st.is_up_to_date(status, generation) and _exists(status.get("modelUri"), MODEL_CONFIG) and not data_newer:
+        if st.is_up_to_date(status, generation) and model_exported(status.get("modelUri")) and not data_newer:
             return self._up_to_date(step, status)
 
         def work(reporter: Any) -> dict[str, Any]:

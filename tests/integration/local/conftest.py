@@ -73,7 +73,7 @@ def write_docs(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny language-model directory in the exported layout (trained in seconds on docstrings)."""
-    from kubeforge_trainer.serve.tiny_model import build_tiny_language_model
+    from support.tiny_models import build_tiny_language_model
 
     return build_tiny_language_model(tmp_path_factory.mktemp("model") / "model", version="v1", steps=20).path
 

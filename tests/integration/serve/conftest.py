@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import requests
-from kubeforge_trainer.serve.tiny_model import (
+from prometheus_client.parser import text_string_to_metric_families
+from support.tiny_models import (
     TinyModel,
     build_tiny_chat_model,
     build_tiny_classifier,
     build_tiny_language_model,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 METRICS_REPORT_INTERVAL_MS = 500
 
@@ -48,19 +48,19 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """A 2-layer GPT trained 250 steps on standard-library docstrings (version v1)."""
+    """A 2-layer transformers GPT-2 trained 250 steps on standard-library docstrings (version v1)."""
     return build_tiny_language_model(tmp_path_factory.mktemp("lm-v1"), version="v1", steps=250, seed=0, batch_size=12)
 
 
 @pytest.fixture(scope="session")
 def tiny_lm_canary(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """A second, differently trained GPT (version v2) to serve as the canary."""
+    """A second, differently trained GPT-2 (version v2) to serve as the canary."""
     return build_tiny_language_model(tmp_path_factory.mktemp("lm-v2"), version="v2", steps=40, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """A 2-label GPTForClassification (does a docstring line mention "return"?)."""
+    """A 2-label GPT2ForSequenceClassification (does a docstring line mention "return"?)."""
     return build_tiny_classifier(tmp_path_factory.mktemp("cls-v1"), version="c1", steps=120, seed=0)
 
 

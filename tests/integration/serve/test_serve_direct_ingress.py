@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from kubeforge_trainer.serve import serve_locally, stop_locally
-from kubeforge_trainer.serve.tiny_model import TinyModel
+from support.tiny_models import TinyModel
 from test_serve_http import BAD_REQUESTS  # this folder is on sys.path (no package)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

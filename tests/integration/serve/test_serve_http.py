@@ -14,7 +14,7 @@ from kubeforge.api.modeldeployment import GenerationDefaults
 from kubeforge_trainer.serve import serve_locally
 from kubeforge_trainer.serve.protocol import MAX_BODY_BYTES, CompletionRequest
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import TinyModel
+from support.tiny_models import TinyModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from kubeforge.api.modeldeployment import GenerationDefaults
 from kubeforge_trainer import storage
 from kubeforge_trainer.serve.protocol import CompletionRequest
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import TinyModel
+from support.tiny_models import TinyModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,7 +21,7 @@ def test_runner_loads_a_file_uri_and_reads_the_version(tiny_lm: TinyModel) -> No
     runner = ModelRunner.load(f"file://{tiny_lm.path}", version="")
     assert runner.version == "v1"  # from kubeforge.json
     assert runner.info()["task"] == "languageModeling"
-    assert runner.info()["contextLength"] == tiny_lm.config.context_length
+    assert runner.info()["contextLength"] == tiny_lm.context_length
 
 
 def test_a_missing_version_is_read_from_the_model_directory(tiny_lm: TinyModel) -> None:
@@ -45,6 +45,14 @@ def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
         ModelRunner.load(str(tmp_path), version="v1")
 
 
+def test_load_refuses_the_retired_kubeforge_format_in_one_line(tmp_path) -> None:
+    # the pre-transformers export: kubeforge's own config.json, which names no model_type
+    (tmp_path / "config.json").write_text('{"vocab_size": 512, "n_layers": 2, "task": "languageModeling"}')
+    with pytest.raises(ValueError, match=r"config\.json has no model_type: not a Hugging Face directory") as error:
+        ModelRunner.load(str(tmp_path), version="v1")
+    assert "\n" not in str(error.value)
+
+
 def greedy(runner: ModelRunner, prompts: tuple[str, ...]) -> list[str]:
     request = CompletionRequest(prompts=prompts, prompt_is_list=True, max_tokens=12, temperature=0.0)
     tasks = runner.prepare_completion(request, GenerationDefaults())
@@ -59,7 +67,7 @@ def test_runner_loads_a_model_from_an_s3_bucket_and_generates_as_from_disk(
     storage.upload_dir(tiny_lm.path, "s3://kubeforge-models/gpt/v1")
     remote = ModelRunner.load("s3://kubeforge-models/gpt/v1", version="")
     local = ModelRunner.load(str(tiny_lm.path), version="")
-    assert (remote.version, remote.info()["uri"]) == ("v1", "s3://kubeforge-models/gpt/v1")
+    assert (remote.version, remote.uri) == ("v1", "s3://kubeforge-models/gpt/v1")  # info() never tells the URI
     prompts = ("Return the", "Open a file and")
     assert greedy(remote, prompts) == greedy(local, prompts)
 

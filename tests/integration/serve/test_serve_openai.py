@@ -15,7 +15,7 @@ from kubeforge.builders.rayservice import ResolvedAdapter, ResolvedModel, build_
 from kubeforge.config import OperatorConfig
 from kubeforge_trainer.serve import serve_locally
 from kubeforge_trainer.serve.runner import ModelRunner
-from kubeforge_trainer.serve.tiny_model import build_tiny_lora_adapter as make_adapter
+from support.tiny_models import build_tiny_lora_adapter as make_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ ANSWER_TIMEOUT_S = 60
 def base_url(local_ray, chat_dir: Path, deployment_resource, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The chat model and a LoRA adapter served with the playground; greedy by default, so answers are reproducible."""
     from kubeforge_trainer.serve import serve_locally
-    from kubeforge_trainer.serve.tiny_model import build_tiny_lora_adapter
+    from support.tiny_models import build_tiny_lora_adapter
 
     adapter = build_tiny_lora_adapter(chat_dir, tmp_path_factory.mktemp(ADAPTER), seed=1)
     resource = deployment_resource(

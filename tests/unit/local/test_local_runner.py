@@ -4,11 +4,19 @@ written to the status files and the report as the operator would; manifest disco
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from kubeforge import conditions as c
 from kubeforge.local.plan import plan_run
-from kubeforge.local.runner import LocalRun, RunOptions, manifest_paths, one_line, root_cause
+from kubeforge.local.runner import (
+    LocalRun,
+    RunOptions,
+    manifest_paths,
+    model_exported,
+    one_line,
+    root_cause,
+)
 from kubeforge.local.status import StatusStore
 from kubeforge.validate import validate_paths
 
@@ -148,3 +156,15 @@ def test_new_resources_are_pending_on_what_they_reference_until_they_run(
     store.put("TrainingJob", "gpt", {"phase": "Succeeded"})
     run._apply(steps)
     assert store.get("TrainingJob", "gpt")["phase"] == "Succeeded", "an existing status is left alone"
+
+
+def test_a_full_export_and_a_lora_adapter_export_both_count_as_exported(tmp_path):
+    # what makes a finished TrainingJob up to date in `kubeforge run` (else it trains again on every run)
+    full, adapter, empty = (tmp_path / n for n in ("full", "adapter", "empty"))
+    for directory in (full, adapter, empty):
+        directory.mkdir()
+    (full / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    # lora.export: adapter writes peft's files and no config.json
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM"}))
+    assert [model_exported(str(d)) for d in (full, adapter, empty)] == [True, True, False]
+    assert not model_exported(None) and not model_exported(str(tmp_path / "missing"))

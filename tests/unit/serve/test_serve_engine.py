@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kubeforge_trainer.models import ModelConfig, build_model
 from kubeforge_trainer.serve.engine import (
     ContinuousBatcher,
     GenerationTask,
@@ -16,7 +15,7 @@ from kubeforge_trainer.serve.engine import (
     right_pad,
 )
 from kubeforge_trainer.serve.protocol import StreamDelta
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 VOCAB, EOS, PAD = 40, 1, 0
 
@@ -216,8 +215,10 @@ def test_seeded_sampling_is_reproducible_in_any_batch(lm: torch.nn.Module) -> No
 
 def test_classification_batch_equals_single_inputs() -> None:
     torch.manual_seed(1)
-    config = ModelConfig(vocab_size=VOCAB, task="classification", n_layers=1, n_heads=2, d_model=16, num_labels=3)
-    model = spread_out(build_model(config))
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2, num_labels=3, pad_token_id=PAD
+    )
+    model = spread_out(GPT2ForSequenceClassification(config))
     sequences = [[3, 4, 5, 6], [7], [8, 9]]
     batched = classify(model, sequences, PAD)
     assert batched.shape == (3, 3)

@@ -44,8 +44,7 @@ def perplexity(model: nn.Module, sequences: Sequence[Sequence[int]], batch_size:
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(sequences), batch_size):
         batch = torch.tensor([list(s) for s in sequences[start : start + batch_size]], dtype=torch.long)
-        out = model(batch[:, :-1])
-        logits = out.logits if hasattr(out, "logits") else out[0]  # a transformers model, or the legacy classifier
+        logits = model(batch[:, :-1]).logits
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
         total_nll += float(nll)
         total_tokens += batch[:, 1:].numel()

@@ -1,7 +1,8 @@
 """Tiny trained model directories built from local text (standard-library docstrings) in seconds, with no download.
 
-Used by the serving tests, the serving benchmark and smoke checks; the directories have the exact layout a
-TrainingJob exports (models/export.py), so serving them exercises the real loading path.
+Test scaffolding (not shipped): used by the serving tests and the serving benchmark. The directories have the
+layout a TrainingJob exports (a Hugging Face save_pretrained directory plus kubeforge.json, models/export.py), so
+serving them exercises the real loading path.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from kubeforge_trainer.models import save_hf_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-from ..models import ModelConfig, build_model, save_model_dir
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 CORPUS_MODULES = (
     "argparse",
@@ -64,7 +65,9 @@ class TinyModel:
     """A built model directory and held-out data to evaluate it on."""
 
     path: Path
-    config: ModelConfig
+    context_length: int
+    vocab_size: int
+    pad_token_id: int
     heldout: list[list[int]]  # token sequences the model was not trained on
     heldout_labels: list[int]  # classifiers only
     train_loss: float
@@ -129,15 +132,14 @@ def _train(
 
 
 def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    logits, _ = model(batch[:, :-1])
+    logits = model(batch[:, :-1]).logits
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
 def _save(
     directory: Path,
     model: torch.nn.Module,
-    config: ModelConfig,
-    tokenizer_file: Path,
+    tokenizer: Tokenizer,
     version: str,
     metrics: dict[str, float],
 ) -> Path:
@@ -146,22 +148,40 @@ def _save(
         "packageVersion": importlib.metadata.version("kubeforge"),
         "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
-        "source": "kubeforge_trainer.serve.tiny_model",
+        "source": "tests/support/tiny_models.py",
     }
-    path = save_model_dir(directory, model, config, tokenizer_file, info)
-    tokenizer_file.unlink()  # the model directory has its own copy
-    return path
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS)
+    return save_hf_model(directory, model, tokenizer=hf, info=info)
 
 
-def _prepare(directory: str | Path, seed: int, vocab_size: int) -> tuple[Path, list[str], Tokenizer, Path]:
-    """Seed torch, create the directory and train a tokenizer on the docstring lines:
-    (directory, lines, tokenizer, the tokenizer's training file)."""
+def _gpt2_config(tokenizer: Tokenizer, context_length: int, n_layers: int, n_heads: int, d_model: int) -> GPT2Config:
+    """A tiny GPT-2 shape without dropout (training for a few hundred steps needs none)."""
+    eos = tokenizer.token_to_id(EOS)
+    return GPT2Config(
+        vocab_size=tokenizer.get_vocab_size(),
+        n_positions=context_length,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=tokenizer.token_to_id(PAD),
+        eos_token_id=eos,
+        bos_token_id=eos,
+    )
+
+
+def _prepare(directory: str | Path, seed: int, vocab_size: int) -> tuple[Path, list[str], Tokenizer]:
+    """Seed torch, create the directory and train a tokenizer on the docstring lines: (directory, lines, tokenizer)."""
     torch.manual_seed(seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lines = docstring_lines()
     tokenizer_file = directory / "tokenizer.train.json"
-    return directory, lines, train_tokenizer(lines, vocab_size, tokenizer_file), tokenizer_file
+    tokenizer = train_tokenizer(lines, vocab_size, tokenizer_file)
+    tokenizer_file.unlink()  # save_pretrained writes the model directory's own tokenizer files
+    return directory, lines, tokenizer
 
 
 def build_tiny_language_model(
@@ -176,23 +196,15 @@ def build_tiny_language_model(
     vocab_size: int = 512,
     batch_size: int = 16,
 ) -> TinyModel:
-    """Train a tiny GPT for `steps` AdamW steps on 90% of the docstring text; hold out the rest."""
-    directory, lines, tokenizer, tokenizer_file = _prepare(directory, seed, vocab_size)
+    """Train a tiny transformers GPT-2 for `steps` AdamW steps on 90% of the docstring text; hold out the rest."""
+    directory, lines, tokenizer = _prepare(directory, seed, vocab_size)
     stream = tokenizer.encode("\n".join(lines)).ids
     split = int(len(stream) * 0.9)
     window = context_length  # inputs of context_length - 1 tokens predict the next context_length - 1
     train_ids, test_ids = torch.tensor(stream[:split]), stream[split:]
     heldout = [test_ids[i : i + window] for i in range(0, len(test_ids) - window, window)]
-    config = ModelConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_model=d_model,
-        context_length=context_length,
-        pad_token_id=tokenizer.token_to_id(PAD),
-        eos_token_id=tokenizer.token_to_id(EOS),
-    )
-    model = build_model(config)
+    config = _gpt2_config(tokenizer, context_length, n_layers, n_heads, d_model)
+    model = GPT2LMHeadModel(config)
     generator = torch.Generator().manual_seed(seed)
 
     def batches(_: int) -> tuple[torch.Tensor]:
@@ -200,8 +212,8 @@ def build_tiny_language_model(
         return (torch.stack([train_ids[s : s + window] for s in starts.tolist()]),)
 
     loss = _train(model, batches, steps, 3e-3, _lm_loss)
-    path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
-    return TinyModel(path, config, heldout, [], loss)
+    path = _save(directory, model, tokenizer, version, {"trainLoss": loss, "steps": steps})
+    return TinyModel(path, context_length, config.vocab_size, config.pad_token_id, heldout, [], loss)
 
 
 def build_tiny_classifier(
@@ -213,27 +225,20 @@ def build_tiny_classifier(
     vocab_size: int = 512,
     batch_size: int = 16,
 ) -> TinyModel:
-    """Train a tiny GPTForClassification to tell docstring lines that mention "return" from the others."""
+    """Train a tiny transformers GPT2ForSequenceClassification to tell docstring lines that mention "return" from
+    the others."""
     rng = random.Random(seed)
-    directory, lines, tokenizer, tokenizer_file = _prepare(directory, seed, vocab_size)
+    directory, lines, tokenizer = _prepare(directory, seed, vocab_size)
     labels = ["other", "returns"]
     examples = [(tokenizer.encode(line).ids[:context_length], int("return" in line.lower())) for line in lines]
     rng.shuffle(examples)
     split = int(len(examples) * 0.9)
     train, test = examples[:split], examples[split:]
-    config = ModelConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        task="classification",
-        n_layers=2,
-        n_heads=2,
-        d_model=64,
-        context_length=context_length,
-        num_labels=len(labels),
-        labels=labels,
-        pad_token_id=tokenizer.token_to_id(PAD),
-        eos_token_id=tokenizer.token_to_id(EOS),
-    )
-    model = build_model(config)
+    config = _gpt2_config(tokenizer, context_length, n_layers=2, n_heads=2, d_model=64)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    model = GPT2ForSequenceClassification(config)
     pad = config.pad_token_id
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,11 +249,12 @@ def build_tiny_classifier(
         return ids, mask, torch.tensor([label for _, label in chosen])
 
     def loss_of(net: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(net(ids, attention_mask=mask), target)
+        return F.cross_entropy(net(ids, attention_mask=mask).logits, target)
 
     loss = _train(model, batches, steps, 2e-3, loss_of)
-    path = _save(directory, model, config, tokenizer_file, version, {"trainLoss": loss, "steps": steps})
-    return TinyModel(path, config, [ids for ids, _ in test], [label for _, label in test], loss)
+    path = _save(directory, model, tokenizer, version, {"trainLoss": loss, "steps": steps})
+    test_ids, test_labels = [ids for ids, _ in test], [label for _, label in test]
+    return TinyModel(path, context_length, config.vocab_size, pad, test_ids, test_labels, loss)
 
 
 CHAT_TEMPLATE = (
@@ -260,7 +266,7 @@ CHAT_TEMPLATE = (
 def build_tiny_chat_model(directory: str | Path, seed: int = 0, vocab_size: int = 512, layers: int = 2) -> Path:
     """A Hugging Face directory (save_pretrained) of a tiny random-weight Llama and a byte-level BPE tokenizer with a
     chat template; no training, no download. Returns the directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""A GPT-style decoder (with a KV cache for generation) and its sequence-classification variant."""
+"""The retired kubeforge decoder (formerly kubeforge_trainer/models/gpt.py), kept only as train_bench.py's baseline.
+
+Training and serving use transformers models (one model path, issue #21); this hand-written GPT-2-shaped decoder
+is not shipped and nothing but the benchmark's "old decoder against transformers" comparison imports it.
+"""
 
 from __future__ import annotations
 
@@ -174,30 +178,6 @@ class GPT(nn.Module):
         return self.lm_head(h), cache
 
 
-class GPTForClassification(nn.Module):
-    """The decoder with a linear head on the last real token's hidden state."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        if cfg.num_labels < 2:
-            raise ValueError("classification needs num_labels >= 2")
-        self.config = cfg
-        self.gpt = GPT(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.num_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits (B, num_labels); attention_mask marks real tokens (right padding)."""
-        if attention_mask is None:
-            attention_mask = (input_ids != self.config.pad_token_id).long()
-        # Right padding: run causally without a mask, then read the last real token of each row.
-        h, _ = self.gpt.hidden_states(input_ids)
-        last = (attention_mask.long().sum(-1) - 1).clamp(min=0)
-        pooled = h[torch.arange(h.shape[0], device=h.device), last]
-        return self.head(pooled)
-
-
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """GPT-2 scaled normal, Xavier or Kaiming initialisation of linear and embedding weights."""
     for name, module in model.named_modules():
@@ -215,10 +195,3 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network for cfg.task."""
-    if cfg.task == "classification":
-        return GPTForClassification(cfg)
-    return GPT(cfg)
