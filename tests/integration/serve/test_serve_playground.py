@@ -128,6 +128,7 @@ def api_answer(base_url: str, model: str, messages: list[dict[str, str]]) -> str
 def send(browser, box, message: str) -> list[str]:
     """Send a message on the page; every distinct text of the newest assistant bubble until the answer ends."""
     from kubeforge_trainer.serve.playground import CHAT_ID
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -138,10 +139,13 @@ def send(browser, box, message: str) -> list[str]:
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
     busy = False  # the message box is disabled while an answer streams: enabled again after that, it is done
     while time.monotonic() < deadline:
-        enabled = box.is_enabled()
+        try:
+            enabled = box.is_enabled()
+            bubbles = browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot")[before:]
+            text = words(bubbles[-1].text) if bubbles else ""
+        except StaleElementReferenceException:  # Gradio replaced the bubble while it streamed: look again
+            continue
         finished, busy = busy and enabled, busy or not enabled
-        bubbles = browser.find_elements(By.CSS_SELECTOR, f"#{CHAT_ID} .message.bot")[before:]
-        text = words(bubbles[-1].text) if bubbles else ""
         if text and (not seen or text != seen[-1]):
             seen.append(text)
         if finished:
