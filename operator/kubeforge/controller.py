@@ -16,7 +16,6 @@ from typing import Any
 
 import kopf
 
-from .builders.validation import warm_up
 from .config import OperatorConfig, is_namespace_pattern
 from .constants import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, RAY_GROUP
 from .handlers import RECONCILERS, register_all
@@ -98,7 +97,6 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, param: Se
     if param.adjust_settings is not None:
         param.adjust_settings(settings)
     logging.getLogger("kubeforge").setLevel(config.log_level)
-    warm_up()
     api = KubeApi(load_configuration(param.server))
     ctx = OperatorContext(config=config, api=api, phases=PHASE_TRACKER, reconcilers=dict(RECONCILERS))
     memo["kubeforge"] = ctx
@@ -122,7 +120,7 @@ async def operator_cleanup(memo: Any, **_: Any) -> None:
             await task
     ctx = memo.get("kubeforge")
     if ctx is not None:
-        ctx.api.close()
+        await ctx.api.close()
 
 
 def operator_probe(**_: Any) -> dict[str, int]:
@@ -154,7 +152,6 @@ def run(config: OperatorConfig | None = None) -> None:
     kopf.configure(verbose=config.log_level == "DEBUG", quiet=config.log_level in ("WARNING", "ERROR"))
     registry = kopf.OperatorRegistry()
     register(registry, config)
-    warm_up()
     # Everything imported and built so far lives as long as the process: keep it out of the garbage collector's
     # full collections, which would otherwise walk it again and again.
     gc.freeze()

@@ -535,24 +535,29 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
-def judge(kind: str, doc: dict[str, Any]) -> tuple[ApiModel | None, list[tuple[str, str]]]:
+def judge(kind: str, doc: dict[str, Any], admitted: bool = False) -> tuple[ApiModel | None, list[tuple[str, str]]]:
     """(typed resource or None, [(field path, message)]) for one document of a kubeforge kind, every problem at once:
-    what the API server would reject, then what the operator would."""
+    what the API server would reject, then what the operator would. admitted: the document comes from the API
+    server, which checked the CRD's schema and CEL rules when it stored it, so those two passes are skipped."""
     doc = drop_nulls(doc)
     found = migration_problems(kind, doc)
-    # A section written for an older API gets its migration line instead of one "unknown field" per old name.
-    found += [(p, m) for p, m in schema_problems(kind, doc) if not any(_overlaps(p, r) for r, _ in found)]
-    found += cel_problems(kind, doc, broken=[p for p, _ in found])
+    if not admitted:
+        # A section written for an older API gets its migration line instead of one "unknown field" per old name.
+        found += [(p, m) for p, m in schema_problems(kind, doc) if not any(_overlaps(p, r) for r, _ in found)]
+        found += cel_problems(kind, doc, broken=[p for p, _ in found])
     resource, deeper = model_problems(kind, doc)
     reported = [p for p, _ in found]
     found += [(p, m) for p, m in deeper if not any(_overlaps(p, r) for r in reported)]
     return (resource if not found else None), found
 
 
-def validate_document(source: str, doc: Any, strict: bool = True) -> tuple[ApiModel | None, list[Problem]]:
+def validate_document(
+    source: str, doc: Any, strict: bool = True, admitted: bool = False
+) -> tuple[ApiModel | None, list[Problem]]:
     """Validate one parsed document; returns the typed resource when it is valid.
 
     A document of another API group is a problem when strict, and otherwise neither valid nor a problem (None, []).
+    admitted: read from the API server, which enforced the CRD's schema and CEL rules (see judge).
     """
     if not isinstance(doc, dict):
         return None, [Problem(source, "", "", f"document is a {type(doc).__name__}, not a mapping")]
@@ -571,7 +576,7 @@ def validate_document(source: str, doc: Any, strict: bool = True) -> tuple[ApiMo
         return None, [Problem(source, label, "apiVersion", f"got {api_version!r}; {hint}")]
     # Status belongs to the status subresource: the server ignores it on create and update.
     document = {key: value for key, value in doc.items() if key != "status"}
-    resource, found = judge(kind, document)
+    resource, found = judge(kind, document, admitted=admitted)
     return resource, [Problem(source, label, path, message) for path, message in found]
 
 

@@ -1,8 +1,10 @@
 """Parse a resource body into its typed model and find what the operator cannot run (pure).
 
-The API server checks the CRD schema and its CEL rules; this repeats them (an older API server may skip CEL, and
-the schema cannot express quantities or DNS names) and adds the checks that need the operator's knowledge.
-Every problem becomes one line naming the resource and the field.
+The API server checks the CRD schema and its CEL rules when it stores an object (CEL validation is on by default
+since Kubernetes 1.25 and GA since 1.29), so the operator, which only reads stored objects, does not repeat them:
+it checks what the schema cannot express (quantities, DNS names: the API model) and what needs the operator's own
+knowledge. `kubeforge validate` and the local runner, which see manifests no server has checked, run every pass
+(kubeforge.validate). Every problem becomes one line naming the resource and the field.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from typing import Any
 from ..api import DataPipeline, ModelDeployment, TrainingJob
 from ..api.common import ApiModel
 from ..api.trainingjob import evaluation_metrics
-from ..constants import KINDS
-from ..validate import cel_problems, validate_document
+from ..validate import validate_document
 
 Resource = DataPipeline | TrainingJob | ModelDeployment
 
@@ -61,11 +62,12 @@ def operator_problems(resource: ApiModel) -> list[tuple[str, str]]:
 
 
 def parse_resource(body: Mapping[str, Any]) -> tuple[Resource | None, str | None]:
-    """The typed resource, or None and a one-line message naming the resource and every bad field."""
+    """The typed resource of a body read from the API server, or None and a one-line message naming the resource
+    and every bad field."""
     # Status is the operator's and the workload's; only what the user wrote is validated.
     document = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
     label = resource_label(body)
-    resource, problems = validate_document(label, document)
+    resource, problems = validate_document(label, document, admitted=True)
     found = [(p.path, p.message) for p in problems]
     if resource is not None:
         found = operator_problems(resource)
@@ -73,9 +75,3 @@ def parse_resource(body: Mapping[str, Any]) -> tuple[Resource | None, str | None
         return resource, None  # type: ignore[return-value]
     details = "; ".join(f"{path}: {message}" if path else message for path, message in found)
     return None, f"{label}: {details}"
-
-
-def warm_up() -> None:
-    """Compile the CRDs' CEL rules now (about a second) rather than in the first handler, on the event loop."""
-    for kind in KINDS:
-        cel_problems(kind, {})

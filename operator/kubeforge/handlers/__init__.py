@@ -40,10 +40,11 @@ async def trainingjobs_watch(**kwargs: Any) -> None:
     await modeldeployment.modeldeployment_model_changed(**kwargs)
 
 
-def finished_jobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+async def finished_jobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
     """Index: (namespace, name) of every DataPipeline or TrainingJob finished for good. kopf fills its indices from
     the initial listing before any handler runs, so at a restart the finished jobs' RayJobs are dropped without a
-    read of the job, whichever watch delivers first."""
+    read of the job, whichever watch delivers first. (Every index function is a coroutine: kopf runs a plain
+    function in a thread pool, a hand-over that cost more than the function on every event.)"""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     return {(namespace, name): True} if is_settled(body.get("kind", ""), status, meta.get("generation")) else {}
 

@@ -30,7 +30,7 @@ from ..constants import FINALIZER
 from ..events import post_events, transition_events
 from ..metrics import PHASE_TRACKER, RECONCILE_SECONDS, RECONCILES, RETRIES, PhaseTracker
 from ..status import TERMINAL_JOB_PHASES, Observation, derive_status, is_settled, status_patch
-from .kube import ApiRejected, Conflict, KubeApi, TransientError, kubeforge_resource
+from .kube import ApiRejected, Conflict, KubeApi, NotFound, TransientError, kubeforge_resource
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,31 @@ class Schedule:
         return due
 
 
+class BodyCache:
+    """The latest known body per resource, without managedFields (the largest part, and never read here)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[Key, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def put(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Keep body as the latest of key."""
+        meta = body.get("metadata") or {}
+        if "managedFields" in meta:
+            body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        self._bodies[key] = dict(body)
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """The latest known body of key, or None."""
+        return self._bodies.get(key)
+
+    def drop(self, key: Key) -> None:
+        """Forget key (finished or deleted)."""
+        self._bodies.pop(key, None)
+
+
 Reconcile = Callable[..., Awaitable["Outcome"]]
 
 
@@ -184,6 +209,10 @@ class OperatorContext:
     data_outputs: dict[tuple[str, str], str] = field(default_factory=dict)
     # kind -> its reconcile, for the resync loop.
     reconcilers: dict[str, Reconcile] = field(default_factory=dict)
+    # The latest body of every unfinished resource (its watch event, or the answer to our own status write), less
+    # managedFields: a child's or a dependency's event reconciles the resource without reading it first. A stale
+    # copy costs a 409 on the conditional status write and one read, never a wrong write.
+    bodies: BodyCache = field(default_factory=lambda: BodyCache())
 
 
 def context(memo: Any) -> OperatorContext:
@@ -197,6 +226,7 @@ def settle(ctx: OperatorContext, key: Key) -> None:
     ctx.schedule.drop(key)
     ctx.children.forget(key)
     ctx.handled.pop(key, None)
+    ctx.bodies.drop(key)
 
 
 def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
@@ -204,9 +234,7 @@ def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
     namespace, name = identity(body)
     key = (kind, namespace, name)
     ctx.phases.forget(kind, namespace, name)
-    ctx.children.forget(key)
-    ctx.schedule.drop(key)
-    ctx.handled.pop(key, None)
+    settle(ctx, key)
 
 
 @dataclass
@@ -252,6 +280,7 @@ async def on_resource_event(
         ctx.phases.set(kind, namespace, name, status.get("phase"))
         settle(ctx, key)
         return
+    ctx.bodies.put(key, body)
     version = meta.get("resourceVersion")
     if version is not None and ctx.handled.get(key) == version:
         return
@@ -296,7 +325,8 @@ async def follow_child(
         return  # the status was derived from exactly this child already (a re-listed child at start-up)
     ctx.children.seen(key, version)
     if deleted or child.get("status"):
-        await reconcile_via_api(ctx, kind, namespace, owner, reconcile, child=MISSING if deleted else child)
+        child_now = MISSING if deleted else child
+        await reconcile_via_api(ctx, kind, namespace, owner, reconcile, child=child_now, body=ctx.bodies.get(key))
 
 
 async def wake_dependents(
@@ -323,7 +353,8 @@ async def wake_dependents(
         ctx.dependency_phases[key] = phase
     if changed:
         for dependent in list(dependents):
-            await reconcile_via_api(ctx, kind, namespace, dependent, reconcile)
+            body = ctx.bodies.get((kind, namespace, dependent))
+            await reconcile_via_api(ctx, kind, namespace, dependent, reconcile, body=body)
 
 
 def _malloc_trim() -> Callable[[], Any] | None:
@@ -420,7 +451,7 @@ async def reconcile_via_api(
 ) -> None:
     """Run the kind's reconcile and write its status conditionally; never raises (a failure schedules a retry).
 
-    body, when given (the watch event's copy), saves the first read: a stale one only costs a 409."""
+    body, when given (a watch event's or the cache's copy), saves the first read: a stale one only costs a 409."""
     resource = kubeforge_resource(kind)
     key = (kind, namespace, name)
     started = time.monotonic()
@@ -445,11 +476,23 @@ async def reconcile_via_api(
                         await asyncio.sleep(0.05 * 2**attempt)
                         continue
                     version = (written or {}).get("metadata", {}).get("resourceVersion")
+                    if written:
+                        ctx.bodies.put(key, written)
                 _finish(ctx, kind, body, outcome, started, version)
                 return
             log.warning("%s %s/%s: status kept changing underneath; retrying shortly", kind, namespace, name)
             ctx.schedule.at(key, time.monotonic() + TICK_SECONDS)
-    except (TransientError, ApiRejected, Conflict) as exc:
+    except (TransientError, ApiRejected, Conflict, NotFound) as exc:
+        if isinstance(exc, NotFound) and await _gone(ctx, resource, namespace, name):
+            return  # deleted since the copy of its body was taken: its DELETED event forgets it
         _record(kind, "error", started)
         delay = ctx.schedule.failed(key, ctx.config.requeue_seconds)
         log.warning("%s %s/%s: reconcile failed, retrying in %.0fs: %s", kind, namespace, name, delay, exc)
+
+
+async def _gone(ctx: OperatorContext, resource: Any, namespace: str, name: str) -> bool:
+    """Whether the resource no longer exists (a 404 was about it, not about a child's missing resource type)."""
+    try:
+        return await ctx.api.get(resource, namespace, name) is None
+    except (TransientError, ApiRejected):
+        return False

@@ -1,36 +1,41 @@
-"""The operator's own Kubernetes API calls (children, cross-object status writes), async over the official client.
+"""The operator's own Kubernetes API calls (children, cross-object status writes), async over aiohttp.
 
 kopf talks to the API server for watching and for patching the object being handled; everything else goes through
-this module. Transient errors (429, 5xx, connection failures) are retried here with exponential backoff; 404 and
-409 become exceptions the handlers act on.
+this module. Its requests run on the operator's event loop over one pooled aiohttp session (kopf's own HTTP client):
+no thread pool, and no model (de)serialisation, because every body here is a plain dict. The credentials come from
+the official client's configuration loader (in-cluster, kubeconfig, exec plugins), which kopf is given too.
+Transient errors (429, 5xx, connection failures) are retried here with exponential backoff; 404 and 409 become
+exceptions the handlers act on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
+import json
 import logging
-from collections.abc import Callable
+import ssl
+import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+import aiohttp
 import kopf
-import urllib3
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
 from .. import __version__
 from ..constants import GROUP, KINDS, RAY_GROUP, RAY_VERSION, VERSION
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 USER_AGENT = f"kubeforge-operator/{__version__}"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)
-REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
+CONNECT_TIMEOUT, REQUEST_TIMEOUT = 5.0, 30.0
+# The bearer token is asked of the configuration's refresh hook at most this often (and again after a 401): the
+# hook re-reads a rotated service-account token or runs an exec plugin when the token expired.
+TOKEN_CHECK_SECONDS = 10.0
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Resource:
 
 RAYJOBS = Resource(RAY_GROUP, RAY_VERSION, "rayjobs")
 RAYSERVICES = Resource(RAY_GROUP, RAY_VERSION, "rayservices")
-# A run's own identity (builders/access.py). The core group ("") is served by CoreV1Api, the rest by CustomObjectsApi.
+# A run's own identity (builders/access.py). The core group ("") lives under /api, every other group under /apis.
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
@@ -106,38 +111,85 @@ def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
 
 
 class KubeApi:
-    """Async wrappers of CustomObjectsApi calls, run on a small thread pool."""
+    """The API calls the operator makes besides kopf's: get, create, patch, delete of namespaced objects."""
 
-    def __init__(self, configuration: client.Configuration, workers: int = 8) -> None:
-        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, workers)
+    def __init__(self, configuration: client.Configuration, connections: int = 16) -> None:
         self.configuration = configuration
-        self._client = client.ApiClient(configuration)
-        self._client.user_agent = USER_AGENT  # names the operator in the API server's audit log
-        self._custom = client.CustomObjectsApi(self._client)
-        self._core = client.CoreV1Api(self._client)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._authorization: str | None = None
+        self._authorization_checked = -TOKEN_CHECK_SECONDS
 
-    def close(self) -> None:
-        """Release the threads and connections."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, created on first use (it belongs to the running event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                base_url=self.configuration.host.rstrip("/") + "/",
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=_ssl_context(self.configuration)),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},  # names us in the audit log
+            )
+        return self._session
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    def _auth_header(self, refresh: bool = False) -> str | None:
+        """The Authorization header: bearer token or basic auth, as the configuration has it."""
+        now = time.monotonic()
+        if refresh or now - self._authorization_checked >= TOKEN_CHECK_SECONDS:
+            cfg = self.configuration
+            # kubernetes >= 36.0.1 keeps the bearer token under BearerToken, older versions under authorization.
+            token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+            if token and not token.lower().startswith(("bearer ", "basic ")):
+                token = f"Bearer {token}"
+            self._authorization = token or (cfg.get_basic_auth_token() if cfg.username else None)
+            self._authorization_checked = now
+        return self._authorization
+
+    async def close(self) -> None:
+        """Close the connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
+    ) -> Any:
+        """One API request with retries of what may heal; the parsed JSON answer."""
+        data = None if body is None else json.dumps(body)
+        refreshed = False
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            headers = {"Content-Type": content_type} if data is not None else {}
+            if (authorization := self._auth_header()) is not None:
+                headers["Authorization"] = authorization
             try:
-                return await loop.run_in_executor(self._executor, call)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise NotFound(_reason(exc)) from None
-                if exc.status == 409:
-                    raise Conflict(_reason(exc)) from None
-                if exc.status not in TRANSIENT_STATUSES:
-                    raise ApiRejected(f"HTTP {exc.status}: {_reason(exc)}") from None
-                problem = f"HTTP {exc.status}: {_reason(exc)}"
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                async with self._open().request(
+                    method,
+                    path,
+                    data=data,
+                    headers=headers,
+                    params=params or None,
+                    proxy=self.configuration.proxy,
+                    server_hostname=self.configuration.tls_server_name,
+                ) as response:
+                    text = await response.text()
+                    status = response.status
+                    reason = response.reason or ""
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if status < 300:
+                    return json.loads(text) if text else None
+                reason = _reason(text, reason)
+                if status == 401 and not refreshed:  # an expired token: ask the hook for a fresh one, once
+                    self._auth_header(refresh=True)
+                    refreshed = True
+                    continue
+                if status == 404:
+                    raise NotFound(reason)
+                if status == 409:
+                    raise Conflict(reason)
+                if status not in TRANSIENT_STATUSES:
+                    raise ApiRejected(f"HTTP {status}: {reason}")
+                problem = f"HTTP {status}: {reason}"
             if delay is None:
                 raise TransientError(problem)
             log.debug("Kubernetes API call failed (attempt %d): %s; retrying in %.1fs", attempt + 1, problem, delay)
@@ -147,97 +199,66 @@ class KubeApi:
     async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            if resource == SERVICEACCOUNTS:
-                found = await self._call(self._core.read_namespaced_service_account, name, namespace)
-                return self._client.sanitize_for_serialization(found)
-            return await self._call(
-                self._custom.get_namespaced_custom_object,
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-            )
+            return await self._request("GET", _path(resource, namespace, name))  # type: ignore[no-any-return]
         except NotFound:
             return None
 
     async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object; Conflict when the name is taken."""
-        if resource == SERVICEACCOUNTS:
-            account = client.V1ServiceAccount.from_dict(body)
-            made = await self._call(self._core.create_namespaced_service_account, namespace, account)
-            return self._client.sanitize_for_serialization(made)
-        created = await self._call(
-            self._custom.create_namespaced_custom_object,
-            resource.group,
-            resource.version,
-            namespace,
-            resource.plural,
-            body,
-        )
-        if created is None:  # the client reads the body of 201 Created only; a server answering 200 gets a read
-            created = await self.get(resource, namespace, body["metadata"]["name"])
+        created = await self._request("POST", _path(resource, namespace), body)
         if created is None:
-            raise TransientError(f"{body['metadata']['name']} vanished right after it was created")
-        return created
+            raise TransientError(f"creating {body['metadata']['name']} returned no object")
+        return created  # type: ignore[no-any-return]
 
     async def patch(self, resource: Resource, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of the object; a metadata.resourceVersion in body makes it conditional (Conflict)."""
-        return await self._call(
-            self._custom.patch_namespaced_custom_object,
-            resource.group,
-            resource.version,
-            namespace,
-            resource.plural,
-            name,
-            body,
-            _content_type="application/merge-patch+json",
-        )
+        answer: dict[str, Any] = await self._request("PATCH", _path(resource, namespace, name), body, MERGE_PATCH)
+        return answer
 
     async def patch_json(
         self, resource: Resource, namespace: str, name: str, operations: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """JSON patch (RFC 6902) of the object: replaces whole subtrees, which a merge patch cannot remove."""
-        return await self._call(
-            self._custom.patch_namespaced_custom_object,
-            resource.group,
-            resource.version,
-            namespace,
-            resource.plural,
-            name,
-            operations,
-            _content_type="application/json-patch+json",
-        )
+        answer: dict[str, Any] = await self._request("PATCH", _path(resource, namespace, name), operations, JSON_PATCH)
+        return answer
 
     async def patch_status(self, resource: Resource, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of the status subresource (conditional like patch())."""
-        return await self._call(
-            self._custom.patch_namespaced_custom_object_status,
-            resource.group,
-            resource.version,
-            namespace,
-            resource.plural,
-            name,
-            body,
-            _content_type="application/merge-patch+json",
-        )
+        path = _path(resource, namespace, name) + "/status"
+        return await self._request("PATCH", path, body, MERGE_PATCH)  # type: ignore[no-any-return]
 
     async def delete(self, resource: Resource, namespace: str, name: str) -> bool:
         """Delete the object (its dependents in the background); False when it was already gone."""
         try:
-            await self._call(
-                self._custom.delete_namespaced_custom_object,
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                propagation_policy="Background",
-            )
+            await self._request("DELETE", _path(resource, namespace, name), propagationPolicy="Background")
         except NotFound:
             return False
         return True
 
 
-def _reason(exc: ApiException) -> str:
-    return (exc.reason or "").strip() or "no reason given"
+def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
+    """TLS settings of the configuration: its CA, its client certificate, verification unless switched off."""
+    if not cfg.host.startswith("https"):
+        return True  # aiohttp's default; plain HTTP never uses it
+    context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if not cfg.verify_ssl:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if cfg.cert_file:
+        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return context
+
+
+def _path(resource: Resource, namespace: str, name: str | None = None) -> str:
+    """The object's (or its collection's) URL path, relative to the server."""
+    base = f"api/{resource.version}" if not resource.group else f"apis/{resource.group}/{resource.version}"
+    path = f"{base}/namespaces/{namespace}/{resource.plural}"
+    return f"{path}/{name}" if name else path
+
+
+def _reason(text: str, fallback: str) -> str:
+    """The API server's message of an error answer (a Status object), else the HTTP reason."""
+    try:
+        message = json.loads(text).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return (message or fallback or "").strip() or "no reason given"

@@ -227,7 +227,7 @@ async def modeldeployment_child_status(body: kopf.Body, type: str | None, labels
     await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_modeldeployment)
 
 
-def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
+async def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
     """Index: (namespace, TrainingJob name) -> ModelDeployments serving its model (main, canary or adapter)."""
     spec = spec or {}
     refs = [(spec.get("modelRef") or {}).get("name"), ((spec.get("canary") or {}).get("modelRef") or {}).get("name")]

@@ -59,7 +59,9 @@ async def trainingjob_child_status(body: kopf.Body, type: str | None, labels: An
     await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_trainingjob)
 
 
-def trainingjob_data_refs(spec: Any, status: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
+async def trainingjob_data_refs(
+    spec: Any, status: Any, namespace: str, name: str, **_: Any
+) -> dict[tuple[str, str], str]:
     """Index: (namespace, DataPipeline name) -> TrainingJobs that have not started yet and wait for it."""
     ref = (spec or {}).get("dataRef") or {}
     if ref.get("name") and not (status or {}).get("childName"):

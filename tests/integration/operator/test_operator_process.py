@@ -95,7 +95,7 @@ def test_a_status_write_that_lost_a_race_gets_409_and_starts_over(tmp_path: Path
             try:
                 await reconcile_via_api(ctx, "TrainingJob", NAMESPACE, "gpt", racing)
             finally:
-                ctx.api.close()
+                await ctx.api.close()
             return racing.calls
 
         assert asyncio.run(run()) == 2
@@ -104,3 +104,37 @@ def test_a_status_write_that_lost_a_race_gets_409_and_starts_over(tmp_path: Path
         assert body is not None and body["metadata"]["labels"]["edited"] == "by-someone"
         assert body["status"]["phase"] == "Pending" and body["status"]["childName"] == "gpt-train"
         assert cluster.names("RayJob") == ["gpt-train"]
+
+
+def test_the_api_client_retries_what_may_heal_and_renews_an_expired_token() -> None:
+    with EmulatorServer() as server:
+        cluster = Cluster(server)
+        manifest = quickstart_manifest("TrainingJob")
+        manifest["metadata"]["name"] = "gpt"
+        cluster.apply(manifest)
+        path = f"/apis/kubeforge.dev/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/gpt"
+        # Three 503s in a row, then a 401 (the token expired), then the answer.
+        server.call(lambda emulator: emulator["get", path][:3] << 503)
+        server.call(lambda emulator: emulator["get", path][3:4] << 401)
+        configuration = load_configuration(server.url)
+        configuration.api_key = {"BearerToken": "first"}
+
+        def renew(config: Any) -> None:
+            # What the in-cluster and kubeconfig loaders install, called before a token is used: here the token
+            # "expires" once the server has answered 401.
+            if len(server.call(lambda emulator: list(emulator["get", path]))) >= 4:
+                config.api_key = {"BearerToken": "second"}
+
+        configuration.refresh_api_key_hook = renew
+
+        async def read() -> dict[str, Any] | None:
+            api = KubeApi(configuration)
+            try:
+                return await api.get(kubeforge_resource("TrainingJob"), NAMESPACE, "gpt")
+            finally:
+                await api.close()
+
+        body = asyncio.run(read())
+        assert body is not None and body["metadata"]["name"] == "gpt"
+        sent = server.call(lambda emulator: [r.headers.get("Authorization") for r in emulator["get", path]])
+        assert sent == ["Bearer first"] * 4 + ["Bearer second"]
