@@ -21,6 +21,7 @@ from .constants import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, RAY
 from .handlers import RECONCILERS, register_all
 from .handlers.common import OperatorContext, resync_loop
 from .handlers.kube import KubeApi, connection_info, load_configuration
+from .handlers.posting import COMPONENT
 from .metrics import PHASE_TRACKER, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
-    settings.posting.reporting_component = "kubeforge-operator"
-    # Our own Events tell every phase transition; kopf's INFO chatter ("Handler ... succeeded") would cost two more
-    # API writes per handled change. Its warnings and errors still become Events.
+    settings.posting.reporting_component = COMPONENT
+    # Our own Events (handlers/posting.py) tell every phase transition; kopf's INFO chatter ("Handler ...
+    # succeeded") would cost two more API writes per handled change. Its warnings and errors still become Events.
     settings.posting.level = logging.WARNING
     # Several replicas pause all but one through the KopfPeering object of that name (when it exists).
     settings.peering.name = PEERING_NAME
@@ -120,6 +121,7 @@ async def operator_cleanup(memo: Any, **_: Any) -> None:
             await task
     ctx = memo.get("kubeforge")
     if ctx is not None:
+        await ctx.events.drain()
         await ctx.api.close()
 
 

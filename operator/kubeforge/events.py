@@ -1,15 +1,13 @@
-"""Kubernetes Events for status transitions: decided by a pure function, posted through kopf."""
+"""Kubernetes Events for status transitions: which ones (a pure function), and the Event object to post."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping
+import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .conditions import SPEC_LOCKED, get_condition
-
-log = logging.getLogger(__name__)
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -26,6 +24,7 @@ PHASE_REASONS = {
     "Degraded": "Degraded",
 }
 WARNING_PHASES = frozenset({"Failed", "Degraded"})
+MAX_MESSAGE_LENGTH = 1024  # what the API server keeps of a message
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,35 @@ def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Ev
     return events
 
 
-def post_events(body: Mapping[str, Any], events: Iterable[Event]) -> None:
-    """Post Events about the resource through kopf's event queue (kopf batches and retries them)."""
-    import kopf  # only here: everything else in this module is pure
-
-    for event in events:
-        try:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-        except LookupError:  # called outside a running operator (kopf keeps its settings in a context variable)
-            log.debug("not posting %s %s: no operator is running", event.type, event.reason)
+def event_body(
+    owner: Mapping[str, Any], event: Event, component: str, instance: str, now: datetime.datetime
+) -> dict[str, Any]:
+    """The core/v1 Event about owner, as `kubectl describe` and `kubectl get events` show it."""
+    meta = owner.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    utc = now.astimezone(datetime.timezone.utc)
+    stamp = utc.strftime("%Y-%m-%dT%H:%M:%SZ")  # metav1.Time: RFC 3339 in seconds
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"namespace": namespace, "generateName": f"{meta.get('name', 'kubeforge')}."},
+        "involvedObject": {
+            "apiVersion": owner.get("apiVersion"),
+            "kind": owner.get("kind"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:MAX_MESSAGE_LENGTH],
+        "action": event.reason,
+        "source": {"component": component},  # the "From" column of `kubectl describe`
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "eventTime": utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # metav1.MicroTime: always six fraction digits
+        "count": 1,
+    }

@@ -14,6 +14,7 @@ from ..config import OperatorConfig
 from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
 from ..status import is_settled
 from . import datapipeline, modeldeployment, trainingjob
+from .jobs import FINISHED, WAITS_FOR
 
 # kind -> its reconcile, for the resync loop.
 RECONCILERS = {
@@ -40,21 +41,33 @@ async def trainingjobs_watch(**kwargs: Any) -> None:
     await modeldeployment.modeldeployment_model_changed(**kwargs)
 
 
-async def finished_jobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
-    """Index: (namespace, name) of every DataPipeline or TrainingJob finished for good. kopf fills its indices from
-    the initial listing before any handler runs, so at a restart the finished jobs' RayJobs are dropped without a
-    read of the job, whichever watch delivers first. (Every index function is a coroutine: kopf runs a plain
-    function in a thread pool, a hand-over that cost more than the function on every event.)"""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    return {(namespace, name): True} if is_settled(body.get("kind", ""), status, meta.get("generation")) else {}
+async def job_index(
+    body: kopf.Body, spec: Any, status: Any, namespace: str, name: str, **_: Any
+) -> dict[tuple[str, str, str], Any]:
+    """One kopf index per job kind (kopf's cost is per index function and event, so one function fills both):
+
+    * (FINISHED, namespace, name) -> True for a DataPipeline or TrainingJob finished for good. kopf fills its
+      indices from the initial listing before any handler runs, so at a restart the finished jobs' RayJobs are
+      dropped without a read of the job, whichever watch delivers first;
+    * (WAITS_FOR, namespace, DataPipeline name) -> name of a TrainingJob that has not started and reads it.
+
+    A coroutine: kopf runs a plain function in a thread pool, a hand-over that costs more than the function."""
+    entries: dict[tuple[str, str, str], Any] = {}
+    meta, status = body.get("metadata") or {}, status or {}
+    if is_settled(body.get("kind", ""), status, meta.get("generation")):
+        entries[(FINISHED, namespace, name)] = True
+    ref = (spec or {}).get("dataRef") or {}
+    if body.get("kind") == trainingjob.KIND and ref.get("name") and not status.get("childName"):
+        entries[(WAITS_FOR, namespace, ref["name"])] = name
+    return entries
 
 
 async def rayjobs_watch(labels: Any, namespace: str, **kwargs: Any) -> None:
     """A RayJob event: its owner (named by its label) follows its status, unless the owner has finished for good
     (KubeRay touching a finished RayJob, a restart re-listing it)."""
     for label, (kind, follow) in RAYJOB_OWNERS.items():
-        finished: kopf.Index = kwargs[f"{kind.lower()}_finished"]
-        if label in labels and (namespace, labels[label]) not in finished:
+        index: kopf.Index = kwargs[f"{kind.lower()}_index"]
+        if label in labels and (FINISHED, namespace, labels[label]) not in index:
             await follow(labels=labels, namespace=namespace, **kwargs)
 
 
@@ -68,11 +81,8 @@ def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Non
     kopf.on.event(RAY_GROUP, RAY_VERSION, "rayservices", labels=owned, registry=registry)(
         modeldeployment.modeldeployment_child_status
     )
-    kopf.index(GROUP, VERSION, trainingjob.PLURAL, registry=registry)(trainingjob.trainingjob_data_refs)
     for module in (datapipeline, trainingjob):
-        kopf.index(GROUP, VERSION, module.PLURAL, id=f"{module.KIND.lower()}_finished", registry=registry)(
-            finished_jobs
-        )
+        kopf.index(GROUP, VERSION, module.PLURAL, id=f"{module.KIND.lower()}_index", registry=registry)(job_index)
     kopf.index(GROUP, VERSION, modeldeployment.PLURAL, registry=registry)(modeldeployment.modeldeployment_model_refs)
 
 

@@ -27,10 +27,11 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..constants import FINALIZER
-from ..events import post_events, transition_events
+from ..events import transition_events
 from ..metrics import PHASE_TRACKER, RECONCILE_SECONDS, RECONCILES, RETRIES, PhaseTracker
 from ..status import TERMINAL_JOB_PHASES, Observation, derive_status, is_settled, status_patch
 from .kube import ApiRejected, Conflict, KubeApi, NotFound, TransientError, kubeforge_resource
+from .posting import EventPoster
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,11 @@ class OperatorContext:
     # managedFields: a child's or a dependency's event reconciles the resource without reading it first. A stale
     # copy costs a 409 on the conditional status write and one read, never a wrong write.
     bodies: BodyCache = field(default_factory=lambda: BodyCache())
+    # Events about our resources, posted in the background over the same client.
+    events: EventPoster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventPoster(self.api)
 
 
 def context(memo: Any) -> OperatorContext:
@@ -427,7 +433,7 @@ def _finish(
         ctx.handled[key] = version
         ctx.children.derived(key, outcome.child_version)
         ctx.schedule.succeeded(key, ctx.config.requeue_seconds)
-    post_events(body, transition_events(body.get("status") or {}, outcome.status))
+    ctx.events.post(body, transition_events(body.get("status") or {}, outcome.status))
     ctx.phases.set(kind, namespace, name, outcome.status.get("phase"))
     if outcome.retried:
         RETRIES.labels(kind).inc()

@@ -21,6 +21,10 @@ from .common import MISSING, OperatorContext, Outcome, identity, make_outcome, s
 from .kube import RAYJOBS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS, Conflict, TransientError
 from .kube import Resource as ApiResource
 
+# Tags of the keys of the job kinds' kopf index (handlers/__init__.py: job_index).
+FINISHED = "finished"
+WAITS_FOR = "waitsFor"
+
 # (ctx, typed resource) -> (dependency, data URI); None when the kind has no dependency.
 ResolveDependency = Callable[[OperatorContext, Any], Awaitable[tuple[Dependency, str | None]]]
 

@@ -14,7 +14,7 @@ from ..builders import ResolvedModel, build_monitor, build_rayservice, child_nam
 from ..builders.monitoring import MONITOR_PLURALS, MONITORING_GROUP, MONITORING_VERSION, monitor_name
 from ..builders.rayservice import ResolvedAdapter
 from ..constants import ANNOTATION_SPEC_HASH, owner_label
-from ..events import WARNING, Event, post_events
+from ..events import WARNING, Event
 from ..status import Dependency, Observation, rayservice_state
 from .common import (
     MISSING,
@@ -159,7 +159,7 @@ async def sync_monitor(ctx: OperatorContext, body: Mapping[str, Any], deployment
     except (NotFound, ApiRejected) as exc:
         if monitoring.enabled:
             message = f"cannot create the {monitoring.kind} (is the Prometheus Operator installed?): {exc}"
-            post_events(body, [Event(WARNING, "MonitoringUnavailable", message)])
+            ctx.events.post(body, [Event(WARNING, "MonitoringUnavailable", message)])
 
 
 async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any], child: Any = MISSING) -> Outcome:

@@ -12,7 +12,7 @@ from ..constants import owner_label
 from ..status import Dependency
 from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event, wake_dependents
 from .datapipeline import pipeline_output
-from .jobs import reconcile_job
+from .jobs import WAITS_FOR, reconcile_job
 from .kube import kubeforge_resource
 
 KIND = "TrainingJob"
@@ -59,23 +59,13 @@ async def trainingjob_child_status(body: kopf.Body, type: str | None, labels: An
     await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_trainingjob)
 
 
-async def trainingjob_data_refs(
-    spec: Any, status: Any, namespace: str, name: str, **_: Any
-) -> dict[tuple[str, str], str]:
-    """Index: (namespace, DataPipeline name) -> TrainingJobs that have not started yet and wait for it."""
-    ref = (spec or {}).get("dataRef") or {}
-    if ref.get("name") and not (status or {}).get("childName"):
-        return {(namespace, ref["name"]): name}
-    return {}
-
-
 async def trainingjob_data_changed(
     namespace: str,
     name: str,
     type: str | None,
     body: kopf.Body,
     memo: Any,
-    trainingjob_data_refs: kopf.Index,
+    trainingjob_index: kopf.Index,
     **_: Any,
 ) -> None:
     """A DataPipeline changed: remember a success's output, and when its phase changed reconcile the TrainingJobs
@@ -85,5 +75,5 @@ async def trainingjob_data_changed(
         ctx.data_outputs.pop((namespace, name), None)
     elif (body.get("status") or {}).get("phase") == "Succeeded" and (uri := pipeline_output(body)):
         ctx.data_outputs[(namespace, name)] = uri
-    waiting = list(trainingjob_data_refs.get((namespace, name), []))
+    waiting = list(trainingjob_index.get((WAITS_FOR, namespace, name), []))
     await wake_dependents(ctx, "DataPipeline", body, type, waiting, KIND, reconcile_trainingjob)

@@ -168,7 +168,8 @@ def test_failed_training_is_retried_from_its_checkpoint_then_fails_for_good(clus
     status = cluster.wait_status("TrainingJob", "gpt", retries=1, childName="gpt-train-r1")
     assert status["phase"] == "Pending" and status["step"] == 120
     assert cluster.condition("TrainingJob", "gpt", "Failed")["status"] == "False"
-    assert counter(RETRIES, "TrainingJob") == retries_before + 1
+    # Counted once the operator has the answer to its status write (the watch may show the write first).
+    cluster.wait_for("the retry counted", lambda: counter(RETRIES, "TrainingJob") == retries_before + 1)
 
     cluster.kuberay("RayJob", "gpt-train-r1", jobDeploymentStatus="Running", jobStatus="RUNNING")
     cluster.wait_status("TrainingJob", "gpt", phase="Running")
@@ -265,9 +266,13 @@ def test_bad_input_fails_with_validation_failed_and_a_fixed_spec_starts(cluster:
     condition = cluster.condition("TrainingJob", "gpt", "Failed")
     assert (condition["status"], condition["reason"]) == ("True", "ValidationFailed")
     assert cluster.names("RayJob") == []
-    assert counter(RECONCILES, "TrainingJob", "invalid") == invalid_before + 1  # not retried in a loop
+    # Counted once the operator has the answer to its status write (the watch may show the write first).
+    cluster.wait_for(
+        "the invalid reconcile counted", lambda: counter(RECONCILES, "TrainingJob", "invalid") > invalid_before
+    )
     event = cluster.wait_for("a Failed Event", lambda: cluster.events("TrainingJob", "gpt"))
     assert event[-1] == ("Warning", "Failed", failed["message"])
+    assert counter(RECONCILES, "TrainingJob", "invalid") == invalid_before + 1  # not retried in a loop
 
     cluster.patch("TrainingJob", "gpt", {"spec": {"workers": {"count": 2, "cpu": 1}}})
     cluster.wait_child("RayJob", "gpt-train")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import kopf
 from kubeforge.cli import COMMANDS, build_parser
 from kubeforge.config import OperatorConfig
 from kubeforge.constants import FINALIZER
 from kubeforge.controller import configure_settings, register
+from kubeforge.handlers import job_index
 from kubeforge.handlers.common import ChildVersions, Schedule
+from kubeforge.handlers.jobs import FINISHED, WAITS_FOR
 from kubeforge.handlers.kube import connection_info
 from kubernetes import client
 
@@ -46,9 +50,10 @@ def test_every_kind_has_watch_event_handlers_only_so_kopf_needs_no_finalizer() -
     registry = kopf.OperatorRegistry()
     register(registry, OperatorConfig())
     ids = handler_ids(registry)
-    # One handler per watched resource type (kopf's cost is per handler invocation), and the two indices.
+    # One handler per watched resource type (kopf's cost is per handler invocation), and one index per kind.
     watched = {"datapipelines_watch", "trainingjobs_watch", "modeldeployment_event", "rayjobs_watch"}
-    assert watched | {"modeldeployment_child_status", "trainingjob_data_refs", "modeldeployment_model_refs"} <= ids
+    indices = {"datapipeline_index", "trainingjob_index", "modeldeployment_model_refs"}
+    assert watched | indices | {"modeldeployment_child_status"} <= ids
     assert {"operator_startup", "operator_login", "operator_cleanup"} <= ids
     # No change handlers, timers or daemons: kopf adds its finalizer and annotations for those alone.
     assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
@@ -123,3 +128,17 @@ def test_the_resync_skips_only_resources_whose_status_reflects_the_child_as_last
     versions.derived(key, "9")
     versions.forget(key)
     assert not versions.up_to_date(key)
+
+
+def test_the_job_index_marks_finished_jobs_and_trainingjobs_waiting_for_a_pipeline() -> None:
+    def index(kind: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
+        body = {"kind": kind, "metadata": {"name": "j", "namespace": "ml", "generation": 1}, "spec": spec}
+        return asyncio.run(job_index(body=body, spec=spec, status=status, namespace="ml", name="j"))
+
+    waiting = {"dataRef": {"name": "corpus"}}
+    assert index("TrainingJob", waiting, {}) == {(WAITS_FOR, "ml", "corpus"): "j"}
+    assert index("TrainingJob", waiting, {"phase": "Pending", "childName": "j-train"}) == {}
+    done = {"phase": "Succeeded", "observedGeneration": 1}
+    assert index("TrainingJob", {"dataRef": {"uri": "s3://d"}}, done) == {(FINISHED, "ml", "j"): True}
+    assert index("DataPipeline", {}, done) == {(FINISHED, "ml", "j"): True}
+    assert index("DataPipeline", {}, {"phase": "Running", "observedGeneration": 1}) == {}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 from kubeforge.builders import parse_resource
 from kubeforge.conditions import set_condition
-from kubeforge.events import Event, transition_events
+from kubeforge.events import Event, event_body, transition_events
 from kubeforge.metrics import PhaseTracker
 from kubeforge.validate import validate_document
 from prometheus_client import CollectorRegistry, generate_latest
@@ -56,6 +57,40 @@ def test_a_retry_is_one_warning_and_nothing_but_phases_and_ignored_specs_post_ev
     locked = {"conditions": with_condition("SpecLocked", True, "SpecChangeIgnored", "spec changed")}
     assert transition_events({}, locked) == [Event("Warning", "SpecChangeIgnored", "spec changed")]
     assert transition_events(locked, locked) == []
+
+
+def test_an_event_names_its_object_and_reporter_as_kubectl_shows_them() -> None:
+    owner = {
+        "apiVersion": "kubeforge.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "gpt", "namespace": "ml", "uid": "u-1", "resourceVersion": "42", "managedFields": [{}]},
+    }
+    now = datetime.datetime(2026, 12, 6, 7, 0, 0, tzinfo=datetime.timezone.utc)  # no fraction: MicroTime needs one
+    body = event_body(owner, Event("Warning", "Failed", "x" * 2000), "kubeforge-operator", "operator-0", now)
+    assert body == {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"namespace": "ml", "generateName": "gpt."},
+        "involvedObject": {
+            "apiVersion": "kubeforge.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "name": "gpt",
+            "namespace": "ml",
+            "uid": "u-1",
+            "resourceVersion": "42",
+        },
+        "type": "Warning",
+        "reason": "Failed",
+        "message": "x" * 1024,
+        "action": "Failed",
+        "source": {"component": "kubeforge-operator"},
+        "reportingComponent": "kubeforge-operator",
+        "reportingInstance": "operator-0",
+        "firstTimestamp": "2026-12-06T07:00:00Z",
+        "lastTimestamp": "2026-12-06T07:00:00Z",
+        "eventTime": "2026-12-06T07:00:00.000000Z",
+        "count": 1,
+    }
 
 
 def test_phase_tracker_counts_every_kind_and_phase_and_forgets_deleted_resources() -> None:
