@@ -17,8 +17,8 @@ from typing import Any
 import kopf
 
 from .config import OperatorConfig, is_namespace_pattern
-from .constants import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, RAY_GROUP
-from .handlers import RECONCILERS, register_all
+from .constants import FINALIZER, GROUP
+from .handlers import RECONCILERS, child_informers, register_all
 from .handlers.common import OperatorContext, resync_loop
 from .handlers.kube import KubeApi, connection_info, load_configuration
 from .handlers.posting import COMPONENT
@@ -78,10 +78,6 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     # the namespace list to expand, so the chart then grants list/watch on namespaces (docs/install.md).
     if config.watch_namespaces and not any(is_namespace_pattern(ns) for ns in config.watch_namespaces):
         settings.scanning.disabled = True
-    # Only our children are watched (server-side filter): not every RayJob and RayService in the cluster.
-    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
-    settings.watching.label_selectors[RAY_GROUP, "rayjobs"] = selector
-    settings.watching.label_selectors[RAY_GROUP, "rayservices"] = selector
     # List in pages at start-up: with 10,000 resources one unpaged list is tens of MB of JSON parsed at once.
     settings.watching.chunk_size = LIST_CHUNK
     # Reconnect watches regularly so a silently dropped connection is noticed.
@@ -101,8 +97,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, param: Se
     api = KubeApi(load_configuration(param.server))
     ctx = OperatorContext(config=config, api=api, phases=PHASE_TRACKER, reconcilers=dict(RECONCILERS))
     memo["kubeforge"] = ctx
-    # One task re-checks unfinished resources when due (safety net, retries); no per-resource timers.
-    memo["kubeforge_resync"] = asyncio.create_task(resync_loop(ctx), name="kubeforge resync")
+    # One task re-checks unfinished resources when due (safety net, retries); no per-resource timers. The children
+    # are watched by our own informers (handlers/informer.py), kopf watches our three kinds.
+    tasks = [asyncio.create_task(resync_loop(ctx), name="kubeforge resync")]
+    for informer in child_informers(ctx):
+        scope = informer.namespace or "all namespaces"
+        tasks.append(asyncio.create_task(informer.run(), name=f"watch {informer.resource.plural} in {scope}"))
+    memo["kubeforge_tasks"] = tasks
     start_metrics_server(config.metrics_port)
     log.info("kubeforge operator started (namespaces: %s)", ", ".join(config.watch_namespaces) or "all")
 
@@ -113,9 +114,8 @@ def operator_login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
 
 
 async def operator_cleanup(memo: Any, **_: Any) -> None:
-    """Stop the resync task, close the API client."""
-    task = memo.get("kubeforge_resync")
-    if task is not None:
+    """Stop the resync and the child watches, post the last Events, close the API client."""
+    for task in memo.get("kubeforge_tasks") or []:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

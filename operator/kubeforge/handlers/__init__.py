@@ -1,32 +1,38 @@
-"""kopf handlers, one module per kind; `register_all` puts them into a registry.
+"""The operator's handlers, one module per kind; `register_all` puts kopf's into a registry, `child_informers`
+builds the watches of the children.
 
-One watch-event handler per watched resource type, which calls every kind's reaction to it: kopf's cost is per
-handler invocation (its arguments, its logging context), so an event costs one, whatever reacts to it.
+kopf watches our three kinds: one watch-event handler per kind, which calls every kind's reaction to it (kopf's
+cost is per handler invocation: its arguments, its logging context). The children (RayJobs, RayServices) are
+watched by the operator's own informer (handlers/informer.py), which hands each change to its owner's kind.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import kopf
 
-from ..config import OperatorConfig
-from ..constants import GROUP, RAY_GROUP, RAY_VERSION, VERSION, owner_label
-from ..status import is_settled
+from ..config import OperatorConfig, is_namespace_pattern
+from ..constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, VERSION, owner_label
 from . import datapipeline, modeldeployment, trainingjob
-from .jobs import FINISHED, WAITS_FOR
+from .common import OperatorContext, Reconcile, on_child_event, sync_children
+from .informer import Informer
+from .kube import RAYJOBS, RAYSERVICES, Resource
 
 # kind -> its reconcile, for the resync loop.
-RECONCILERS = {
+RECONCILERS: dict[str, Reconcile] = {
     datapipeline.KIND: datapipeline.reconcile_datapipeline,
     trainingjob.KIND: trainingjob.reconcile_trainingjob,
     modeldeployment.KIND: modeldeployment.reconcile_modeldeployment,
 }
-# A RayJob's owner label -> the handler following its status.
-RAYJOB_OWNERS = {
-    owner_label(datapipeline.KIND): (datapipeline.KIND, datapipeline.datapipeline_child_status),
-    owner_label(trainingjob.KIND): (trainingjob.KIND, trainingjob.trainingjob_child_status),
+# Child resource type -> the kinds that own children of that type (found by their owner label).
+CHILD_OWNERS: dict[Resource, tuple[str, ...]] = {
+    RAYJOBS: (datapipeline.KIND, trainingjob.KIND),
+    RAYSERVICES: (modeldeployment.KIND,),
 }
+# Only our children are listed and watched (a server-side filter): not every RayJob and RayService in the cluster.
+CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
 
 
 async def datapipelines_watch(**kwargs: Any) -> None:
@@ -41,49 +47,50 @@ async def trainingjobs_watch(**kwargs: Any) -> None:
     await modeldeployment.modeldeployment_model_changed(**kwargs)
 
 
-async def job_index(
-    body: kopf.Body, spec: Any, status: Any, namespace: str, name: str, **_: Any
-) -> dict[tuple[str, str, str], Any]:
-    """One kopf index per job kind (kopf's cost is per index function and event, so one function fills both):
-
-    * (FINISHED, namespace, name) -> True for a DataPipeline or TrainingJob finished for good. kopf fills its
-      indices from the initial listing before any handler runs, so at a restart the finished jobs' RayJobs are
-      dropped without a read of the job, whichever watch delivers first;
-    * (WAITS_FOR, namespace, DataPipeline name) -> name of a TrainingJob that has not started and reads it.
-
-    A coroutine: kopf runs a plain function in a thread pool, a hand-over that costs more than the function."""
-    entries: dict[tuple[str, str, str], Any] = {}
-    meta, status = body.get("metadata") or {}, status or {}
-    if is_settled(body.get("kind", ""), status, meta.get("generation")):
-        entries[(FINISHED, namespace, name)] = True
-    ref = (spec or {}).get("dataRef") or {}
-    if body.get("kind") == trainingjob.KIND and ref.get("name") and not status.get("childName"):
-        entries[(WAITS_FOR, namespace, ref["name"])] = name
-    return entries
+async def child_event(
+    ctx: OperatorContext, owners: tuple[str, ...], event_type: str, child: dict[str, Any], listing: bool
+) -> None:
+    """A child's change, handed to the kind its owner label names."""
+    labels = (child.get("metadata") or {}).get("labels") or {}
+    for kind in owners:
+        owner = labels.get(owner_label(kind))
+        if owner:
+            await on_child_event(ctx, kind, owner, child, event_type, RECONCILERS[kind], listing=listing)
 
 
-async def rayjobs_watch(labels: Any, namespace: str, **kwargs: Any) -> None:
-    """A RayJob event: its owner (named by its label) follows its status, unless the owner has finished for good
-    (KubeRay touching a finished RayJob, a restart re-listing it)."""
-    for label, (kind, follow) in RAYJOB_OWNERS.items():
-        index: kopf.Index = kwargs[f"{kind.lower()}_index"]
-        if label in labels and (FINISHED, namespace, labels[label]) not in index:
-            await follow(labels=labels, namespace=namespace, **kwargs)
+def child_informers(ctx: OperatorContext) -> list[Informer]:
+    """The watches of the children: per child type, one per watched namespace (exact names), else one over the
+    cluster (all namespaces, or namespace patterns matched on the client)."""
+    names = ctx.config.watch_namespaces
+    patterns = names if any(is_namespace_pattern(ns) for ns in names) else ()
+    scopes: tuple[str | None, ...] = (None,) if patterns or not names else names
+    informers = []
+    for resource, owners in CHILD_OWNERS.items():
+        for namespace in scopes:
+            informer = Informer(
+                ctx.api,
+                resource,
+                namespace,
+                CHILD_SELECTOR,
+                on_event=functools.partial(child_event, ctx, owners),
+                on_synced=functools.partial(_synced, ctx, resource.plural, informers),
+                namespace_patterns=patterns,
+            )
+            informers.append(informer)
+    return informers
+
+
+async def _synced(ctx: OperatorContext, plural: str, informers: list[Informer]) -> None:
+    """An informer finished its first listing: once all of that child type have, the store is complete."""
+    if all(i.synced for i in informers if i.resource.plural == plural):
+        await sync_children(ctx, plural)
 
 
 def register_all(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the handlers of all three kinds: watch events and indices only (no finalizer, no annotations)."""
+    """Register kopf's handlers of the three kinds: watch events only (no finalizer, no annotations, no indices)."""
     kopf.on.event(GROUP, VERSION, datapipeline.PLURAL, registry=registry)(datapipelines_watch)
     kopf.on.event(GROUP, VERSION, trainingjob.PLURAL, registry=registry)(trainingjobs_watch)
     kopf.on.event(GROUP, VERSION, modeldeployment.PLURAL, registry=registry)(modeldeployment.modeldeployment_event)
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", registry=registry)(rayjobs_watch)
-    owned = {owner_label(modeldeployment.KIND): kopf.PRESENT}
-    kopf.on.event(RAY_GROUP, RAY_VERSION, "rayservices", labels=owned, registry=registry)(
-        modeldeployment.modeldeployment_child_status
-    )
-    for module in (datapipeline, trainingjob):
-        kopf.index(GROUP, VERSION, module.PLURAL, id=f"{module.KIND.lower()}_index", registry=registry)(job_index)
-    kopf.index(GROUP, VERSION, modeldeployment.PLURAL, registry=registry)(modeldeployment.modeldeployment_model_refs)
 
 
-__all__ = ["RECONCILERS", "register_all"]
+__all__ = ["RECONCILERS", "child_informers", "register_all"]

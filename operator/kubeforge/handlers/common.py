@@ -15,13 +15,11 @@ costs no API write beyond its own status, its child and its Events, and deleting
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
-import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +28,14 @@ from ..constants import FINALIZER
 from ..events import transition_events
 from ..metrics import PHASE_TRACKER, RECONCILE_SECONDS, RECONCILES, RETRIES, PhaseTracker
 from ..status import TERMINAL_JOB_PHASES, Observation, derive_status, is_settled, status_patch
-from .kube import ApiRejected, Conflict, KubeApi, NotFound, TransientError, kubeforge_resource
+from .kube import ApiRejected, Conflict, KubeApi, NotFound, Resource, TransientError, kubeforge_resource
 from .posting import EventPoster
+from .state import BodyCache, ChildStore, ChildVersions, Dependents, Key, KeyedLocks, Schedule
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, str]  # (kind, namespace, name)
-
 # How often a conditional status write is retried after 409 Conflicts before a retry is scheduled.
 CONFLICT_ATTEMPTS = 5
-# A reconcile that failed on the API is retried after this many seconds, doubling per failure up to the resync.
-RETRY_DELAY = 5.0
 # How often the resync loop looks for due resources (a wake-up, no API call), and every how many ticks it hands
 # freed memory back to the system (a few milliseconds).
 TICK_SECONDS = 1.0
@@ -49,149 +44,14 @@ TRIM_TICKS = 60
 MISSING: Any = object()
 
 
-class KeyedLocks:
-    """One asyncio.Lock per resource, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Key, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Key) -> AsyncIterator[None]:
-        """Serialise this operator's reconciles of one resource."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
-class ChildVersions:
-    """Per resource, the resourceVersion of its child in the latest watch event, and the one its status was last
-    derived from and written with. Where they agree nothing changed since, and the resync and the resource's own
-    events skip the resource without an API call (thousands of running jobs would otherwise cost a read each)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[Key, str] = {}
-        self._derived: dict[Key, str] = {}
-
-    def seen(self, key: Key, version: str) -> None:
-        """A watch event showed the child at this version ("" when it was deleted)."""
-        self._seen[key] = version
-
-    def derived(self, key: Key, version: str | None) -> None:
-        """The status was written from the child at this version (None: no child)."""
-        if version is None:
-            self._derived.pop(key, None)
-        else:
-            self._derived[key] = version
-
-    def up_to_date(self, key: Key) -> bool:
-        """Whether the status reflects the child as last seen."""
-        return key in self._derived and self._derived[key] == self._seen.get(key)
-
-    def reflects(self, key: Key, version: str) -> bool:
-        """Whether the status was derived from the child at exactly this version."""
-        return key in self._derived and self._derived[key] == version
-
-    def forget(self, key: Key) -> None:
-        """Drop a deleted or finished resource."""
-        self._seen.pop(key, None)
-        self._derived.pop(key, None)
-
-
-class Schedule:
-    """When each unfinished resource is next re-checked: the safety-net resync, or a retry after an API failure.
-
-    A heap of (due, key) with the current due time per key in a dict (stale heap entries are skipped), so a tick
-    costs nothing when nothing is due, however many resources there are. Finished resources are not in it."""
-
-    def __init__(self) -> None:
-        self._due: dict[Key, float] = {}
-        self._failures: dict[Key, int] = {}
-        self._heap: list[tuple[float, Key]] = []
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def at(self, key: Key, due: float) -> None:
-        """Re-check key at the monotonic time due."""
-        self._due[key] = due
-        heapq.heappush(self._heap, (due, key))
-        if len(self._heap) > 4 * len(self._due) + 64:  # rescheduling left many stale entries: rebuild
-            self._heap = [(when, k) for k, when in self._due.items()]
-            heapq.heapify(self._heap)
-
-    def succeeded(self, key: Key, resync: float) -> None:
-        """key was reconciled: next re-check after a full resync period."""
-        self._failures.pop(key, None)
-        self.at(key, time.monotonic() + resync)
-
-    def failed(self, key: Key, resync: float) -> float:
-        """key failed on the API: retry with exponential backoff; returns the delay."""
-        failures = self._failures.get(key, 0)
-        self._failures[key] = failures + 1
-        delay = min(RETRY_DELAY * 2**failures, resync)
-        self.at(key, time.monotonic() + delay)
-        return delay
-
-    def failing(self, key: Key) -> bool:
-        """Whether key's last reconcile failed on the API."""
-        return key in self._failures
-
-    def drop(self, key: Key) -> None:
-        """key finished or was deleted: never re-check it."""
-        self._due.pop(key, None)
-        self._failures.pop(key, None)
-
-    def pop_due(self, now: float) -> list[Key]:
-        """The keys due at now, removed from the schedule (a reconcile schedules them again)."""
-        due: list[Key] = []
-        while self._heap and self._heap[0][0] <= now:
-            when, key = heapq.heappop(self._heap)
-            if self._due.get(key) == when:
-                del self._due[key]
-                due.append(key)
-        return due
-
-
-class BodyCache:
-    """The latest known body per resource, without managedFields (the largest part, and never read here)."""
-
-    def __init__(self) -> None:
-        self._bodies: dict[Key, dict[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._bodies)
-
-    def put(self, key: Key, body: Mapping[str, Any]) -> None:
-        """Keep body as the latest of key."""
-        meta = body.get("metadata") or {}
-        if "managedFields" in meta:
-            body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-        self._bodies[key] = dict(body)
-
-    def get(self, key: Key) -> dict[str, Any] | None:
-        """The latest known body of key, or None."""
-        return self._bodies.get(key)
-
-    def drop(self, key: Key) -> None:
-        """Forget key (finished or deleted)."""
-        self._bodies.pop(key, None)
-
-
 Reconcile = Callable[..., Awaitable["Outcome"]]
 
 
 @dataclass
 class OperatorContext:
     """What every handler needs, kept in kopf's memo: settings, the API client, metrics, per-resource locks, child
-    versions, the resync schedule and what the watches told us (a few strings per resource, no bodies)."""
+    versions, the resync schedule and what the watches told us (handlers/state.py: a few strings per resource, the
+    body of an unfinished one, slim children)."""
 
     config: OperatorConfig
     api: KubeApi
@@ -213,7 +73,14 @@ class OperatorContext:
     # The latest body of every unfinished resource (its watch event, or the answer to our own status write), less
     # managedFields: a child's or a dependency's event reconciles the resource without reading it first. A stale
     # copy costs a 409 on the conditional status write and one read, never a wrong write.
-    bodies: BodyCache = field(default_factory=lambda: BodyCache())
+    bodies: BodyCache = field(default_factory=BodyCache)
+    # The children as the operator's own watch of them shows them (handlers/informer.py).
+    store: ChildStore = field(default_factory=ChildStore)
+    # (kind, namespace, name) of every job finished for good: its children's events are ignored without a read.
+    settled: set[Key] = field(default_factory=set)
+    # dependent kind -> who depends on what (TrainingJob: the DataPipeline it waits for; ModelDeployment: the
+    # TrainingJobs whose models it serves), so a dependency's phase change wakes exactly those.
+    dependents: dict[str, Dependents] = field(default_factory=dict)
     # Events about our resources, posted in the background over the same client.
     events: EventPoster = field(init=False)
 
@@ -227,12 +94,10 @@ def context(memo: Any) -> OperatorContext:
 
 
 def settle(ctx: OperatorContext, key: Key) -> None:
-    """A job finished for good: it keeps nothing in the operator's memory but its phase in the metrics (and its
-    entry in kopf's index of finished jobs, handlers/__init__.py)."""
-    ctx.schedule.drop(key)
-    ctx.children.forget(key)
-    ctx.handled.pop(key, None)
-    ctx.bodies.drop(key)
+    """A job finished for good: it keeps nothing in the operator's memory but its key (so its children's events
+    are ignored) and its phase in the metrics."""
+    _drop(ctx, key)
+    ctx.settled.add(key)
 
 
 def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
@@ -240,7 +105,19 @@ def forget(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:
     namespace, name = identity(body)
     key = (kind, namespace, name)
     ctx.phases.forget(kind, namespace, name)
-    settle(ctx, key)
+    _drop(ctx, key)
+    ctx.settled.discard(key)
+
+
+def _drop(ctx: OperatorContext, key: Key) -> None:
+    kind, namespace, name = key
+    ctx.schedule.drop(key)
+    ctx.children.forget(key)
+    ctx.handled.pop(key, None)
+    ctx.bodies.drop(key)
+    ctx.store.forget(key)
+    if kind in ctx.dependents:
+        ctx.dependents[kind].set(namespace, name, [])
 
 
 @dataclass
@@ -265,11 +142,17 @@ def spec_changed(body: Mapping[str, Any]) -> bool:
 
 
 async def on_resource_event(
-    ctx: OperatorContext, kind: str, body: Mapping[str, Any], event_type: str | None, reconcile: Reconcile
+    ctx: OperatorContext,
+    kind: str,
+    body: Mapping[str, Any],
+    event_type: str | None,
+    reconcile: Reconcile,
+    depends_on: Callable[[Mapping[str, Any]], list[str]] | None = None,
 ) -> None:
     """A watch event of the resource itself (created, changed, listed at start-up, deleted): reconcile it unless
     the event tells nothing new — our own status write coming back, a finished job, or a change outside the spec
-    (a workload's progress, a label) while the status already reflects the child as last seen."""
+    (a workload's progress, a label) while the status already reflects the child as last seen. depends_on names
+    the resources (of the kind's dependency) whose phase changes should wake this one."""
     namespace, name = identity(body)
     key = (kind, namespace, name)
     if event_type == "DELETED":
@@ -286,7 +169,10 @@ async def on_resource_event(
         ctx.phases.set(kind, namespace, name, status.get("phase"))
         settle(ctx, key)
         return
+    ctx.settled.discard(key)  # a fixed spec of a job that failed validation runs again
     ctx.bodies.put(key, body)
+    if depends_on is not None:
+        ctx.dependents.setdefault(kind, Dependents()).set(namespace, name, depends_on(body))
     version = meta.get("resourceVersion")
     if version is not None and ctx.handled.get(key) == version:
         return
@@ -311,28 +197,64 @@ async def release_finalizer(ctx: OperatorContext, kind: str, body: Mapping[str, 
         )
 
 
-async def follow_child(
+async def on_child_event(
     ctx: OperatorContext,
     kind: str,
-    owner: str | None,
+    owner: str,
     child: Mapping[str, Any],
-    event_type: str | None,
+    event_type: str,
     reconcile: Reconcile,
+    listing: bool = False,
 ) -> None:
-    """A child changed (a watch event): reconcile its owner with it. A child KubeRay has not reported on yet
-    tells nothing its creator did not know, and is skipped."""
-    namespace = child.get("metadata", {}).get("namespace")
-    if not owner or not namespace:
+    """A child changed (an event of the operator's own watch, or its listing): record it, and reconcile its owner
+    with it when the owner is unfinished and known. Nothing is read: a finished owner's children are ignored, and
+    an owner not seen yet is reconciled by its own event, with the child recorded here. During the first listing
+    only records are made (a restart would otherwise reconcile each owner once per child type); the owners are
+    reconciled after it (sync_children). A child KubeRay has not reported on tells nothing its creator did not
+    know, and is skipped."""
+    meta = child.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    key = (kind, namespace, owner)
+    if key in ctx.settled:
         return
     deleted = event_type == "DELETED"
-    key = (kind, namespace, owner)
-    version = "" if deleted else child["metadata"].get("resourceVersion", "")
+    if deleted:
+        ctx.store.remove(key, meta.get("name", ""))
+    else:
+        ctx.store.put(key, child)
+    version = "" if deleted else meta.get("resourceVersion", "")
     if ctx.children.reflects(key, version):
-        return  # the status was derived from exactly this child already (a re-listed child at start-up)
+        return  # the status was derived from exactly this child already (our own creation, a re-listing)
     ctx.children.seen(key, version)
-    if deleted or child.get("status"):
-        child_now = MISSING if deleted else child
-        await reconcile_via_api(ctx, kind, namespace, owner, reconcile, child=child_now, body=ctx.bodies.get(key))
+    if listing or key not in ctx.bodies or not (deleted or child.get("status")):
+        return
+    await reconcile_via_api(ctx, kind, namespace, owner, reconcile, child=MISSING, body=ctx.bodies.get(key))
+
+
+async def current_child(
+    ctx: OperatorContext, resource: Resource, kind: str, namespace: str, owner: str, name: str
+) -> dict[str, Any] | None:
+    """The owner's child of that name as the watch shows it (slim), or read from the API until the watch has
+    listed every child; None when it does not exist."""
+    if ctx.store.synced(resource.plural):
+        return ctx.store.get((kind, namespace, owner), name)
+    return await ctx.api.get(resource, namespace, name)
+
+
+def record_child(ctx: OperatorContext, kind: str, namespace: str, owner: str, child: Mapping[str, Any]) -> None:
+    """A child this operator just created or changed: recorded at once (its watch event comes a moment later), so
+    a reconcile in between does not take it for missing."""
+    ctx.store.put((kind, namespace, owner), child)
+
+
+async def sync_children(ctx: OperatorContext, plural: str) -> None:
+    """The watch of a child type listed every child: from now on the store answers "does not exist", and every
+    known unfinished owner whose status does not reflect its child yet is reconciled (a restart's catch-up)."""
+    ctx.store.mark_synced(plural)
+    for key in ctx.store.owners():
+        kind, namespace, name = key
+        if key in ctx.bodies and not ctx.children.up_to_date(key) and kind in ctx.reconcilers:
+            await reconcile_via_api(ctx, kind, namespace, name, ctx.reconcilers[kind], body=ctx.bodies.get(key))
 
 
 async def wake_dependents(

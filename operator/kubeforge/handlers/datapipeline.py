@@ -7,9 +7,8 @@ from typing import Any
 
 import kopf
 
-from ..constants import owner_label
 from ..status import ChildState
-from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event
+from .common import MISSING, OperatorContext, Outcome, context, on_resource_event
 from .jobs import reconcile_job
 
 KIND = "DataPipeline"
@@ -38,8 +37,3 @@ async def reconcile_datapipeline(ctx: OperatorContext, body: Mapping[str, Any], 
 async def datapipeline_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """A DataPipeline was created, changed, listed or deleted: reconcile it if the event tells something new."""
     await on_resource_event(context(memo), KIND, body, type, reconcile_datapipeline)
-
-
-async def datapipeline_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
-    """A DataPipeline's RayJob changed: follow its status."""
-    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_datapipeline)

@@ -17,13 +17,9 @@ from ..builders.access import build_run_access
 from ..builders.rayjob import build_retry
 from ..constants import ANNOTATION_SPEC_HASH
 from ..status import ChildState, Dependency, Observation, is_settled, rayjob_state
-from .common import MISSING, OperatorContext, Outcome, identity, make_outcome, spec_changed
+from .common import MISSING, OperatorContext, Outcome, current_child, identity, make_outcome, record_child, spec_changed
 from .kube import RAYJOBS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS, Conflict, TransientError
 from .kube import Resource as ApiResource
-
-# Tags of the keys of the job kinds' kopf index (handlers/__init__.py: job_index).
-FINISHED = "finished"
-WAITS_FOR = "waitsFor"
 
 # (ctx, typed resource) -> (dependency, data URI); None when the kind has no dependency.
 ResolveDependency = Callable[[OperatorContext, Any], Awaitable[tuple[Dependency, str | None]]]
@@ -142,7 +138,9 @@ async def reconcile_job(
         # answers 409 and create_child adopts it; its events then correct anything derived here.
         child = None
     elif child is MISSING or (child or {}).get("metadata", {}).get("name") != expected:
-        child = await ctx.api.get(RAYJOBS, namespace, expected)
+        child = await current_child(ctx, RAYJOBS, kind, namespace, name, expected)
+    if child is None and status.get("childName") == expected:
+        child = await ctx.api.get(RAYJOBS, namespace, expected)  # gone, or not in the watch yet: ask the server
     dependency: Dependency | None = None
 
     if child is None and status.get("childName") == expected:
@@ -157,6 +155,8 @@ async def reconcile_job(
         if conflict is not None:
             return make_outcome(kind, body, Observation(child=conflict, retries=attempt), "waiting")
         child = await create_child(ctx, RAYJOBS, body, manifest)
+        if child is not None:
+            record_child(ctx, kind, namespace, name, child)
         state = rayjob_state(child) if child is not None else name_conflict(kind, expected)
     else:
         state = rayjob_state(child)
@@ -164,9 +164,11 @@ async def reconcile_job(
 
     retried = False
     if state.phase == "Failed" and state.retryable and attempt < max_retries(body):
-        # The retry copies the failed RayJob (the spec the job started with); rebuilt only if that one is gone.
-        if child is not None:
-            manifest = build_retry(child, kind, name, attempt + 1)
+        # The retry copies the failed RayJob (the spec the job started with, read whole: the watch keeps only its
+        # status); rebuilt only if that one is gone.
+        failed = await ctx.api.get(RAYJOBS, namespace, expected) if child is not None else None
+        if failed is not None:
+            manifest = build_retry(failed, kind, name, attempt + 1)
         else:
             manifest, dependency, report = await manifest_from_spec(kind, ctx, body, attempt + 1, resolve)
             if report is not None:
@@ -176,6 +178,8 @@ async def reconcile_job(
         attempt += 1
         expected = manifest["metadata"]["name"]
         child = await create_child(ctx, RAYJOBS, body, manifest)
+        if child is not None:
+            record_child(ctx, kind, namespace, name, child)
         state = rayjob_state(child) if child is not None else name_conflict(kind, expected)
         retried = child is not None
 

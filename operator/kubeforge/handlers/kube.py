@@ -15,6 +15,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,6 +228,66 @@ class KubeApi:
         path = _path(resource, namespace, name) + "/status"
         return await self._request("PATCH", path, body, MERGE_PATCH)  # type: ignore[no-any-return]
 
+    async def list_page(
+        self, resource: Resource, namespace: str | None, selector: str, limit: int, token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of a (cluster-wide when namespace is None) list, with metadata.continue for the next one."""
+        params = {"labelSelector": selector, "limit": str(limit)}
+        if token:
+            params["continue"] = token
+        try:
+            page: dict[str, Any] = await self._request("GET", _path(resource, namespace), **params)
+        except ApiRejected as exc:
+            if str(exc).startswith("HTTP 410"):
+                raise Gone(str(exc)) from None  # an expired continue token: list from the start
+            raise
+        return page
+
+    async def watch(
+        self, resource: Resource, namespace: str | None, selector: str, version: str, timeout: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) after version, until the server ends the stream (after about
+        timeout seconds); Gone when version is too old, TransientError when the connection fails."""
+        params = {
+            "watch": "true",
+            "labelSelector": selector,
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
+        headers = {"Authorization": auth} if (auth := self._auth_header()) is not None else {}
+        try:
+            async with self._open().get(
+                _path(resource, namespace),
+                params=params,
+                headers=headers,
+                proxy=self.configuration.proxy,
+                server_hostname=self.configuration.tls_server_name,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout + 30),
+            ) as response:
+                if response.status == 410:
+                    raise Gone("HTTP 410")
+                if response.status >= 300:
+                    text = await response.text()
+                    if response.status == 401:
+                        self._auth_header(refresh=True)
+                    raise TransientError(f"HTTP {response.status}: {_reason(text, response.reason or '')}")
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event = json.loads(line)
+                            if event.get("type") == "ERROR":
+                                status = event.get("object") or {}
+                                if status.get("code") == 410:
+                                    raise Gone(status.get("message") or "HTTP 410")
+                                raise TransientError(f"watch error: {status.get('message') or status}")
+                            yield event
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+
     async def delete(self, resource: Resource, namespace: str, name: str) -> bool:
         """Delete the object (its dependents in the background); False when it was already gone."""
         try:
@@ -234,6 +295,10 @@ class KubeApi:
         except NotFound:
             return False
         return True
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old (HTTP 410, or an ERROR event with code 410): list again."""
 
 
 def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
@@ -248,10 +313,10 @@ def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
     return context
 
 
-def _path(resource: Resource, namespace: str, name: str | None = None) -> str:
-    """The object's (or its collection's) URL path, relative to the server."""
+def _path(resource: Resource, namespace: str | None, name: str | None = None) -> str:
+    """The object's (or its collection's, cluster-wide when namespace is None) URL path, relative to the server."""
     base = f"api/{resource.version}" if not resource.group else f"apis/{resource.group}/{resource.version}"
-    path = f"{base}/namespaces/{namespace}/{resource.plural}"
+    path = f"{base}/namespaces/{namespace}/{resource.plural}" if namespace else f"{base}/{resource.plural}"
     return f"{path}/{name}" if name else path
 
 

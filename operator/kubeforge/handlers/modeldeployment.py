@@ -13,7 +13,7 @@ from ..api.modeldeployment import ModelRef
 from ..builders import ResolvedModel, build_monitor, build_rayservice, child_name, parse_resource, serve_url
 from ..builders.monitoring import MONITOR_PLURALS, MONITORING_GROUP, MONITORING_VERSION, monitor_name
 from ..builders.rayservice import ResolvedAdapter
-from ..constants import ANNOTATION_SPEC_HASH, owner_label
+from ..constants import ANNOTATION_SPEC_HASH
 from ..events import WARNING, Event
 from ..status import Dependency, Observation, rayservice_state
 from .common import (
@@ -21,10 +21,11 @@ from .common import (
     OperatorContext,
     Outcome,
     context,
-    follow_child,
+    current_child,
     identity,
     make_outcome,
     on_resource_event,
+    record_child,
     spec_changed,
     wake_dependents,
 )
@@ -168,7 +169,7 @@ async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any
     service_name = child_name(KIND, name)
     suspend = bool((body.get("spec") or {}).get("suspend"))
     if child is MISSING or (child or {}).get("metadata", {}).get("name") != service_name:
-        child = await ctx.api.get(RAYSERVICES, namespace, service_name)
+        child = await current_child(ctx, RAYSERVICES, KIND, namespace, name, service_name)
     deployment, problem = parse_resource(body)
     if problem:
         # The RayService, if any, keeps serving the last valid spec.
@@ -184,12 +185,15 @@ async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any
         if child is None:
             conflict = await ensure_run_access(ctx, KIND, body)
             child = None if conflict else await create_child(ctx, RAYSERVICES, body, manifest)
+            if child is not None:
+                record_child(ctx, KIND, namespace, name, child)
             if child is None:
                 conflict = conflict or name_conflict(KIND, service_name, "RayService")
                 observation = Observation(child=conflict, dependency=dependency, suspend_requested=suspend)
                 return make_outcome(KIND, body, observation, "waiting")
         elif (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != wanted:
             child = await roll_out(ctx, body, child, manifest)
+            record_child(ctx, KIND, namespace, name, child)
             rolling_out = True
         if spec_changed(body):  # the monitor follows the spec alone
             await sync_monitor(ctx, body, deployment)
@@ -219,20 +223,15 @@ async def reconcile_modeldeployment(ctx: OperatorContext, body: Mapping[str, Any
 async def modeldeployment_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """A ModelDeployment was created, changed, listed or deleted: reconcile it if the event tells something new
     (a spec change rolls out through the RayService)."""
-    await on_resource_event(context(memo), KIND, body, type, reconcile_modeldeployment)
+    await on_resource_event(context(memo), KIND, body, type, reconcile_modeldeployment, depends_on=serves_models_of)
 
 
-async def modeldeployment_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
-    """A ModelDeployment's RayService changed: follow its status."""
-    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_modeldeployment)
-
-
-async def modeldeployment_model_refs(spec: Any, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
-    """Index: (namespace, TrainingJob name) -> ModelDeployments serving its model (main, canary or adapter)."""
-    spec = spec or {}
+def serves_models_of(body: Mapping[str, Any]) -> list[str]:
+    """The TrainingJobs whose models a ModelDeployment serves (main, canary or adapter)."""
+    spec = body.get("spec") or {}
     refs = [(spec.get("modelRef") or {}).get("name"), ((spec.get("canary") or {}).get("modelRef") or {}).get("name")]
     refs += [(adapter.get("modelRef") or {}).get("name") for adapter in spec.get("adapters") or []]
-    return {(namespace, ref): name for ref in refs if ref}
+    return [ref for ref in refs if ref]
 
 
 async def modeldeployment_model_changed(
@@ -241,9 +240,9 @@ async def modeldeployment_model_changed(
     namespace: str,
     name: str,
     memo: Any,
-    modeldeployment_model_refs: kopf.Index,
     **_: Any,
 ) -> None:
     """A TrainingJob changed: when its phase changed, reconcile the ModelDeployments that serve its model now."""
-    deployments = list(modeldeployment_model_refs.get((namespace, name), []))
-    await wake_dependents(context(memo), "TrainingJob", body, type, deployments, KIND, reconcile_modeldeployment)
+    ctx = context(memo)
+    deployments = ctx.dependents[KIND].of(namespace, name) if KIND in ctx.dependents else []
+    await wake_dependents(ctx, "TrainingJob", body, type, deployments, KIND, reconcile_modeldeployment)

@@ -8,11 +8,10 @@ from typing import Any
 import kopf
 
 from ..api import TrainingJob
-from ..constants import owner_label
 from ..status import Dependency
-from .common import MISSING, OperatorContext, Outcome, context, follow_child, on_resource_event, wake_dependents
+from .common import MISSING, OperatorContext, Outcome, context, on_resource_event, wake_dependents
 from .datapipeline import pipeline_output
-from .jobs import WAITS_FOR, reconcile_job
+from .jobs import reconcile_job
 from .kube import kubeforge_resource
 
 KIND = "TrainingJob"
@@ -51,22 +50,17 @@ async def reconcile_trainingjob(ctx: OperatorContext, body: Mapping[str, Any], c
 
 async def trainingjob_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     """A TrainingJob was created, changed, listed or deleted: reconcile it if the event tells something new."""
-    await on_resource_event(context(memo), KIND, body, type, reconcile_trainingjob)
+    await on_resource_event(context(memo), KIND, body, type, reconcile_trainingjob, depends_on=waits_for)
 
 
-async def trainingjob_child_status(body: kopf.Body, type: str | None, labels: Any, memo: Any, **_: Any) -> None:
-    """A TrainingJob's RayJob changed: follow its status, retry a failure."""
-    await follow_child(context(memo), KIND, labels.get(owner_label(KIND)), body, type, reconcile_trainingjob)
+def waits_for(body: Mapping[str, Any]) -> list[str]:
+    """The DataPipeline a TrainingJob that has not started yet waits for (none once it started, or for a URI)."""
+    ref = (body.get("spec") or {}).get("dataRef") or {}
+    return [ref["name"]] if ref.get("name") and not (body.get("status") or {}).get("childName") else []
 
 
 async def trainingjob_data_changed(
-    namespace: str,
-    name: str,
-    type: str | None,
-    body: kopf.Body,
-    memo: Any,
-    trainingjob_index: kopf.Index,
-    **_: Any,
+    namespace: str, name: str, type: str | None, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
     """A DataPipeline changed: remember a success's output, and when its phase changed reconcile the TrainingJobs
     waiting for it now (start them, or say why they still wait) rather than at the next resync."""
@@ -75,5 +69,5 @@ async def trainingjob_data_changed(
         ctx.data_outputs.pop((namespace, name), None)
     elif (body.get("status") or {}).get("phase") == "Succeeded" and (uri := pipeline_output(body)):
         ctx.data_outputs[(namespace, name)] = uri
-    waiting = list(trainingjob_index.get((WAITS_FOR, namespace, name), []))
+    waiting = ctx.dependents[KIND].of(namespace, name) if KIND in ctx.dependents else []
     await wake_dependents(ctx, "DataPipeline", body, type, waiting, KIND, reconcile_trainingjob)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 import kopf
 from kubeforge.cli import COMMANDS, build_parser
 from kubeforge.config import OperatorConfig
 from kubeforge.constants import FINALIZER
 from kubeforge.controller import configure_settings, register
-from kubeforge.handlers import job_index
-from kubeforge.handlers.common import ChildVersions, Schedule
-from kubeforge.handlers.jobs import FINISHED, WAITS_FOR
-from kubeforge.handlers.kube import connection_info
+from kubeforge.handlers import child_informers
+from kubeforge.handlers.common import OperatorContext
+from kubeforge.handlers.informer import namespace_matches
+from kubeforge.handlers.kube import KubeApi, connection_info
+from kubeforge.handlers.modeldeployment import serves_models_of
+from kubeforge.handlers.state import ChildStore, ChildVersions, Dependents, Schedule
+from kubeforge.handlers.trainingjob import waits_for
 from kubernetes import client
 
 
@@ -33,8 +34,7 @@ def test_settings_use_our_finalizer_annotations_and_server_side_child_filters() 
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "kubeforge.dev"
     assert settings.peering.name == "kubeforge" and settings.peering.clusterwide is False
-    selectors = dict(settings.watching.label_selectors.items())
-    assert sorted(selectors.values()) == ["app.kubernetes.io/managed-by=kubeforge"] * 2
+    assert dict(settings.watching.label_selectors.items()) == {}  # kopf watches our kinds only
     # Only kopf's warnings and errors become Events (our own Events tell the transitions).
     assert settings.posting.enabled and settings.posting.level == logging.WARNING
 
@@ -50,10 +50,10 @@ def test_every_kind_has_watch_event_handlers_only_so_kopf_needs_no_finalizer() -
     registry = kopf.OperatorRegistry()
     register(registry, OperatorConfig())
     ids = handler_ids(registry)
-    # One handler per watched resource type (kopf's cost is per handler invocation), and one index per kind.
-    watched = {"datapipelines_watch", "trainingjobs_watch", "modeldeployment_event", "rayjobs_watch"}
-    indices = {"datapipeline_index", "trainingjob_index", "modeldeployment_model_refs"}
-    assert watched | indices | {"modeldeployment_child_status"} <= ids
+    # One handler per kind (kopf's cost is per handler invocation); no index (the operator keeps its own, so
+    # nothing waits for kopf's indices at start-up); the children are watched by the operator's own informers.
+    assert {"datapipelines_watch", "trainingjobs_watch", "modeldeployment_event"} <= ids
+    assert registry._indexing.get_all_handlers() == []
     assert {"operator_startup", "operator_login", "operator_cleanup"} <= ids
     # No change handlers, timers or daemons: kopf adds its finalizer and annotations for those alone.
     assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
@@ -130,15 +130,66 @@ def test_the_resync_skips_only_resources_whose_status_reflects_the_child_as_last
     assert not versions.up_to_date(key)
 
 
-def test_the_job_index_marks_finished_jobs_and_trainingjobs_waiting_for_a_pipeline() -> None:
-    def index(kind: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
-        body = {"kind": kind, "metadata": {"name": "j", "namespace": "ml", "generation": 1}, "spec": spec}
-        return asyncio.run(job_index(body=body, spec=spec, status=status, namespace="ml", name="j"))
+def test_dependents_follow_each_dependents_latest_spec_and_forget_it() -> None:
+    dependents = Dependents()
+    dependents.set("ml", "job-a", waits_for({"spec": {"dataRef": {"name": "corpus"}}}))
+    dependents.set("ml", "job-b", waits_for({"spec": {"dataRef": {"name": "corpus"}}}))
+    assert dependents.of("ml", "corpus") == ["job-a", "job-b"] and dependents.of("other", "corpus") == []
+    started = {"spec": {"dataRef": {"name": "corpus"}}, "status": {"childName": "job-a-train"}}
+    dependents.set("ml", "job-a", waits_for(started))  # started: no longer waits
+    assert dependents.of("ml", "corpus") == ["job-b"]
+    deployment = {"spec": {"modelRef": {"name": "sft"}, "canary": {"modelRef": {"name": "dpo"}}}}
+    dependents.set("ml", "serve", serves_models_of(deployment))
+    assert dependents.of("ml", "sft") == ["serve"] and dependents.of("ml", "dpo") == ["serve"]
+    dependents.set("ml", "serve", [])
+    assert dependents.of("ml", "sft") == [] and dependents.of("ml", "dpo") == []
 
-    waiting = {"dataRef": {"name": "corpus"}}
-    assert index("TrainingJob", waiting, {}) == {(WAITS_FOR, "ml", "corpus"): "j"}
-    assert index("TrainingJob", waiting, {"phase": "Pending", "childName": "j-train"}) == {}
-    done = {"phase": "Succeeded", "observedGeneration": 1}
-    assert index("TrainingJob", {"dataRef": {"uri": "s3://d"}}, done) == {(FINISHED, "ml", "j"): True}
-    assert index("DataPipeline", {}, done) == {(FINISHED, "ml", "j"): True}
-    assert index("DataPipeline", {}, {"phase": "Running", "observedGeneration": 1}) == {}
+
+def test_the_child_store_keeps_slim_children_per_owner() -> None:
+    store = ChildStore()
+    owner = ("TrainingJob", "ml", "gpt")
+    rayjob = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "gpt-train", "namespace": "ml", "resourceVersion": "5", "managedFields": [{}] * 50},
+        "spec": {"suspend": False, "rayClusterSpec": {"workerGroupSpecs": [{"template": {}}]}},
+        "status": {"jobDeploymentStatus": "Running"},
+    }
+    assert not store.synced("rayjobs")
+    store.put(owner, rayjob)
+    assert store.get(owner, "gpt-train") == {
+        "metadata": {"name": "gpt-train", "namespace": "ml", "resourceVersion": "5"},
+        "spec": {"suspend": False},
+        "status": {"jobDeploymentStatus": "Running"},
+    }
+    assert store.get(owner, "gpt-train-r1") is None and len(store) == 1
+    store.mark_synced("rayjobs")
+    assert store.synced("rayjobs") and not store.synced("rayservices")
+    store.remove(owner, "gpt-train")
+    assert store.owners() == [] and len(store) == 0
+    store.put(owner, rayjob)
+    store.forget(owner)
+    assert store.get(owner, "gpt-train") is None
+
+
+def test_namespace_patterns_match_as_in_kopf() -> None:
+    assert namespace_matches("team-a", ("team-*",)) and not namespace_matches("ml", ("team-*",))
+    assert namespace_matches("ml", ("!kube-system",)) and not namespace_matches("kube-system", ("!kube-*",))
+    assert namespace_matches("ml", ("team-*,ml",)) and not namespace_matches("team-x", ("team-*", "!team-x"))
+
+
+def test_children_are_watched_per_namespace_or_over_the_cluster_with_our_label() -> None:
+    def scopes(namespaces: tuple[str, ...]) -> list[tuple[str, str | None, tuple[str, ...]]]:
+        ctx = OperatorContext(config=OperatorConfig(watch_namespaces=namespaces), api=KubeApi(client.Configuration()))
+        informers = child_informers(ctx)
+        assert {i.selector for i in informers} == {"app.kubernetes.io/managed-by=kubeforge"}
+        return sorted((i.resource.plural, i.namespace, i.namespace_patterns) for i in informers)
+
+    assert scopes(("a", "b")) == [
+        ("rayjobs", "a", ()),
+        ("rayjobs", "b", ()),
+        ("rayservices", "a", ()),
+        ("rayservices", "b", ()),
+    ]
+    assert scopes(()) == [("rayjobs", None, ()), ("rayservices", None, ())]
+    assert scopes(("team-*",)) == [("rayjobs", None, ("team-*",)), ("rayservices", None, ("team-*",))]
