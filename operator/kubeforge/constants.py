@@ -15,6 +15,8 @@ KINDS: dict[str, tuple[str, str, str]] = {
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
 RAY_API_VERSION = f"{RAY_GROUP}/{RAY_VERSION}"
+# kind -> the plural of its children's resource type (ray.io/v1).
+CHILD_PLURALS = {"DataPipeline": "rayjobs", "TrainingJob": "rayjobs", "ModelDeployment": "rayservices"}
 
 # Labels and annotations put on every child object.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

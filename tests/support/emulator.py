@@ -23,6 +23,7 @@ Events (core/v1) are stored like any object, so the operator's Events can be lis
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import copy
 import datetime
@@ -290,7 +291,7 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
         version = str(self._current_version)
         payload = await super()._serve_list(request)
         payload["metadata"] = {"resourceVersion": version}
-        return payload
+        return _paginate(payload, request.params)
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""  # send the headers now, even if nothing happens
@@ -344,3 +345,46 @@ def _managed_entry(request: rendering.Request, tracked: Mapping[str, Any], subre
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _labels_match(obj: Mapping[str, Any], selector: str) -> bool:
+    """An equality-based label selector (`a=b,c!=d,e,!f`): every term holds."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            holds = labels.get(key) != value
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            holds = labels.get(key) == value.lstrip("=")
+        elif term.startswith("!"):
+            holds = term[1:] not in labels
+        else:
+            holds = term in labels
+        if not holds:
+            return False
+    return True
+
+
+def _paginate(payload: dict[str, Any], params: Mapping[str, str]) -> dict[str, Any]:
+    """A list the way the API server pages it: labelSelector applied, `limit` items at most, ordered by
+    namespace and name, and a `continue` token naming the last one (later pages keep the first page's
+    resourceVersion, as a real server serves every page from one snapshot)."""
+    items = payload.get("items") or []
+    if params.get("labelSelector"):
+        items = [item for item in items if _labels_match(item, params["labelSelector"])]
+    items.sort(key=lambda o: ((o.get("metadata") or {}).get("namespace") or "", o["metadata"].get("name") or ""))
+    token = params.get("continue")
+    if token:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))
+        payload["metadata"]["resourceVersion"] = after["rv"]
+        items = [o for o in items if [o["metadata"].get("namespace") or "", o["metadata"]["name"]] > after["key"]]
+    limit = int(params.get("limit") or 0)
+    if limit and len(items) > limit:
+        items = items[:limit]
+        last = items[-1]["metadata"]
+        key = [last.get("namespace") or "", last["name"]]
+        mark = {"key": key, "rv": payload["metadata"]["resourceVersion"]}
+        payload["metadata"]["continue"] = base64.urlsafe_b64encode(json.dumps(mark).encode()).decode()
+    payload["items"] = items
+    return payload

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import OperatorConfig
-from ..constants import FINALIZER
+from ..constants import CHILD_PLURALS, FINALIZER
 from ..events import transition_events
 from ..metrics import PHASE_TRACKER, RECONCILE_SECONDS, RECONCILES, RETRIES, PhaseTracker
 from ..status import TERMINAL_JOB_PHASES, Observation, derive_status, is_settled, status_patch
@@ -179,6 +179,8 @@ async def on_resource_event(
     if status.get("phase") and not spec_changed(body) and ctx.children.up_to_date(key):
         ctx.handled[key] = version
         return
+    if status.get("phase") and not spec_changed(body) and not ctx.store.synced(CHILD_PLURALS[kind]):
+        return  # started before this operator did: reconciled once its children are listed (sync_children)
     await reconcile_via_api(ctx, kind, namespace, name, reconcile, body=dict(body))
 
 
@@ -249,11 +251,12 @@ def record_child(ctx: OperatorContext, kind: str, namespace: str, owner: str, ch
 
 async def sync_children(ctx: OperatorContext, plural: str) -> None:
     """The watch of a child type listed every child: from now on the store answers "does not exist", and every
-    known unfinished owner whose status does not reflect its child yet is reconciled (a restart's catch-up)."""
+    known unfinished owner whose status does not reflect its child yet is reconciled (a restart's catch-up: an
+    owner that had started waits for this instead of reading its child)."""
     ctx.store.mark_synced(plural)
-    for key in ctx.store.owners():
+    for key in ctx.bodies.resources():
         kind, namespace, name = key
-        if key in ctx.bodies and not ctx.children.up_to_date(key) and kind in ctx.reconcilers:
+        if CHILD_PLURALS[kind] == plural and not ctx.children.up_to_date(key) and kind in ctx.reconcilers:
             await reconcile_via_api(ctx, kind, namespace, name, ctx.reconcilers[kind], body=ctx.bodies.get(key))
 
 

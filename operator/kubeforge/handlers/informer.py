@@ -21,7 +21,7 @@ from .kube import ApiRejected, Gone, KubeApi, Resource, TransientError
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 500  # objects per list page: a 10,000-object listing is never parsed at once
+PAGE_SIZE = 100  # objects per list page: a 10,000-object listing is never parsed at once
 WATCH_SECONDS = 300  # the server ends each watch after about this long; it is resumed from the last version
 BACKOFFS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 

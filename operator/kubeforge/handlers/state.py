@@ -142,6 +142,10 @@ class BodyCache:
     def __contains__(self, key: Key) -> bool:
         return key in self._bodies
 
+    def resources(self) -> list[Key]:
+        """Every resource with a body here."""
+        return list(self._bodies)
+
     def put(self, key: Key, body: Mapping[str, Any]) -> None:
         """Keep body as the latest of key."""
         meta = body.get("metadata") or {}
