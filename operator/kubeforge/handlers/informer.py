@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .kube import ApiRejected, Gone, KubeApi, Resource, TransientError
+from .kube import ApiRejected, Gone, KubeApi, NotFound, Resource, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ class Informer:
         on_event: OnEvent,
         on_synced: Callable[[], Awaitable[None]],
         namespace_patterns: tuple[str, ...] = (),
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.api = api
+        self.page_size = page_size
         self.resource = resource
         self.namespace = namespace
         self.selector = selector
@@ -67,11 +69,19 @@ class Informer:
                     version = await self._watch(version)
             except Gone:
                 log.debug("%s: the watch's version expired; listing again", self.resource.plural)
+                continue
+            except NotFound:
+                kind = f"{self.resource.plural}.{self.resource.group}"
+                problem = f"the API server does not serve {kind} (is KubeRay installed?)"
             except (TransientError, ApiRejected, ValueError) as exc:
-                delay = BACKOFFS[min(failures, len(BACKOFFS) - 1)]
-                failures += 1
-                log.warning("watching %s failed (%s); listing again in %.0fs", self.resource.plural, exc, delay)
-                await asyncio.sleep(delay)
+                problem = str(exc)
+            except Exception:  # a bug in a handler must not end the watch for good
+                log.exception("handling a %s event failed", self.resource.plural)
+                problem = "an event handler failed"
+            delay = BACKOFFS[min(failures, len(BACKOFFS) - 1)]
+            failures += 1
+            log.warning("watching %s failed: %s; listing again in %.0fs", self.resource.plural, problem, delay)
+            await asyncio.sleep(delay)
 
     def _wanted(self, obj: dict[str, Any]) -> bool:
         """Whether the object is in a watched namespace (namespace patterns are matched here, on the client)."""
@@ -84,7 +94,7 @@ class Informer:
         listed: set[tuple[str, str]] = set()
         token: str | None = None
         while True:
-            page = await self.api.list_page(self.resource, self.namespace, self.selector, PAGE_SIZE, token)
+            page = await self.api.list_page(self.resource, self.namespace, self.selector, self.page_size, token)
             for obj in page.get("items") or []:
                 if self._wanted(obj):
                     listed.add(self._remember(obj))

@@ -26,13 +26,18 @@ ResolveDependency = Callable[[OperatorContext, Any], Awaitable[tuple[Dependency,
 
 
 async def create_child(
-    ctx: OperatorContext, resource: ApiResource, owner: Mapping[str, Any], manifest: dict[str, Any]
+    ctx: OperatorContext,
+    resource: ApiResource,
+    owner: Mapping[str, Any],
+    manifest: dict[str, Any],
+    answer: bool = True,
 ) -> dict[str, Any] | None:
-    """Create a child owned by owner; an existing one it owns is returned, a foreign one gives None."""
+    """Create a child owned by owner; an existing one it owns is returned, a foreign one gives None (answer=False:
+    {} for a new child, whose answer is not read)."""
     kopf.adopt(manifest, owner=dict(owner))
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        return await ctx.api.create(resource, namespace, manifest)
+        return await ctx.api.create(resource, namespace, manifest, answer=answer)
     except Conflict:
         existing = await ctx.api.get(resource, namespace, name)
     if existing is None:
@@ -52,7 +57,7 @@ async def ensure_run_access(ctx: OperatorContext, kind: str, body: Mapping[str, 
     account = ((body.get("spec") or {}).get("serviceAccountName")) or None
     annotations = dict(ctx.config.run_service_account_annotations)
     for manifest in build_run_access(kind, name, namespace, account, annotations):
-        if await create_child(ctx, ACCESS_RESOURCES[manifest["kind"]], body, manifest) is None:
+        if await create_child(ctx, ACCESS_RESOURCES[manifest["kind"]], body, manifest, answer=False) is None:
             return name_conflict(kind, manifest["metadata"]["name"], manifest["kind"])
     return None
 

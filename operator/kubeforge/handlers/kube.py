@@ -152,9 +152,16 @@ class KubeApi:
             self._session = None
 
     async def _request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        answer: bool = True,
+        **params: str,
     ) -> Any:
-        """One API request with retries of what may heal; the parsed JSON answer."""
+        """One API request with retries of what may heal; the parsed JSON answer (answer=False: {} on success,
+        the answer unread: parsing a created object nobody reads is most of a small request's cost)."""
         data = None if body is None else json.dumps(body)
         refreshed = False
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
@@ -171,15 +178,15 @@ class KubeApi:
                     proxy=self.configuration.proxy,
                     server_hostname=self.configuration.tls_server_name,
                 ) as response:
-                    text = await response.text()
+                    raw = await response.read()
                     status = response.status
                     reason = response.reason or ""
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if status < 300:
-                    return json.loads(text) if text else None
-                reason = _reason(text, reason)
+                    return (json.loads(raw) if raw else None) if answer else {}
+                reason = _reason(raw.decode(errors="replace"), reason)
                 if status == 401 and not refreshed:  # an expired token: ask the hook for a fresh one, once
                     self._auth_header(refresh=True)
                     refreshed = True
@@ -204,9 +211,11 @@ class KubeApi:
         except NotFound:
             return None
 
-    async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create the object; Conflict when the name is taken."""
-        created = await self._request("POST", _path(resource, namespace), body)
+    async def create(
+        self, resource: Resource, namespace: str, body: dict[str, Any], answer: bool = True
+    ) -> dict[str, Any]:
+        """Create the object and return it as created ({} when answer is False); Conflict when the name is taken."""
+        created = await self._request("POST", _path(resource, namespace), body, answer=answer)
         if created is None:
             raise TransientError(f"creating {body['metadata']['name']} returned no object")
         return created  # type: ignore[no-any-return]

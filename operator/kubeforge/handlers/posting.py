@@ -49,7 +49,7 @@ class EventPoster:
     async def _post(self, body: dict[str, Any]) -> None:
         namespace = body["metadata"]["namespace"]
         try:
-            await self.api.create(EVENTS, namespace, body)
+            await self.api.create(EVENTS, namespace, body, answer=False)
         except (TransientError, ApiRejected, Conflict, NotFound) as exc:
             involved = body["involvedObject"]
             log.warning(

@@ -56,6 +56,24 @@ def operator_writes(cluster: Cluster) -> collections.Counter[str]:
     return collections.Counter(cluster.server.call(collect))
 
 
+def operator_reads(cluster: Cluster) -> collections.Counter[str]:
+    """The operator's reads of single objects so far (not its lists and watches), as "resource/name"."""
+
+    def collect(emulator: Any) -> list[str]:
+        found = []
+        for request in emulator._requests:
+            agent = request.headers.get("User-Agent", "")
+            method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+            if method != "GET" or not (agent.startswith(USER_AGENT) or agent.startswith("kopf/")):
+                continue
+            parts = request.url.path.strip("/").split("/")
+            if "namespaces" in parts and len(parts) == parts.index("namespaces") + 4:
+                found.append("/".join(parts[-2:]))
+        return found
+
+    return collections.Counter(cluster.server.call(collect))
+
+
 def training_job(name: str = "gpt") -> dict[str, Any]:
     """The quickstart TrainingJob reading from a URI (no dependency)."""
     manifest = quickstart_manifest("TrainingJob")
@@ -88,6 +106,9 @@ def test_one_training_job_life_cycle_costs_the_documented_writes(cluster: Cluste
     time.sleep(QUIET_SECONDS)
     assert dict(operator_writes(cluster)) == LIFE_CYCLE_WRITES
     assert sum(LIFE_CYCLE_WRITES.values()) == 11
+    # Nor a single read: the TrainingJob comes from its watch (and the answers to its own writes), the RayJob from
+    # the operator's watch of its children.
+    assert operator_reads(cluster) == {}
 
     # A restart re-lists everything: a finished job costs no write (and KubeRay touching its RayJob none either).
     cluster.start_operator()
@@ -99,6 +120,23 @@ def test_one_training_job_life_cycle_costs_the_documented_writes(cluster: Cluste
     assert writes["PATCH trainingjobs/status"] == LIFE_CYCLE_WRITES["PATCH trainingjobs/status"] + 1  # other's
     assert writes["POST rayjobs"] == 2 and writes["POST events"] == 4
     assert writes["POST serviceaccounts"] == writes["POST roles"] == writes["POST rolebindings"] == 2
+    assert operator_reads(cluster) == {}  # the finished job is known finished from its listing: nothing read
+
+
+def test_a_restart_picks_up_a_running_job_without_a_read_or_a_write(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    time.sleep(QUIET_SECONDS)
+    before = operator_writes(cluster)
+    cluster.start_operator()
+    time.sleep(QUIET_SECONDS)  # the restarted operator has listed both and found the status right
+    assert operator_writes(cluster) == before and operator_reads(cluster) == {}
+    # It follows the RayJob from its own watch, from the listing on.
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_status("TrainingJob", "gpt", phase="Succeeded")
+    assert operator_reads(cluster) == {}
 
 
 def test_a_namespaced_operator_serves_its_namespace_without_listing_namespaces(tmp_path: Path) -> None:
