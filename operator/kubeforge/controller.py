@@ -84,7 +84,7 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.watching.chunk_size = LIST_CHUNK
     # kopf runs a worker task per object, which keeps the object's last body until it has been idle this long: at
     # a start-up over 10,000 resources, kopf's default (5 s) kept most of the listing alive at once (176 MB at
-    # the peak against 130 MB with 0.5 s, benchmarks/results/operator.md). A worker is cheap to start again.
+    # the peak against 130 MB with 0.5 s: benchmarks/results/operator.md). A worker is cheap to start again.
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Reconnect watches regularly so a silently dropped connection is noticed.
     settings.watching.server_timeout = 300
