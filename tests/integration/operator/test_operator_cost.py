@@ -36,42 +36,40 @@ LIFE_CYCLE_WRITES = {
 QUIET_SECONDS = 1.0
 
 
-def operator_writes(cluster: Cluster) -> collections.Counter[str]:
-    """The operator's write requests so far (both its clients: ours and kopf's), as "METHOD resource[/sub]"."""
+def operator_requests(cluster: Cluster) -> list[tuple[str, list[str]]]:
+    """(METHOD, URL path parts) of every request the operator sent so far (both its clients: ours and kopf's)."""
 
-    def collect(emulator: Any) -> list[str]:
+    def collect(emulator: Any) -> list[tuple[str, list[str]]]:
         found = []
         for request in emulator._requests:
             agent = request.headers.get("User-Agent", "")
-            method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
-            if method not in WRITES or not (agent.startswith(USER_AGENT) or agent.startswith("kopf/")):
-                continue
-            parts = request.url.path.strip("/").split("/")
+            if agent.startswith(USER_AGENT) or agent.startswith("kopf/"):
+                method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+                found.append((method, request.url.path.strip("/").split("/")))
+        return found
+
+    return cluster.server.call(collect)
+
+
+def operator_writes(cluster: Cluster) -> collections.Counter[str]:
+    """The operator's write requests so far, as "METHOD resource[/sub]"."""
+    found = []
+    for method, parts in operator_requests(cluster):
+        if method in WRITES:
             at = parts.index("namespaces") + 2 if "namespaces" in parts else len(parts) - 1
             resource = parts[at] if at < len(parts) else parts[-1]
             sub = parts[at + 2] if len(parts) > at + 2 else ""
             found.append(f"{method} {resource}{'/' + sub if sub else ''}")
-        return found
-
-    return collections.Counter(cluster.server.call(collect))
+    return collections.Counter(found)
 
 
 def operator_reads(cluster: Cluster) -> collections.Counter[str]:
     """The operator's reads of single objects so far (not its lists and watches), as "resource/name"."""
-
-    def collect(emulator: Any) -> list[str]:
-        found = []
-        for request in emulator._requests:
-            agent = request.headers.get("User-Agent", "")
-            method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
-            if method != "GET" or not (agent.startswith(USER_AGENT) or agent.startswith("kopf/")):
-                continue
-            parts = request.url.path.strip("/").split("/")
-            if "namespaces" in parts and len(parts) == parts.index("namespaces") + 4:
-                found.append("/".join(parts[-2:]))
-        return found
-
-    return collections.Counter(cluster.server.call(collect))
+    return collections.Counter(
+        "/".join(parts[-2:])
+        for method, parts in operator_requests(cluster)
+        if method == "GET" and "namespaces" in parts and len(parts) == parts.index("namespaces") + 4
+    )
 
 
 def training_job(name: str = "gpt") -> dict[str, Any]:
