@@ -45,6 +45,14 @@ def test_load_refuses_a_directory_without_weights(tmp_path) -> None:
         ModelRunner.load(str(tmp_path), version="v1")
 
 
+def test_serving_a_lora_adapter_as_the_model_says_to_list_it_under_adapters(tmp_path) -> None:
+    # What a TrainingJob with spec.model.lora exports: the adapter alone (peft's adapter_config.json, no config.json).
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "base"}')
+    with pytest.raises(FileNotFoundError, match=r"holds a LoRA adapter, not a model: .* spec\.adapters") as error:
+        ModelRunner.load(str(tmp_path), version="v1")
+    assert "\n" not in str(error.value)
+
+
 def test_load_refuses_the_retired_kubeforge_format_in_one_line(tmp_path) -> None:
     # the pre-transformers export: kubeforge's own config.json, which names no model_type
     (tmp_path / "config.json").write_text('{"vocab_size": 512, "n_layers": 2, "task": "languageModeling"}')

@@ -48,6 +48,11 @@ class LoadedModel:
 def load_for_serving(directory: Path, device: str = "cpu") -> LoadedModel:
     """The model of a local Hugging Face directory, in eval mode on device."""
     config = directory / "config.json"
+    if not config.is_file() and (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{directory} holds a LoRA adapter, not a model: serve its base model and list this one under "
+            "spec.adapters (a TrainingJob with spec.model.lora exports the adapter alone)"
+        )
     if not config.is_file():
         raise FileNotFoundError(f"{directory} is not a model directory: config.json is missing")
     if "model_type" not in json.loads(config.read_text()):
