@@ -48,24 +48,26 @@ def is_permanent_text(text: str) -> bool:
     return bool(_PERMANENT.search(text)) and not _TRANSIENT.search(text)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """exc and everything behind it: Ray's task errors (.cause), __cause__ and __context__."""
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc and everything behind it, depth first: Ray's task errors (.cause, the original exception, first), then
+    __cause__ and __context__."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
         current = stack.pop()
-        if current is None or id(current) in seen:
+        if id(current) in seen:
             continue
         seen.add(id(current))
         yield current
         cause = getattr(current, "cause", None)
-        stack.extend(c for c in (cause, current.__cause__, current.__context__) if isinstance(c, BaseException))
+        behind = (current.__context__, current.__cause__, cause)  # popped in reverse: .cause first
+        stack.extend(c for c in behind if isinstance(c, BaseException))
 
 
 def is_permanent(exc: BaseException) -> bool:
     """Whether a failed step's exception is one no retry can heal: bad input anywhere in its chain, or a permanent
     cause in its messages (Ray wraps a worker's error in its own types, with the text preserved)."""
-    chain = list(_chain(exc))
+    chain = list(exception_chain(exc))
     if any(isinstance(e, PERMANENT_TYPES) for e in chain):
         return True
     return is_permanent_text("\n".join(str(e) for e in chain))

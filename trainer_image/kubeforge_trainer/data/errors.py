@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kubeforge.failures import exception_chain
+
 
 class DataPipelineError(ValueError):
     """Bad input or configuration; str(error) is one line meant for the user (no traceback needed)."""
@@ -12,20 +14,9 @@ class DataPipelineError(ValueError):
 
 def find_pipeline_error(exc: BaseException) -> DataPipelineError | None:
     """The DataPipelineError behind exc, unwrapping Ray task errors and exception chains; None if there is none."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # RayTaskError keeps the original exception in .cause (and may itself subclass it, with a traceback in its
-        # message).
-        cause = getattr(current, "cause", None)
-        if isinstance(cause, BaseException):
-            stack.append(cause)
-            continue
-        if isinstance(current, DataPipelineError):
+    for current in exception_chain(exc):
+        # A RayTaskError keeps the original exception in .cause and may itself subclass it, with a traceback in its
+        # message: the original is the one to report.
+        if isinstance(current, DataPipelineError) and not isinstance(getattr(current, "cause", None), BaseException):
             return current
-        stack.extend([current.__cause__, current.__context__])
     return None
