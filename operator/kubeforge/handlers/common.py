@@ -2,14 +2,16 @@
 
 Reconciliation is event-driven and level-based. Every trigger — a watch event of the resource itself, of its
 child, or of the resource it depends on, and the rare safety-net resync — runs the same reconcile of its kind
-(read the resource, its child and its dependency, act, derive the status) and writes the result as one
+(take the resource, its child and its dependency, act, derive the status) and writes the result as one
 conditional merge patch of the status subresource carrying the resource's ``resourceVersion``: a concurrent write
 makes it fail with 409 and it starts over from a fresh read instead of overwriting newer state. Nothing is written
-when nothing changed.
+when nothing changed. The resource comes from what its watch last showed, the child from the operator's own
+watch of the children (handlers/informer.py, handlers/state.py), so a reconcile normally reads nothing.
 
-The handlers are kopf ``on.event`` handlers only: kopf then keeps no progress or last-handled annotations and puts
-no finalizer on our resources (it adds one for delete handlers, timers and daemons, and we have none), so a resource
-costs no API write beyond its own status, its child and its Events, and deleting it never waits for the operator.
+The handlers of our kinds are kopf ``on.event`` handlers only: kopf then keeps no progress or last-handled
+annotations and puts no finalizer on our resources (it adds one for delete handlers, timers and daemons, and we
+have none), so a resource costs no API write beyond its own status, its children and its Events, and deleting it
+never waits for the operator.
 """
 
 from __future__ import annotations
