@@ -183,7 +183,7 @@ async def on_resource_event(
         return
     if status.get("phase") and not spec_changed(body) and not ctx.store.synced(CHILD_PLURALS[kind]):
         return  # started before this operator did: reconciled once its children are listed (sync_children)
-    await reconcile_via_api(ctx, kind, namespace, name, reconcile, body=dict(body))
+    await reconcile_via_api(ctx, kind, namespace, name, reconcile, body=ctx.bodies.get(key))
 
 
 async def release_finalizer(ctx: OperatorContext, kind: str, body: Mapping[str, Any]) -> None:

@@ -144,8 +144,9 @@ async def reconcile_job(
         child = None
     elif child is MISSING or (child or {}).get("metadata", {}).get("name") != expected:
         child = await current_child(ctx, RAYJOBS, kind, namespace, name, expected)
-    if child is None and status.get("childName") == expected:
-        child = await ctx.api.get(RAYJOBS, namespace, expected)  # gone, or not in the watch yet: ask the server
+    if child is None and status.get("childName") == expected and ctx.store.synced(RAYJOBS.plural):
+        # The store lacks it: gone, or not in the watch yet (when not synced, current_child has just asked).
+        child = await ctx.api.get(RAYJOBS, namespace, expected)
     dependency: Dependency | None = None
 
     if child is None and status.get("childName") == expected:

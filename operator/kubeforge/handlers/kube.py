@@ -90,12 +90,18 @@ def load_configuration(server: str | None = None) -> client.Configuration:
     return configuration
 
 
-def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
-    """The same credentials for kopf's own connection, so both clients talk to one server as one identity."""
+def bearer_header(configuration: client.Configuration) -> str | None:
+    """The configuration's bearer token as its loaders left it ("Bearer <token>" or a bare token), after its refresh
+    hook ran (a rotated service-account token, an exec plugin)."""
     # kubernetes >= 36.0.1 keeps the bearer token under BearerToken, older versions under authorization.
-    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+    return configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
         "authorization"
     )
+
+
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials for kopf's own connection, so both clients talk to one server as one identity."""
+    header = bearer_header(configuration)
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, parts[0]) if len(parts) == 1 else (tuple(parts) if parts else (None, None))
     return kopf.ConnectionInfo(
@@ -137,13 +143,22 @@ class KubeApi:
         now = time.monotonic()
         if refresh or now - self._authorization_checked >= TOKEN_CHECK_SECONDS:
             cfg = self.configuration
-            # kubernetes >= 36.0.1 keeps the bearer token under BearerToken, older versions under authorization.
-            token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+            token = bearer_header(cfg)
             if token and not token.lower().startswith(("bearer ", "basic ")):
                 token = f"Bearer {token}"
             self._authorization = token or (cfg.get_basic_auth_token() if cfg.username else None)
             self._authorization_checked = now
         return self._authorization
+
+    def _options(self, headers: dict[str, str]) -> dict[str, Any]:
+        """What every request sends besides its own arguments: the Authorization header, proxy, TLS server name."""
+        if (authorization := self._auth_header()) is not None:
+            headers = {**headers, "Authorization": authorization}
+        return {
+            "headers": headers,
+            "proxy": self.configuration.proxy,
+            "server_hostname": self.configuration.tls_server_name,
+        }
 
     async def close(self) -> None:
         """Close the connections."""
@@ -166,17 +181,9 @@ class KubeApi:
         refreshed = False
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             headers = {"Content-Type": content_type} if data is not None else {}
-            if (authorization := self._auth_header()) is not None:
-                headers["Authorization"] = authorization
             try:
                 async with self._open().request(
-                    method,
-                    path,
-                    data=data,
-                    headers=headers,
-                    params=params or None,
-                    proxy=self.configuration.proxy,
-                    server_hostname=self.configuration.tls_server_name,
+                    method, path, data=data, params=params or None, **self._options(headers)
                 ) as response:
                     raw = await response.read()
                     status = response.status
@@ -195,6 +202,8 @@ class KubeApi:
                     raise NotFound(reason)
                 if status == 409:
                     raise Conflict(reason)
+                if status == 410:
+                    raise Gone(reason)
                 if status not in TRANSIENT_STATUSES:
                     raise ApiRejected(f"HTTP {status}: {reason}")
                 problem = f"HTTP {status}: {reason}"
@@ -244,12 +253,7 @@ class KubeApi:
         params = {"labelSelector": selector, "limit": str(limit)}
         if token:
             params["continue"] = token
-        try:
-            page: dict[str, Any] = await self._request("GET", _path(resource, namespace), **params)
-        except ApiRejected as exc:
-            if str(exc).startswith("HTTP 410"):
-                raise Gone(str(exc)) from None  # an expired continue token: list from the start
-            raise
+        page: dict[str, Any] = await self._request("GET", _path(resource, namespace), **params)
         return page
 
     async def watch(
@@ -264,15 +268,12 @@ class KubeApi:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout),
         }
-        headers = {"Authorization": auth} if (auth := self._auth_header()) is not None else {}
         try:
             async with self._open().get(
                 _path(resource, namespace),
                 params=params,
-                headers=headers,
-                proxy=self.configuration.proxy,
-                server_hostname=self.configuration.tls_server_name,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout + 30),
+                **self._options({}),
             ) as response:
                 if response.status == 410:
                     raise Gone("HTTP 410")
@@ -306,8 +307,8 @@ class KubeApi:
         return True
 
 
-class Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410, or an ERROR event with code 410): list again."""
+class Gone(ApiRejected):
+    """HTTP 410: a watch's resourceVersion or a list's continue token is too old; list again from the start."""
 
 
 def _ssl_context(cfg: client.Configuration) -> ssl.SSLContext | bool:
