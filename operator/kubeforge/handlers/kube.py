@@ -11,16 +11,16 @@ exceptions the handlers act on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
+import orjson
 from kubernetes import client, config
 
 from .. import __version__
@@ -177,7 +177,7 @@ class KubeApi:
     ) -> Any:
         """One API request with retries of what may heal; the parsed JSON answer (answer=False: {} on success,
         the answer unread: parsing a created object nobody reads is most of a small request's cost)."""
-        data = None if body is None else json.dumps(body)
+        data = None if body is None else orjson.dumps(body, default=_plain)
         refreshed = False
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             headers = {"Content-Type": content_type} if data is not None else {}
@@ -192,7 +192,7 @@ class KubeApi:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if status < 300:
-                    return (json.loads(raw) if raw else None) if answer else {}
+                    return (orjson.loads(raw) if raw else None) if answer else {}
                 reason = _reason(raw.decode(errors="replace"), reason)
                 if status == 401 and not refreshed:  # an expired token: ask the hook for a fresh one, once
                     self._auth_header(refresh=True)
@@ -288,7 +288,7 @@ class KubeApi:
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
                         if line.strip():
-                            event = json.loads(line)
+                            event = orjson.loads(line)
                             if event.get("type") == "ERROR":
                                 status = event.get("object") or {}
                                 if status.get("code") == 410:
@@ -330,10 +330,17 @@ def _path(resource: Resource, namespace: str | None, name: str | None = None) ->
     return f"{path}/{name}" if name else path
 
 
+def _plain(value: Any) -> dict[str, Any]:
+    """A mapping that is not a dict (a kopf body or one of its views) as a dict, for JSON encoding."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _reason(text: str, fallback: str) -> str:
     """The API server's message of an error answer (a Status object), else the HTTP reason."""
     try:
-        message = json.loads(text).get("message")
+        message = orjson.loads(text).get("message")
     except (ValueError, AttributeError):
         message = None
     return (message or fallback or "").strip() or "no reason given"
