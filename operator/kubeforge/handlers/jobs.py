@@ -15,6 +15,7 @@ import kopf
 from ..builders import build_rayjob, child_name, parse_resource, spec_hash
 from ..builders.access import build_run_access
 from ..builders.rayjob import build_retry
+from ..conditions import SPEC_LOCKED, get_condition
 from ..constants import ANNOTATION_SPEC_HASH
 from ..status import ChildState, Dependency, Observation, is_settled, rayjob_state
 from .common import MISSING, OperatorContext, Outcome, current_child, identity, make_outcome, record_child, spec_changed
@@ -64,6 +65,9 @@ async def ensure_run_access(ctx: OperatorContext, kind: str, body: Mapping[str, 
 
 def spec_lock_message(kind: str, body: Mapping[str, Any], child: Mapping[str, Any]) -> str | None:
     """Why the spec is locked, when it changed since the RayJob was built (suspend may change)."""
+    if not spec_changed(body):  # derived for this generation already: the recorded condition stands, no rehash
+        locked = get_condition((body.get("status") or {}).get("conditions") or [], SPEC_LOCKED)
+        return locked.get("message") if locked and locked.get("status") == "True" else None
     recorded = (child.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
     if not recorded or recorded == spec_hash(body.get("spec") or {}):
         return None

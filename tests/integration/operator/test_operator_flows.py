@@ -254,6 +254,10 @@ def test_a_spec_change_after_the_start_is_recorded_and_the_job_left_alone(cluste
     )
     assert warning[0][0] == "Warning" and "create a new TrainingJob" in warning[0][2]
     assert cluster.names("RayJob") == ["gpt-train"]
+    # Later reconciles of the same generation keep the record (the lock is derived once per generation).
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    cluster.wait_status("TrainingJob", "gpt", phase="Succeeded")
+    assert cluster.condition("TrainingJob", "gpt", "SpecLocked") == condition
 
 
 def test_bad_input_fails_with_validation_failed_and_a_fixed_spec_starts(cluster: Cluster) -> None:

@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 from kubeforge.api import DataPipelineStatus, ModelDeploymentStatus, TrainingJobStatus
+from kubeforge.builders import spec_hash
 from kubeforge.conditions import get_condition
+from kubeforge.constants import ANNOTATION_SPEC_HASH
+from kubeforge.handlers.jobs import spec_lock_message
 from kubeforge.status import (
     ChildState,
     Dependency,
@@ -249,3 +252,21 @@ def test_status_patch_contains_only_changes_and_removes_cleared_fields() -> None
         status_patch({"conditions": [{"type": "A"}, {"type": "B"}]}, {"conditions": [{"type": "B"}, {"type": "A"}]})
         == {}
     )
+
+
+def test_the_spec_lock_is_judged_once_per_generation() -> None:
+    spec = {"model": {"name": "gpt"}, "suspend": False}
+    child = {"metadata": {"name": "gpt-train", "annotations": {ANNOTATION_SPEC_HASH: spec_hash(spec)}}}
+    changed = {**spec, "model": {"name": "other"}}
+    new_generation = {"metadata": {"generation": 2}, "spec": changed, "status": {"observedGeneration": 1}}
+    message = spec_lock_message("TrainingJob", new_generation, child)
+    assert message is not None and "generation 2" in message
+    # A suspend change is no lock.
+    suspended = {"metadata": {"generation": 2}, "spec": {**spec, "suspend": True}, "status": {"observedGeneration": 1}}
+    assert spec_lock_message("TrainingJob", suspended, child) is None
+    # Once derived for this generation, the recorded condition stands (True kept, absent stays absent).
+    locked = {"type": "SpecLocked", "status": "True", "reason": "SpecChangeIgnored", "message": message}
+    derived = {**new_generation, "status": {"observedGeneration": 2, "conditions": [locked]}}
+    assert spec_lock_message("TrainingJob", derived, child) == message
+    unlocked = {**new_generation, "status": {"observedGeneration": 2, "conditions": []}}
+    assert spec_lock_message("TrainingJob", unlocked, child) is None
