@@ -16,6 +16,11 @@ from typing import Any
 
 import kopf
 
+try:
+    import uvloop
+except ImportError:  # Windows, where the extra leaves it out: asyncio's own loop
+    uvloop = None
+
 from .config import OperatorConfig, is_namespace_pattern
 from .constants import FINALIZER, GROUP
 from .handlers import RECONCILERS, child_informers, register_all
@@ -111,7 +116,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, param: Se
         tasks.append(asyncio.create_task(informer.run(), name=f"watch {informer.resource.plural} in {scope}"))
     memo["kubeforge_tasks"] = tasks
     start_metrics_server(config.metrics_port)
-    log.info("kubeforge operator started (namespaces: %s)", ", ".join(config.watch_namespaces) or "all")
+    loop = type(asyncio.get_running_loop())
+    log.info(
+        "kubeforge operator started (namespaces: %s; event loop: %s.%s)",
+        ", ".join(config.watch_namespaces) or "all",
+        loop.__module__,
+        loop.__qualname__,
+    )
 
 
 def operator_login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
@@ -163,12 +174,16 @@ def run(config: OperatorConfig | None = None) -> None:
     # Everything imported and built so far lives as long as the process: keep it out of the garbage collector's
     # full collections, which would otherwise walk it again and again.
     gc.freeze()
-    kopf.run(
-        registry=registry,
-        clusterwide=not config.watch_namespaces,
-        namespaces=config.watch_namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
-    )
+    # uvloop, as `kopf run` picks it: the event loop's own work (socket reads and writes, callbacks, timers) was a
+    # quarter of the operator's CPU on asyncio's loop, written in Python; uvloop does it in C.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
+        kopf.run(
+            loop=runner.get_loop(),
+            registry=registry,
+            clusterwide=not config.watch_namespaces,
+            namespaces=config.watch_namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+        )
 
 
 # `kopf run -m kubeforge.controller` imports this module and runs the default registry.

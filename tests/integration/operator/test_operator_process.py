@@ -61,7 +61,9 @@ def test_the_operator_process_serves_liveness_and_metrics_and_stops_on_sigterm(t
             assert '"resources"' in health
         finally:
             code = process.stop()
-        assert code == 0, (tmp_path / "log").read_text()[-3000:]
+        log = (tmp_path / "log").read_text()
+        assert code == 0, log[-3000:]
+        assert "event loop: uvloop.Loop" in log  # the loop `kopf run` picks too (docs/operator.md)
 
 
 class RacingReconcile:
