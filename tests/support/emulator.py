@@ -11,12 +11,14 @@ the requested resourceVersion, and does not isolate the status subresource. This
 * status isolation: the main resource ignores status, the status subresource ignores everything else;
 * optimistic concurrency: a merge patch carrying a stale metadata.resourceVersion gets 409 Conflict, a JSON
   patch whose `test` fails gets 422;
-* lists report the current resourceVersion and watches replay only objects newer than the requested one.
+* lists report the current resourceVersion and watches replay only objects newer than the requested one;
+* label selectors (equality-based) on lists and watches: a watch shows an object entering the selection as ADDED
+  and one leaving it as DELETED, as the API server's watch cache does; lists are paged (`limit`, `continue`).
 
 * garbage collection: when an object is gone (deleted, or its last finalizer removed), the objects whose
   ownerReferences name its uid are deleted too (background propagation), as the Kubernetes garbage collector does.
 
-It is still not a cluster: label selectors are ignored, no admission or schema checks.
+It is still not a cluster: no admission or schema checks, no field selectors.
 Events (core/v1) are stored like any object, so the operator's Events can be listed.
 """
 
@@ -297,24 +299,43 @@ class KubeforgeEmulator(kmock.KubernetesEmulator):
         yield b""  # send the headers now, even if nothing happens
         assert request.resource is not None
         since = int(request.params.get("resourceVersion") or 0)
+        selector = request.params.get("labelSelector") or ""
         bus = self._buses[request.resource]
         check = self._KubernetesEmulator__check  # kmock's own request/object matcher
         async with self._lock:
             mark = await bus.mark()
-            replay = [
-                {"type": "ADDED", "object": obj.raw}
+            selected = {
+                (namespace, name): obj.raw
                 for (resource, namespace, name), obj in self.objects.items()
                 if not obj.deleted
                 and check(request, resource, namespace, name, strict=False)
-                and int(obj.raw.get("metadata", {}).get("resourceVersion") or 0) > since
-            ]
+                and _labels_match(obj.raw, selector)
+            }
+        visible = set(selected)
         try:
-            for event in replay:
-                yield event
+            for obj in selected.values():
+                if int(obj.get("metadata", {}).get("resourceVersion") or 0) > since:
+                    yield {"type": "ADDED", "object": obj}
             async for event in bus.stream(since=mark):
-                meta = event.get("object", {}).get("metadata", {})
-                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                obj = event.get("object", {})
+                meta = obj.get("metadata", {})
+                if not check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                    continue
+                if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
                     yield event
+                    continue
+                # As the API server's watch cache filters: an object entering the selection is ADDED, one leaving
+                # it (a label removed) DELETED, one outside it never shown.
+                key = (meta.get("namespace"), meta.get("name"))
+                was = key in visible
+                now = event.get("type") != "DELETED" and _labels_match(obj, selector)
+                (visible.add if now else visible.discard)(key)
+                if was and now:
+                    yield event
+                elif now:
+                    yield {"type": "ADDED", "object": obj}
+                elif was:
+                    yield {"type": "DELETED", "object": obj}
         finally:
             await bus.unmark(mark)
 

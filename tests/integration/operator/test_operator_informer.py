@@ -1,5 +1,6 @@
 """The operator's own list-and-watch of its children (handlers/informer.py) against the emulator over HTTP: paged
-listing with the label selector, then every change in order, and a re-listing that reports what went meanwhile."""
+listing with the label selector, then every change in order (objects entering and leaving the selection too), and a
+re-listing that reports what went meanwhile."""
 
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ def test_the_informer_lists_in_pages_then_reports_every_change_and_what_went_whi
                 await asyncio.to_thread(cluster.delete, "RayJob", "job-1")
                 await wait_for(3)
                 assert seen == [("ADDED", "job-5", False), ("MODIFIED", "job-0", False), ("DELETED", "job-1", False)]
+                # The watch carries the selector: someone else's RayJob is never shown; one of ours losing the label
+                # leaves the selection (DELETED), getting it back enters it again (ADDED).
+                seen.clear()
+                await asyncio.to_thread(cluster.apply, rayjob("someone-elses-too", ours=False))
+                for value in (None, "kubeforge"):
+                    labels = {"app.kubernetes.io/managed-by": value}
+                    await asyncio.to_thread(cluster.patch, "RayJob", "job-3", {"metadata": {"labels": labels}})
+                await wait_for(2)
+                await asyncio.sleep(0.2)  # nothing else arrives
+                assert seen == [("DELETED", "job-3", False), ("ADDED", "job-3", False)]
                 task.cancel()
                 # Unwatched for a while (a 410 Gone, a lost connection): a new listing reports what went.
                 await asyncio.to_thread(cluster.delete, "RayJob", "job-2")
