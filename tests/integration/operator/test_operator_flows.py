@@ -210,6 +210,38 @@ def test_finished_jobs_stay_finished_across_an_operator_restart(cluster: Cluster
     assert cluster.get("TrainingJob", "gpt")["status"] == done
 
 
+def test_a_rayjob_leaving_the_watch_is_read_before_it_counts_as_deleted(cluster: Cluster) -> None:
+    cluster.apply(training_job())
+    cluster.wait_child("RayJob", "gpt-train")
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.wait_status("TrainingJob", "gpt", phase="Running")
+    # Someone strips our label: the informer's watch (label selector) reports the RayJob gone, but it is there.
+    cluster.patch("RayJob", "gpt-train", {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}})
+    cluster.kuberay("RayJob", "gpt-train", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    # No watch event comes any more; the safety-net resync reads it and follows it.
+    cluster.wait_status("TrainingJob", "gpt", phase="Succeeded")
+    assert cluster.condition("TrainingJob", "gpt", "Failed")["status"] == "False"
+    assert cluster.names("RayJob") == ["gpt-train"]
+
+
+def test_a_rayjob_deleted_while_running_fails_the_job_or_starts_a_retry(cluster: Cluster) -> None:
+    cluster.apply(training_job(failurePolicy={"maxRetries": 0}))
+    cluster.apply(training_job("retried", failurePolicy={"maxRetries": 1}))
+    for name in ("gpt", "retried"):
+        cluster.wait_child("RayJob", f"{name}-train")
+        cluster.kuberay("RayJob", f"{name}-train", jobDeploymentStatus="Running", jobStatus="RUNNING")
+        cluster.wait_status("TrainingJob", name, phase="Running")
+        cluster.delete("RayJob", f"{name}-train")
+    failed = cluster.wait_status("TrainingJob", "gpt", phase="Failed")
+    assert failed["message"] == "RayJob gpt-train was deleted before the job finished"
+    assert cluster.condition("TrainingJob", "gpt", "Failed")["reason"] == "RayJobDeleted"
+    # Never a silent re-run: without retries the job stays failed; with one, a new attempt is built from the spec.
+    retry = cluster.wait_child("RayJob", "retried-train-r1")
+    assert retry["metadata"]["annotations"]["kubeforge.dev/attempt"] == "1"
+    cluster.wait_status("TrainingJob", "retried", phase="Pending", retries=1, childName="retried-train-r1")
+    assert sorted(cluster.names("RayJob")) == ["retried-train-r1"]
+
+
 def test_suspend_and_resume_pass_through_to_the_rayjob(cluster: Cluster) -> None:
     cluster.apply(training_job(queueName="team-a"))
     rayjob = cluster.wait_child("RayJob", "gpt-train")
