@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from ..config import OperatorConfig, is_namespace_pattern
-from ..constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, VERSION, owner_label
+from ..constants import CHILD_PLURALS, GROUP, LABEL_MANAGED_BY, MANAGED_BY_VALUE, VERSION, owner_label
 from . import datapipeline, modeldeployment, trainingjob
 from .common import OperatorContext, Reconcile, on_child_event, sync_children
 from .informer import Informer
@@ -28,8 +28,8 @@ RECONCILERS: dict[str, Reconcile] = {
 }
 # Child resource type -> the kinds that own children of that type (found by their owner label).
 CHILD_OWNERS: dict[Resource, tuple[str, ...]] = {
-    RAYJOBS: (datapipeline.KIND, trainingjob.KIND),
-    RAYSERVICES: (modeldeployment.KIND,),
+    resource: tuple(kind for kind, plural in CHILD_PLURALS.items() if plural == resource.plural)
+    for resource in (RAYJOBS, RAYSERVICES)
 }
 # Only our children are listed and watched (a server-side filter): not every RayJob and RayService in the cluster.
 CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
