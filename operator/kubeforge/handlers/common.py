@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ class OperatorContext:
     settled: set[Key] = field(default_factory=set)
     # dependent kind -> who depends on what (TrainingJob: the DataPipeline it waits for; ModelDeployment: the
     # TrainingJobs whose models it serves), so a dependency's phase change wakes exactly those.
-    dependents: dict[str, Dependents] = field(default_factory=dict)
+    dependents: defaultdict[str, Dependents] = field(default_factory=lambda: defaultdict(Dependents))
     # Events about our resources, posted in the background over the same client.
     events: EventPoster = field(init=False)
 
@@ -174,15 +175,16 @@ async def on_resource_event(
     ctx.settled.discard(key)  # a fixed spec of a job that failed validation runs again
     ctx.bodies.put(key, body)
     if depends_on is not None:
-        ctx.dependents.setdefault(kind, Dependents()).set(namespace, name, depends_on(body))
+        ctx.dependents[kind].set(namespace, name, depends_on(body))
     version = meta.get("resourceVersion")
     if version is not None and ctx.handled.get(key) == version:
         return
-    if status.get("phase") and not spec_changed(body) and ctx.children.up_to_date(key):
-        ctx.handled[key] = version
-        return
-    if status.get("phase") and not spec_changed(body) and not ctx.store.synced(CHILD_PLURALS[kind]):
-        return  # started before this operator did: reconciled once its children are listed (sync_children)
+    if status.get("phase") and not spec_changed(body):  # started, and nothing for it in the spec
+        if ctx.children.up_to_date(key):
+            ctx.handled[key] = version
+            return
+        if not ctx.store.synced(CHILD_PLURALS[kind]):
+            return  # started before this operator did: reconciled once its children are listed (sync_children)
     await reconcile_via_api(ctx, kind, namespace, name, reconcile, body=ctx.bodies.get(key))
 
 

@@ -115,7 +115,7 @@ class Informer:
             obj = event.get("object") or {}
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             kind = event.get("type")
-            if kind == "BOOKMARK" or kind not in ("ADDED", "MODIFIED", "DELETED") or not self._wanted(obj):
+            if kind not in ("ADDED", "MODIFIED", "DELETED") or not self._wanted(obj):  # BOOKMARK: version only
                 continue
             key = self._remember(obj)
             if kind == "DELETED":

@@ -244,5 +244,5 @@ async def modeldeployment_model_changed(
 ) -> None:
     """A TrainingJob changed: when its phase changed, reconcile the ModelDeployments that serve its model now."""
     ctx = context(memo)
-    deployments = ctx.dependents[KIND].of(namespace, name) if KIND in ctx.dependents else []
+    deployments = ctx.dependents[KIND].of(namespace, name)
     await wake_dependents(ctx, "TrainingJob", body, type, deployments, KIND, reconcile_modeldeployment)

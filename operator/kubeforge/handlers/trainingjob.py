@@ -69,5 +69,5 @@ async def trainingjob_data_changed(
         ctx.data_outputs.pop((namespace, name), None)
     elif (body.get("status") or {}).get("phase") == "Succeeded" and (uri := pipeline_output(body)):
         ctx.data_outputs[(namespace, name)] = uri
-    waiting = ctx.dependents[KIND].of(namespace, name) if KIND in ctx.dependents else []
+    waiting = ctx.dependents[KIND].of(namespace, name)
     await wake_dependents(ctx, "DataPipeline", body, type, waiting, KIND, reconcile_trainingjob)
